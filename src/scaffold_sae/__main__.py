@@ -1,0 +1,3 @@
+from scaffold_sae.cli import main
+
+main()
