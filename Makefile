@@ -1,0 +1,30 @@
+# Two set-up commands for a fresh clone with only Python 3 and pip:
+#   make demo   -- install into .venv (idempotent) and run the study on the embedded default model
+#   make test   -- install into .venv (idempotent) and run the test suite
+VENV ?= .venv
+PY := $(VENV)/bin/python
+STAMP := $(VENV)/.installed
+
+.PHONY: demo test test-fast bench clean
+
+$(STAMP): pyproject.toml
+	python3 -m venv $(VENV)
+	$(PY) -m pip install --quiet --disable-pip-version-check torch==2.13.0
+	$(PY) -m pip install --quiet --disable-pip-version-check -e '.[test]'
+	touch $(STAMP)
+
+demo: $(STAMP)
+	$(VENV)/bin/scaffold-sae demo
+
+test: $(STAMP)
+	$(PY) -m pytest -q -ra
+
+test-fast: $(STAMP)
+	$(PY) -m pytest -q -ra -m "not slow"
+
+bench: $(STAMP)
+	$(PY) bench/harvest.py
+	$(PY) bench/train.py
+
+clean:
+	rm -rf $(VENV) .pytest_cache

@@ -1,0 +1,58 @@
+"""`scaffold-sae` command line: a thin layer; every subcommand is one Python call in its stage's module."""
+
+from __future__ import annotations
+
+import argparse
+import importlib
+import os
+import sys
+
+# (module, function that adds its subcommand to the parser); each sets `func` to run it.
+COMMANDS = [
+    ("scaffold_sae.cache", "register_harvest"),
+    ("scaffold_sae.cache", "register_cache_info"),
+    ("scaffold_sae.trainer", "register_train"),
+    ("scaffold_sae.evals", "register_eval"),
+    ("scaffold_sae.report", "register_report"),
+    ("scaffold_sae.study", "register_study"),
+    ("scaffold_sae.study", "register_demo"),
+]
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="scaffold-sae",
+        description="Sparse autoencoders with a rank-r computational scaffold: harvest, train, evaluate, report.")
+    subparsers = parser.add_subparsers(dest="command", metavar="COMMAND")
+    for module_name, function in COMMANDS:
+        try:
+            module = importlib.import_module(module_name)
+        except ModuleNotFoundError as error:  # TODO(lead): make strict once every stage module exists
+            if error.name != module_name:
+                raise
+            continue
+        if hasattr(module, function):
+            getattr(module, function)(subparsers)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> None:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    if not getattr(args, "func", None):
+        parser.print_help()
+        sys.exit(2)
+    try:
+        args.func(args)
+    except (ValueError, RuntimeError, OSError) as error:
+        if os.environ.get("SCAFFOLD_SAE_DEBUG"):
+            raise
+        print(f"error: {error}", file=sys.stderr)
+        sys.exit(2)
+    except KeyboardInterrupt:
+        print("interrupted: rerun the same command to resume", file=sys.stderr)
+        sys.exit(130)
+
+
+if __name__ == "__main__":
+    main()

