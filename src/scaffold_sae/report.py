@@ -1,0 +1,449 @@
+"""The study report: one self-contained report.html, its report.md twin and results.json, from one study dict.
+
+A study is a JSON-serialisable dict:
+
+    {"title": str (optional),
+     "config": {...},                                   # whatever produced the numbers (nested dicts allowed)
+     "saes": {name: CoreEval as dict, ...},              # each with at least rank, arch, inference and metrics
+     "sections": [Section as dict, ...]}                 # optional extra analyses (structure, causality, ...)
+
+Built-in sections (configuration, rank sweep with plots, density histograms, every core number) are derived
+from "config" and "saes"; extra sections are appended unchanged, so a later analysis adds a `Section`
+(title, text, tables, figures) without touching the writer. Every figure is drawn from data kept in the JSON
+and is followed by its data table, so the JSON alone regenerates the whole report (`scaffold-sae report`).
+
+Every number of results.json appears, formatted by `format_number`, in report.md and report.html, except the
+per-latent density arrays (`density`), which are shown through their histograms.
+"""
+
+from __future__ import annotations
+
+import argparse
+import base64
+import html
+import io
+import json
+import math
+from dataclasses import asdict, dataclass, field, is_dataclass
+from pathlib import Path
+from typing import Any, Iterable
+
+import numpy as np
+
+EXEMPT_KEYS = frozenset({"density"})
+"""Per-latent arrays kept in results.json but summarised (histogram, counts) rather than printed."""
+
+
+class ReportError(ValueError):
+    """A study result that cannot be turned into a report."""
+
+
+# ---------------------------------------------------------------------------------------------- building blocks
+
+
+@dataclass
+class Series:
+    label: str
+    x: list[float]
+    y: list[float]
+
+
+@dataclass
+class Table:
+    columns: list[str]
+    rows: list[list[Any]]
+    caption: str = ""
+
+
+@dataclass
+class Figure:
+    """A plot drawn from data: kind 'line' (markers + lines), 'step' (histogram: x = left bin edges plus the
+    last right edge, y = counts) or 'png' (a ready image, base64 in `png_base64`)."""
+
+    title: str
+    series: list[Series] = field(default_factory=list)
+    kind: str = "line"
+    xlabel: str = ""
+    ylabel: str = ""
+    logy: bool = False
+    vlines: list[float] = field(default_factory=list)
+    caption: str = ""
+    png_base64: str = ""
+
+
+@dataclass
+class Section:
+    title: str
+    text: str = ""
+    tables: list[Table] = field(default_factory=list)
+    figures: list[Figure] = field(default_factory=list)
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any]) -> "Section":
+        figures = [Figure(**{**f, "series": [Series(**s) for s in f.get("series", [])]}) for f in data.get("figures", [])]
+        return cls(title=data["title"], text=data.get("text", ""),
+                   tables=[Table(**t) for t in data.get("tables", [])], figures=figures)
+
+
+@dataclass
+class ReportPaths:
+    html: Path
+    markdown: Path
+    json: Path
+
+
+# ---------------------------------------------------------------------------------------------- number formatting
+
+
+def format_number(value: Any) -> str:
+    """The one number format of the terminal table and the reports: ints exact, floats to 4 significant figures."""
+    if value is None:
+        return "n/a"
+    if isinstance(value, (bool, np.bool_)):
+        return str(bool(value))
+    if isinstance(value, (int, np.integer)):
+        return str(int(value))
+    if isinstance(value, (float, np.floating)):
+        value = float(value)
+        if math.isnan(value) or math.isinf(value):
+            return "n/a" if math.isnan(value) else str(value)
+        return f"{value:.4g}"
+    return str(value)
+
+
+SUMMARY_COLUMNS = (("rank", "rank"), ("L0", "l0"), ("FVU", "fvu"), ("CE score", "ce_score_zero"),
+                   ("CE score (mean-abl)", "ce_score_mean"), ("dense >10%", "dense_10"), ("dense >1%", "dense_1"),
+                   ("dead", "dead"))
+
+
+def format_summary_table(results: dict[str, Any] | Iterable[Any]) -> str:
+    """Rank-sweep table for the terminal: one row per SAE, sorted by rank then name.
+
+    `results`: {name: CoreEval or its dict} or an iterable of them.
+    """
+    items = list(results.items()) if isinstance(results, dict) else [(None, r) for r in results]
+    rows = []
+    for name, result in items:
+        values = asdict(result) if is_dataclass(result) else dict(result)
+        label = name if name is not None else f"{values.get('arch', 'sae')} r={values.get('rank', 0)}"
+        rows.append((values.get("rank", 0), str(label), [format_number(values.get(key)) for _, key in SUMMARY_COLUMNS]))
+    rows.sort(key=lambda row: (row[0], row[1]))
+    header = ["sae"] + [title for title, _ in SUMMARY_COLUMNS]
+    body = [[label, *cells] for _, label, cells in rows]
+    widths = [max(len(line[i]) for line in [header, *body]) for i in range(len(header))]
+    lines = ["  ".join(cell.rjust(w) if i else cell.ljust(w) for i, (cell, w) in enumerate(zip(line, widths)))
+             for line in [header, *body]]
+    lines.insert(1, "  ".join("-" * w for w in widths))
+    return "\n".join(lines)
+
+
+# ---------------------------------------------------------------------------------------------- study -> sections
+
+
+SWEEP_COLUMNS = (("arch", "arch"), ("rank", "rank"), ("inference", "inference"), ("L0", "l0"), ("FVU", "fvu"),
+                 ("FVU sparse part", "fvu_sparse"), ("CE score (zero-abl)", "ce_score_zero"),
+                 ("CE score (mean-abl)", "ce_score_mean"), ("KL score (zero-abl)", "kl_score_zero"),
+                 ("dense >10%", "dense_10"), ("dense >1%", "dense_1"), ("dead", "dead"),
+                 ("max density", "max_density"))
+
+
+def normalise_study(study: Any) -> dict[str, Any]:
+    """A plain JSON-safe dict (dataclasses expanded, NaN/inf -> None, numpy scalars -> Python)."""
+    if is_dataclass(study):
+        study = asdict(study)
+    if not isinstance(study, dict):
+        raise ReportError(f"a study result must be a dict or dataclass, got {type(study).__name__}")
+    study = jsonable(study)
+    if not isinstance(study.get("saes", {}), dict):
+        raise ReportError("study['saes'] must map SAE names to their core-eval dicts")
+    return study
+
+
+def jsonable(value: Any) -> Any:
+    """A JSON-safe copy: dataclasses and numpy expanded, NaN/inf -> None (strict JSON)."""
+    if is_dataclass(value) and not isinstance(value, type):
+        return jsonable(asdict(value))
+    if isinstance(value, dict):
+        return {str(k): jsonable(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [jsonable(v) for v in value]
+    if isinstance(value, np.ndarray):
+        return jsonable(value.tolist())
+    if isinstance(value, (np.bool_, bool)):
+        return bool(value)
+    if isinstance(value, np.integer):
+        return int(value)
+    if isinstance(value, (float, np.floating)):
+        value = float(value)
+        return None if math.isnan(value) or math.isinf(value) else value
+    if value is None or isinstance(value, (int, str)):
+        return value
+    if isinstance(value, Path):
+        return str(value)
+    raise ReportError(f"cannot store {type(value).__name__} in results.json: convert it to numbers or text first")
+
+
+def build_sections(study: dict[str, Any]) -> list[Section]:
+    """Built-in sections from study['config'] and study['saes'], then study['sections'] in order."""
+    saes: dict[str, dict[str, Any]] = study.get("saes", {})
+    sections = [config_section(study.get("config", {}))]
+    if saes:
+        sections += [sweep_section(saes), density_section(saes), all_numbers_section(saes)]
+    sections += [Section.from_dict(s) if isinstance(s, dict) else s for s in study.get("sections", [])]
+    return sections
+
+
+def config_section(config: dict[str, Any]) -> Section:
+    rows = [[key, value] for key, value in _flatten(config)]
+    return Section("Configuration", "The settings that produced every number below.",
+                   tables=[Table(["setting", "value"], rows)])
+
+
+def _flatten(value: Any, prefix: str = "") -> list[tuple[str, Any]]:
+    if isinstance(value, dict):
+        out = []
+        for key, item in value.items():
+            out += _flatten(item, f"{prefix}.{key}" if prefix else str(key))
+        return out or [(prefix, "{}")]
+    return [(prefix, value)]
+
+
+def _ordered(saes: dict[str, dict[str, Any]]) -> list[tuple[str, dict[str, Any]]]:
+    return sorted(saes.items(), key=lambda item: (str(item[1].get("arch", "")), str(item[1].get("inference", "")),
+                                                  item[1].get("rank", 0), item[0]))
+
+
+def _groups(saes: dict[str, dict[str, Any]]) -> dict[str, list[dict[str, Any]]]:
+    groups: dict[str, list[dict[str, Any]]] = {}
+    for _, result in _ordered(saes):
+        groups.setdefault(f"{result.get('arch', 'sae')}, {result.get('inference', 'threshold')} inference", []).append(result)
+    return groups
+
+
+def _sweep_figure(saes, title: str, keys: list[tuple[str, str]], ylabel: str, logy: bool = False) -> Figure:
+    series = []
+    for group, results in _groups(saes).items():
+        for label, key in keys:
+            points = [(r["rank"], r[key]) for r in results if r.get(key) is not None]
+            name = group if len(keys) == 1 else f"{group}: {label}"
+            series.append(Series(name, [p[0] for p in points], [p[1] for p in points]))
+    return Figure(title, series, kind="line", xlabel="scaffold rank r", ylabel=ylabel, logy=logy)
+
+
+def sweep_section(saes: dict[str, dict[str, Any]]) -> Section:
+    rows = [[name, *[result.get(key) for _, key in SWEEP_COLUMNS]] for name, result in _ordered(saes)]
+    text = ("Held-out tokens, position 0 (BOS) excluded. Rank 0 is the plain SAE baseline. L0, dead and dense "
+            "counts come from the sparse latents only; FVU and CE use the full reconstruction (scaffold + "
+            "sparse). CE score = (CE_abl - CE_sae) / (CE_abl - CE_clean).")
+    figures = [
+        _sweep_figure(saes, "Dense latents vs scaffold rank", [(">10%", "dense_10"), (">1%", "dense_1")],
+                      "latents firing on > x% of tokens", logy=True),
+        _sweep_figure(saes, "FVU vs scaffold rank", [("FVU", "fvu")], "fraction of variance unexplained"),
+        _sweep_figure(saes, "CE loss score vs scaffold rank",
+                      [("zero-abl", "ce_score_zero"), ("mean-abl", "ce_score_mean")], "CE loss score"),
+    ]
+    return Section("Rank sweep", text, tables=[Table(["sae", *[t for t, _ in SWEEP_COLUMNS]], rows)], figures=figures)
+
+
+def density_section(saes: dict[str, dict[str, Any]]) -> Section:
+    series = []
+    for name, result in _ordered(saes):
+        counts, edges = result.get("density_hist_counts"), result.get("density_hist_edges")
+        if counts and edges:
+            series.append(Series(f"{name} (r={result.get('rank', 0)})", list(edges), list(counts)))
+    text = ("Per-latent firing density on held-out tokens, log10 scale (dead latents are not in the histogram; "
+            "see the dead count). Dashed lines: 1% and 10%.")
+    figure = Figure("Per-latent firing density, baseline vs hybrid", series, kind="step",
+                    xlabel="log10(firing density)", ylabel="latents", logy=True, vlines=[-2.0, -1.0])
+    return Section("Latent density", text, figures=[figure] if series else [])
+
+
+def all_numbers_section(saes: dict[str, dict[str, Any]]) -> Section:
+    ordered = _ordered(saes)
+    keys: list[str] = []
+    for _, result in ordered:
+        keys += [k for k, v in result.items() if not isinstance(v, (list, dict)) and k not in keys]
+    rows = [[key, *[result.get(key) for _, result in ordered]] for key in keys]
+    return Section("Every core number", "One column per SAE, every scalar of its core evaluation.",
+                   tables=[Table(["metric", *[name for name, _ in ordered]], rows)])
+
+
+# ---------------------------------------------------------------------------------------------- rendering
+
+
+def figure_table(figure: Figure) -> Table | None:
+    """The data behind a figure, as a table (x, then one column per series)."""
+    if figure.kind == "png" or not figure.series:
+        return None
+    xs = sorted({x for s in figure.series for x in s.x})
+    by_series = [dict(zip(s.x, s.y)) for s in figure.series]
+    if figure.kind == "step":
+        xs = xs[:-1] if len(xs) > 1 else xs
+        rows = [[x, *[lookup.get(x) for lookup in by_series]] for x in xs]
+        last_edges = sorted({s.x[-1] for s in figure.series if s.x})
+        caption = f"bin left edges; last right edge {', '.join(format_number(e) for e in last_edges)}"
+        return Table([figure.xlabel or "x", *[s.label for s in figure.series]], rows, caption)
+    rows = [[x, *[lookup.get(x) for lookup in by_series]] for x in xs]
+    return Table([figure.xlabel or "x", *[s.label for s in figure.series]], rows)
+
+
+def render_png(figure: Figure) -> bytes:
+    """Draw a data figure with matplotlib's Agg canvas (no pyplot, no global state)."""
+    if figure.kind == "png":
+        return base64.b64decode(figure.png_base64)
+    from matplotlib.backends.backend_agg import FigureCanvasAgg
+    from matplotlib.figure import Figure as MplFigure
+
+    fig = MplFigure(figsize=(6.4, 3.8), dpi=100)
+    FigureCanvasAgg(fig)
+    ax = fig.add_subplot()
+    for series in figure.series:
+        if figure.kind == "step":
+            if len(series.x) == len(series.y) + 1:
+                ax.stairs(series.y, series.x, label=series.label)
+        else:
+            ax.plot(series.x, series.y, marker="o", label=series.label)
+    for x in figure.vlines:
+        ax.axvline(x, color="grey", linestyle="--", linewidth=1)
+    if figure.logy:
+        ax.set_yscale("symlog", linthresh=1)
+    ax.set_title(figure.title)
+    ax.set_xlabel(figure.xlabel)
+    ax.set_ylabel(figure.ylabel)
+    ax.grid(alpha=0.3)
+    if figure.series:
+        ax.legend(fontsize=7)
+    fig.tight_layout()
+    buffer = io.BytesIO()
+    fig.savefig(buffer, format="png", metadata={"Software": None})
+    return buffer.getvalue()
+
+
+def _cell(value: Any) -> str:
+    return format_number(value) if not isinstance(value, (list, dict)) else json.dumps(value)
+
+
+def markdown_table(table: Table) -> str:
+    escape = lambda text: str(text).replace("|", "\\|").replace("\n", " ")  # noqa: E731
+    lines = ["| " + " | ".join(escape(c) for c in table.columns) + " |",
+             "|" + "---|" * len(table.columns)]
+    lines += ["| " + " | ".join(escape(_cell(v)) for v in row) + " |" for row in table.rows]
+    if table.caption:
+        lines.append(f"\n_{table.caption}_")
+    return "\n".join(lines)
+
+
+def render_markdown(title: str, sections: list[Section]) -> str:
+    parts = [f"# {title}", "", "Plots are in report.html next to this file; each plot's data is tabled here."]
+    for section in sections:
+        parts += ["", f"## {section.title}", ""]
+        if section.text:
+            parts += [section.text, ""]
+        for table in section.tables:
+            parts += [markdown_table(table), ""]
+        for figure in section.figures:
+            parts += [f"### Figure: {figure.title}", ""]
+            if figure.caption:
+                parts += [figure.caption, ""]
+            data = figure_table(figure)
+            if data is not None:
+                parts += [markdown_table(data), ""]
+    return "\n".join(parts).rstrip() + "\n"
+
+
+CSS = """
+body { font-family: system-ui, -apple-system, Segoe UI, Roboto, sans-serif; margin: 2em auto; max-width: 1100px;
+       color: #222; padding: 0 1em; }
+h1 { border-bottom: 2px solid #444; } h2 { border-bottom: 1px solid #bbb; margin-top: 2em; }
+table { border-collapse: collapse; margin: 1em 0; font-size: 0.85em; display: block; overflow-x: auto; }
+th, td { border: 1px solid #ccc; padding: 3px 8px; text-align: right; white-space: nowrap; }
+th { background: #f0f0f0; } td:first-child, th:first-child { text-align: left; }
+figure { margin: 1.5em 0; } figcaption { font-size: 0.9em; color: #555; }
+img { max-width: 100%; } details { margin: 0.5em 0 1.5em; } summary { cursor: pointer; color: #335; }
+.caption { font-size: 0.85em; color: #555; }
+"""
+
+
+def html_table(table: Table) -> str:
+    head = "".join(f"<th>{html.escape(str(c))}</th>" for c in table.columns)
+    body = "".join("<tr>" + "".join(f"<td>{html.escape(_cell(v))}</td>" for v in row) + "</tr>" for row in table.rows)
+    caption = f'<p class="caption">{html.escape(table.caption)}</p>' if table.caption else ""
+    return f"<table><thead><tr>{head}</tr></thead><tbody>{body}</tbody></table>{caption}"
+
+
+def render_html(title: str, sections: list[Section]) -> str:
+    parts = [f"<!DOCTYPE html><html lang=\"en\"><head><meta charset=\"utf-8\"><title>{html.escape(title)}</title>"
+             f"<style>{CSS}</style></head><body><h1>{html.escape(title)}</h1>"]
+    parts.append("<nav><ul>" + "".join(f'<li><a href="#s{i}">{html.escape(s.title)}</a></li>'
+                                       for i, s in enumerate(sections)) + "</ul></nav>")
+    for i, section in enumerate(sections):
+        parts.append(f'<section id="s{i}"><h2>{html.escape(section.title)}</h2>')
+        for paragraph in filter(None, (p.strip() for p in section.text.split("\n\n"))):
+            parts.append(f"<p>{html.escape(paragraph)}</p>")
+        parts += [html_table(table) for table in section.tables]
+        for figure in section.figures:
+            png = base64.b64encode(render_png(figure)).decode("ascii")
+            caption = html.escape(figure.caption or figure.title)
+            parts.append(f'<figure><img alt="{html.escape(figure.title)}" src="data:image/png;base64,{png}">'
+                         f"<figcaption>{caption}</figcaption></figure>")
+            data = figure_table(figure)
+            if data is not None:
+                parts.append(f"<details><summary>data: {html.escape(figure.title)}</summary>{html_table(data)}</details>")
+        parts.append("</section>")
+    parts.append("</body></html>")
+    return "\n".join(parts)
+
+
+# ---------------------------------------------------------------------------------------------- writing
+
+
+def write_report(study: Any, out_dir: str | Path, sections: Iterable[Section] = ()) -> ReportPaths:
+    """Write results.json, report.md and report.html into out_dir (each atomically); extra `sections` are
+    appended after the study's own and stored in results.json so `scaffold-sae report` can redraw them."""
+    from scaffold_sae.fetch import atomic_write_text
+
+    study = normalise_study(study)
+    extra = [jsonable(asdict(s)) for s in sections]
+    if extra:
+        study = {**study, "sections": [*study.get("sections", []), *extra]}
+    title = str(study.get("title") or "scaffold-sae study")
+    built = build_sections(study)
+    out = Path(out_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    paths = ReportPaths(html=out / "report.html", markdown=out / "report.md", json=out / "results.json")
+    atomic_write_text(paths.json, json.dumps(study, indent=1, allow_nan=False) + "\n")
+    atomic_write_text(paths.markdown, render_markdown(title, built))
+    atomic_write_text(paths.html, render_html(title, built))
+    return paths
+
+
+def load_results(path: str | Path) -> dict[str, Any]:
+    path = Path(path)
+    if not path.is_file():
+        raise ReportError(f"results file {path} does not exist: pass the results.json a study or eval wrote")
+    try:
+        data = json.loads(path.read_text())
+    except json.JSONDecodeError as error:
+        raise ReportError(f"{path} is not valid JSON ({error.msg} at line {error.lineno}): regenerate it") from None
+    if isinstance(data, dict) and "eval" in data and "saes" not in data:  # one `scaffold-sae eval` output
+        name = Path(str(data.get("sae", "sae"))).name
+        data = {"title": f"core evaluation of {name}", "config": {k: v for k, v in data.items() if k != "eval"},
+                "saes": {name: data["eval"]}}
+    return data
+
+
+def register_report(subparsers) -> argparse.ArgumentParser:
+    parser = subparsers.add_parser(
+        "report", help="(re)write report.html / report.md / results.json from a results JSON",
+        description="Regenerate the self-contained HTML report, its Markdown twin and results.json from a "
+                    "study's results.json (or one `scaffold-sae eval` JSON).")
+    parser.add_argument("--results", required=True, help="results.json of a study, or an eval JSON")
+    parser.add_argument("--out", required=True, help="output directory")
+    parser.set_defaults(func=run_report_command)
+    return parser
+
+
+def run_report_command(args: argparse.Namespace) -> int:
+    paths = write_report(load_results(args.results), args.out)
+    print(f"wrote {paths.html}\n      {paths.markdown}\n      {paths.json}")
+    return 0

@@ -1,0 +1,216 @@
+"""Save and load hybrid SAEs: our directories (SAELens-compatible), SAELens and sparsify SAEs.
+
+Our directory for one SAE:
+
+    cfg.json                  SAELens config (architecture jumprelu | topk | standard)
+    sae_weights.safetensors   W_enc [d_in, d_sae], W_dec [d_sae, d_in], b_enc, b_dec, threshold
+    scaffold.safetensors      U [d_in, r], V [d_in, r] (and W_enc_unfolded, see below)
+    scaffold_sae.json         our full SAEConfig plus training summary; SAELens ignores both extras
+
+The sparse part alone is a valid SAELens SAE on raw activations: input scaling is folded in at
+save, and for ``encoder_input="residual"`` the scaffold projection is folded into W_enc
+(W_enc_eff = (I - V U^T) W_enc), so SAELens's encoder computes the same codes.  The scaffold term
+then belongs to SAELens's reconstruction error.
+"""
+
+from __future__ import annotations
+
+import io
+import json
+from dataclasses import asdict, fields
+from pathlib import Path
+
+import torch
+from safetensors.torch import load_file, save
+
+from .fetch import atomic_write_bytes, atomic_write_text
+from .sae import SAEConfig, HybridSAE
+
+FORMAT_VERSION = 1
+OUR_CONFIG = "scaffold_sae.json"
+SAELENS_WEIGHTS = "sae_weights.safetensors"
+SPARSIFY_WEIGHTS = "sae.safetensors"
+SCAFFOLD_WEIGHTS = "scaffold.safetensors"
+
+SAELENS_ARCH = {"batchtopk": "jumprelu", "matryoshka": "jumprelu", "jumprelu": "jumprelu",
+                "topk": "topk", "relu": "standard"}
+
+
+class SAEFormatError(ValueError):
+    """A directory that is not a readable SAE; the message says what was expected."""
+
+
+def save_sae(sae: HybridSAE, path: str | Path, metadata: dict | None = None,
+             summary: dict | None = None) -> Path:
+    """Write ``sae`` (working on raw activations) to directory ``path``; returns ``path``.
+
+    ``metadata`` fills SAELens's metadata (model_name, hook_name, hook_layer, context_size,
+    prepend_bos, dataset_path, ...); ``summary`` is stored in scaffold_sae.json.
+    """
+    path = Path(path)
+    path.mkdir(parents=True, exist_ok=True)
+    cfg = sae.cfg
+    with torch.no_grad():
+        w_enc = sae.encoder_weight.detach().t().contiguous()  # [d, m]
+        if cfg.encoder_input == "residual" and cfg.rank > 0:
+            w_enc = w_enc - sae.V.detach() @ (sae.U.detach().t() @ w_enc)
+        tensors = {
+            "W_enc": w_enc.contiguous(),
+            "W_dec": sae.W_dec.detach().contiguous(),
+            "b_enc": sae.b_enc.detach().contiguous(),
+            "b_dec": sae.b_dec.detach().contiguous(),
+        }
+        if SAELENS_ARCH[cfg.arch] == "jumprelu":
+            tensors["threshold"] = sae.threshold.detach().contiguous()
+        scaffold = {"U": sae.U.detach().contiguous(), "V": sae.V.detach().contiguous()}
+        if cfg.encoder_input == "residual" and cfg.rank > 0:
+            scaffold["W_enc_unfolded"] = sae.encoder_weight.detach().t().contiguous()
+    meta = dict(metadata or {})
+    atomic_write_bytes(path / SAELENS_WEIGHTS, save(tensors))
+    atomic_write_bytes(path / SCAFFOLD_WEIGHTS, save(scaffold))
+    atomic_write_text(path / "cfg.json", json.dumps(_saelens_cfg(cfg, meta), indent=2))
+    ours = {"format": "scaffold-sae", "format_version": FORMAT_VERSION, "sae_config": asdict(cfg),
+            "metadata": meta, "summary": summary or {}}
+    atomic_write_text(path / OUR_CONFIG, json.dumps(ours, indent=2))
+    return path
+
+
+def _saelens_cfg(cfg: SAEConfig, meta: dict) -> dict:
+    layer = meta.get("hook_layer")
+    hook_name = meta.get("hook_name") or (f"blocks.{layer}.hook_resid_post" if layer is not None else "")
+    metadata = {
+        "model_name": meta.get("model_name", ""),
+        "hook_name": hook_name,
+        "hook_layer": layer,
+        "hook_head_index": None,
+        "context_size": meta.get("context_size"),
+        "prepend_bos": meta.get("prepend_bos", True),
+        "dataset_path": meta.get("dataset_path", ""),
+        "model_from_pretrained_kwargs": {},
+        "sae_lens_training_version": None,
+    }
+    out = {
+        "architecture": SAELENS_ARCH[cfg.arch],
+        "d_in": cfg.d_in,
+        "d_sae": cfg.width,
+        "dtype": "float32",
+        "device": "cpu",
+        "apply_b_dec_to_input": True,
+        "normalize_activations": "none",
+        "reshape_activations": "none",
+        "metadata": metadata,
+    }
+    if cfg.arch == "topk":
+        out["k"] = cfg.k
+    # flat copies for SAELens < 6 and SAEBench readers that look at the top level
+    out.update({key: value for key, value in metadata.items() if key not in out})
+    out["finetuning_scaling_factor"] = False
+    return out
+
+
+def load_sae(path: str | Path) -> HybridSAE:
+    """Load an SAE directory written by us, by SAELens (cfg.json + sae_weights.safetensors) or by
+    sparsify (cfg.json + sae.safetensors)."""
+    path = Path(path)
+    if (path / OUR_CONFIG).is_file():
+        return _load_ours(path)
+    if (path / SAELENS_WEIGHTS).is_file():
+        return _load_saelens(path)
+    if (path / SPARSIFY_WEIGHTS).is_file():
+        return _load_sparsify(path)
+    raise SAEFormatError(f"{path} is not an SAE directory: expected {OUR_CONFIG}, {SAELENS_WEIGHTS} "
+                         f"(SAELens) or {SPARSIFY_WEIGHTS} (sparsify)")
+
+
+def _read_json(path: Path) -> dict:
+    try:
+        return json.loads(path.read_text())
+    except (OSError, json.JSONDecodeError) as error:
+        raise SAEFormatError(f"cannot read {path}: {error}") from error
+
+
+def _config_from_dict(data: dict) -> SAEConfig:
+    known = {f.name for f in fields(SAEConfig)}
+    return SAEConfig(**{key: value for key, value in data.items() if key in known})
+
+
+def _build(cfg: SAEConfig, w_enc_dm: torch.Tensor, w_dec: torch.Tensor, b_enc: torch.Tensor,
+           b_dec: torch.Tensor, threshold: torch.Tensor | None = None,
+           u: torch.Tensor | None = None, v: torch.Tensor | None = None) -> HybridSAE:
+    sae = HybridSAE(cfg)
+    with torch.no_grad():
+        sae.encoder_weight.copy_(w_enc_dm.t())
+        sae.W_dec.copy_(w_dec)
+        sae.b_enc.copy_(b_enc)
+        sae.b_dec.copy_(b_dec)
+        if threshold is not None:
+            sae.threshold.copy_(threshold)
+        if cfg.rank > 0:
+            sae.U.copy_(u)
+            if sae.V_free is not None:
+                sae.V_free.copy_(v)
+    sae.requires_grad_(False)
+    return sae.eval()
+
+
+def _load_ours(path: Path) -> HybridSAE:
+    ours = _read_json(path / OUR_CONFIG)
+    cfg = _config_from_dict(ours["sae_config"])
+    weights = load_file(str(path / SAELENS_WEIGHTS))
+    scaffold = load_file(str(path / SCAFFOLD_WEIGHTS)) if (path / SCAFFOLD_WEIGHTS).is_file() else {}
+    w_enc = scaffold.get("W_enc_unfolded", weights["W_enc"])
+    sae = _build(cfg, w_enc, weights["W_dec"], weights["b_enc"], weights["b_dec"],
+                 weights.get("threshold"), scaffold.get("U"), scaffold.get("V"))
+    sae.metadata = ours.get("metadata", {})
+    sae.summary = ours.get("summary", {})
+    return sae
+
+
+def _load_saelens(path: Path) -> HybridSAE:
+    cfg_json = _read_json(path / "cfg.json")
+    weights = load_file(str(path / SAELENS_WEIGHTS))
+    norm = cfg_json.get("normalize_activations", "none") or "none"
+    if norm != "none":
+        raise SAEFormatError(f"{path}: normalize_activations={norm!r} is not supported; only 'none' "
+                             "(fold the scaling into the weights first)")
+    arch = cfg_json.get("architecture", "standard")
+    mapping = {"jumprelu": "jumprelu", "standard": "relu", "topk": "topk", "batchtopk": "jumprelu"}
+    if arch not in mapping:
+        raise SAEFormatError(f"{path}: SAELens architecture {arch!r} is not supported; allowed: "
+                             f"{', '.join(mapping)}")
+    w_enc = weights["W_enc"]
+    d_in, width = w_enc.shape
+    k = int(cfg_json.get("k") or 1)
+    if arch == "topk" and "k" not in cfg_json:
+        raise SAEFormatError(f"{path}: topk SAE without k in cfg.json")
+    if mapping[arch] == "jumprelu" and "threshold" not in weights:
+        raise SAEFormatError(f"{path}: jumprelu SAE without a threshold tensor")
+    cfg = SAEConfig(arch=mapping[arch], d_in=d_in, width=width, k=min(k, width), rank=0)
+    b_dec = weights["b_dec"]
+    if not cfg_json.get("apply_b_dec_to_input", True):
+        # encoder sees x, not x - b_dec: fold b_dec into b_enc
+        weights["b_enc"] = weights["b_enc"] + b_dec @ w_enc
+    sae = _build(cfg, w_enc, weights["W_dec"], weights["b_enc"], b_dec, weights.get("threshold"))
+    sae.metadata = cfg_json.get("metadata", {})
+    return sae
+
+
+def _load_sparsify(path: Path) -> HybridSAE:
+    cfg_json = _read_json(path / "cfg.json") if (path / "cfg.json").is_file() else {}
+    weights = load_file(str(path / SPARSIFY_WEIGHTS))
+    if "W_skip" in weights:
+        raise SAEFormatError(f"{path}: sparsify SAEs with a skip connection are not supported")
+    enc = weights["encoder.weight"]  # [m, d]
+    width, d_in = enc.shape
+    k = int(cfg_json.get("k", 32))
+    cfg = SAEConfig(arch="topk", d_in=d_in, width=width, k=min(k, width), rank=0)
+    sae = _build(cfg, enc.t(), weights["W_dec"], weights["encoder.bias"], weights["b_dec"])
+    sae.metadata = {}
+    return sae
+
+
+def state_bytes(obj: object) -> bytes:
+    """torch.save into bytes (for atomic checkpoint writes)."""
+    buffer = io.BytesIO()
+    torch.save(obj, buffer)
+    return buffer.getvalue()

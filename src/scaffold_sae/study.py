@@ -1,0 +1,267 @@
+"""The study: harvest -> train a baseline and hybrids in lockstep -> evaluate at matched L0 -> report.
+
+`scaffold-sae demo` is this study on the embedded default; `scaffold-sae study` runs it on any model.
+Every stage reuses what an earlier run finished (the cache, saved SAEs, evaluations), so a rerun is cheap
+and an interrupted one resumes.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import time
+from dataclasses import asdict, dataclass, field, fields
+from pathlib import Path
+
+import torch
+
+from scaffold_sae import evals
+from scaffold_sae.cache import ActivationCache, harvest
+from scaffold_sae.corpus import load_corpus, pack_contexts
+from scaffold_sae.fetch import atomic_write_text
+from scaffold_sae.models import EMBEDDED, load_model
+from scaffold_sae.sae import ConfigError, SAEConfig
+from scaffold_sae.saving import load_sae
+from scaffold_sae.trainer import TrainConfig, load_config_file, train_saes
+
+
+@dataclass
+class StudyConfig:
+    """One study: a model, a layer, a baseline SAE and hybrids at several scaffold ranks."""
+
+    model: str = "gemma3-270m"
+    """Language model: an embedded key (gemma3-270m, smollm2-135m), a hub id, a local dir or a .gguf file."""
+    layer: int | None = None
+    """Residual stream after this block; None = the embedded model's default (middle) layer or n_layers // 2."""
+    corpus: str = "news"
+    """Text: news (embedded), a local .txt/.jsonl/.parquet file or folder, or hf:name[:config][:split]."""
+    ctx_len: int = 128
+    """Tokens per context (each starts with BOS)."""
+    train_tokens: int = 300_000
+    """Unique training tokens harvested into the activation cache (BOS and sink tokens excluded)."""
+    eval_tokens: int = 32_768
+    """Held-out tokens for reconstruction and density statistics (never seen in training)."""
+    ce_tokens: int = 2_048
+    """Held-out tokens (a prefix of the eval contexts) for the spliced CE / KL numbers (a full LM forward each)."""
+    arch: str = "batchtopk"
+    """Sparse dictionary: batchtopk | matryoshka | topk | relu."""
+    width: int = 4096
+    """Sparse latents m."""
+    k: int = 32
+    """Active latents per token (matched across all SAEs of the study)."""
+    ranks: list[int] = field(default_factory=lambda: [0, 2, 4, 8, 16, 24, 32])
+    """Scaffold ranks; 0 is the baseline. All train in lockstep on the same batches."""
+    steps_tokens: int = 2_457_600
+    """Training tokens seen (passes over the cache = steps_tokens / train_tokens)."""
+    batch_size: int = 4096
+    """Tokens per training step."""
+    lr: float | None = None
+    """Adam learning rate (None: 2e-4 / sqrt(width / 2^14))."""
+    scaffold_tied: bool = False
+    """Tied orthonormal scaffold U = V (True) or free factors (False)."""
+    encoder_input: str = "x"
+    """What the sparse encoder sees: x or residual (x minus the scaffold)."""
+    sink_factor: float = 10.0
+    """Exclude tokens whose activation norm exceeds this multiple of the median (attention sinks)."""
+    harvest_batch_size: int = 8
+    """Contexts per LM forward while harvesting and evaluating."""
+    device: str = "cpu"
+    """torch device for the model and the SAEs (cuda uses bf16 autocast where it helps)."""
+    seed: int = 0
+    """Seed for data order and initialisation."""
+
+    def validate(self) -> "StudyConfig":
+        if not self.ranks or 0 not in self.ranks:
+            raise ConfigError(f"ranks={self.ranks} is invalid: include 0 (the baseline), e.g. 0,8,24")
+        if sorted(set(self.ranks)) != sorted(self.ranks) or min(self.ranks) < 0:
+            raise ConfigError(f"ranks={self.ranks} is invalid: distinct non-negative integers")
+        for name in ("ctx_len", "train_tokens", "eval_tokens", "ce_tokens", "width", "k", "steps_tokens",
+                     "batch_size"):
+            if getattr(self, name) < 1:
+                raise ConfigError(f"{name}={getattr(self, name)} is invalid: must be a positive integer")
+        if self.ce_tokens > self.eval_tokens:
+            raise ConfigError(f"ce_tokens={self.ce_tokens} is invalid: must be <= eval_tokens ({self.eval_tokens})")
+        return self
+
+    def sae_configs(self) -> list[SAEConfig]:
+        return [SAEConfig(arch=self.arch, width=self.width, k=self.k, rank=r, scaffold_tied=self.scaffold_tied,
+                          encoder_input=self.encoder_input) for r in self.ranks]
+
+    def train_config(self) -> TrainConfig:
+        return TrainConfig(tokens=self.steps_tokens, batch_size=self.batch_size, lr=self.lr, seed=self.seed)
+
+
+# The demo's size: chosen to finish in under 30 minutes on 2 CPU cores from an empty cache (see README).
+DEMO = StudyConfig()
+
+
+def default_layer(model_spec: str, n_layers: int) -> int:
+    return EMBEDDED[model_spec].default_layer if model_spec in EMBEDDED else n_layers // 2
+
+
+def run_study(cfg: StudyConfig, out_dir: str | Path, progress: bool = True) -> dict:
+    """Run (or resume) the whole study into out_dir; returns the results dict written to results.json."""
+    cfg.validate()
+    out = Path(out_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    timings: dict[str, float] = {}
+    clock = time.perf_counter()
+
+    lm = load_model(cfg.model, device=cfg.device)
+    layer = default_layer(cfg.model, lm.n_layers) if cfg.layer is None else cfg.layer
+    lm.check_layer(layer)
+    resolved = {**asdict(cfg), "layer": layer}
+    atomic_write_text(out / "study_config.json", json.dumps(resolved, indent=1) + "\n")
+    timings["load_model_s"] = time.perf_counter() - clock
+
+    clock = time.perf_counter()
+    cache = harvest(lm, layer, cfg.corpus, cfg.train_tokens, out / "cache", ctx_len=cfg.ctx_len,
+                    batch_size=cfg.harvest_batch_size, split="train", sink_factor=cfg.sink_factor, seed=cfg.seed,
+                    progress=progress)
+    timings["harvest_s"] = time.perf_counter() - clock
+
+    clock = time.perf_counter()
+    sae_dirs = train_missing(cache, cfg, out / "saes", progress)
+    timings["train_s"] = time.perf_counter() - clock
+
+    clock = time.perf_counter()
+    contexts = pack_contexts(lm.tokenizer, load_corpus(cfg.corpus), cfg.ctx_len, cfg.eval_tokens, split="heldout",
+                             seed=cfg.seed, bos_id=lm.bos_token_id)
+    results = evaluate_all(sae_dirs, lm, layer, contexts, cfg, out / "evals", progress)
+    timings["eval_s"] = time.perf_counter() - clock
+
+    primary = "batchtopk" if cfg.arch in evals.BATCH_TOPK_ARCHS else "threshold"
+    return {
+        "title": f"scaffold-sae study: {cfg.model} layer {layer}",
+        "config": resolved,
+        "inference": primary,
+        "cache": {k: cache.manifest.get(k) for k in ("model", "fingerprint", "layer", "n_rows", "excluded")},
+        "saes": {name: result[primary] for name, result in results.items()},
+        "threshold_evals": {name: result["threshold"] for name, result in results.items()},
+        "timings": timings,
+    }
+
+
+def threshold_section(study: dict):
+    """The exported JumpReLU thresholds at work: inference L0 and FVU next to the matched-L0 numbers."""
+    from scaffold_sae.report import Section, Table
+
+    rows = []
+    for name, ev in study["threshold_evals"].items():
+        matched = study["saes"][name]
+        rows.append([ev["rank"], matched["l0"], ev["l0"], matched["fvu"], ev["fvu"], matched["dense_10"],
+                     ev["dense_10"], ev["ce_score_zero"]])
+    rows.sort(key=lambda row: row[0])
+    table = Table(columns=["rank", "L0 batch top-k", "L0 JumpReLU", "FVU batch top-k", "FVU JumpReLU",
+                           "dense>10% batch top-k", "dense>10% JumpReLU", "CE score JumpReLU"], rows=rows,
+                  caption="Exported JumpReLU threshold vs batch top-k inference on the same held-out tokens")
+    return Section(title="Inference threshold (JumpReLU export)",
+                   text="The main tables compare SAEs at exactly matched L0 (batch top-k over each evaluation "
+                        "batch). This table shows each SAE with the JumpReLU threshold it is saved with, the way "
+                        "SAELens and SAEBench will run it.", tables=[table])
+
+
+def train_missing(cache: ActivationCache, cfg: StudyConfig, out: Path, progress: bool) -> dict[str, Path]:
+    """Train (in lockstep) the study's SAEs that are not saved yet; returns name -> directory for all."""
+    from scaffold_sae.trainer import sae_names, resolve_configs
+
+    cfgs = resolve_configs(cfg.sae_configs(), cache.d_model)
+    names = sae_names(cfgs)
+    missing = [c for c, n in zip(cfgs, names) if not (out / n / "scaffold_sae.json").exists()]
+    if missing:
+        train_cfg = cfg.train_config()
+        train_cfg.progress = progress
+        train_saes(cache, missing, train_cfg, out)
+    return {n: out / n for n in names}
+
+
+def evaluate_all(sae_dirs: dict[str, Path], lm, layer: int, contexts: torch.Tensor, cfg: StudyConfig,
+                 out: Path, progress: bool) -> dict[str, dict]:
+    """Evaluate every SAE at matched L0 (batch top-k inference for BatchTopK SAEs) and with its exported
+    JumpReLU threshold; cached per SAE in out/<name>.json."""
+    out.mkdir(parents=True, exist_ok=True)
+    pending = {n: d for n, d in sae_dirs.items() if not (out / f"{n}.json").exists()}
+    if pending:
+        saes = {n: load_sae(d).to(cfg.device) for n, d in pending.items()}
+        n_ce = max(1, cfg.ce_tokens // cfg.ctx_len)
+        modes = ["batchtopk", "threshold"] if cfg.arch in evals.BATCH_TOPK_ARCHS else ["threshold"]
+        mean = evals.mean_activation(lm, layer, contexts[:n_ce], cfg.harvest_batch_size, progress, cfg.sink_factor)
+        per_mode = {mode: evals.evaluate_many(saes, lm, layer, contexts, ce_contexts=n_ce, inference=mode,
+                                              batch_size=cfg.harvest_batch_size, progress=progress,
+                                              mean_resid=mean, sink_factor=cfg.sink_factor)
+                    for mode in modes}
+        for name in saes:
+            record = {"rank": saes[name].cfg.rank, "dir": str(sae_dirs[name]),
+                      **{mode: asdict(per_mode[mode][name]) for mode in modes}}
+            atomic_write_text(out / f"{name}.json", json.dumps(record) + "\n")
+    return {n: json.loads((out / f"{n}.json").read_text()) for n in sae_dirs}
+
+
+def config_from_args(args: argparse.Namespace, base: StudyConfig) -> StudyConfig:
+    """base <- config file (--config) <- explicit flags."""
+    values = asdict(base)
+    if getattr(args, "config", None):
+        loaded = load_config_file(args.config)
+        unknown = set(loaded) - set(values)
+        if unknown:
+            raise ConfigError(f"unknown study config field(s) {sorted(unknown)} in {args.config}: valid fields are "
+                              f"{', '.join(values)}")
+        values.update(loaded)
+    for f in fields(StudyConfig):
+        flag = getattr(args, f.name, None)
+        if flag is not None:
+            values[f.name] = flag
+    if isinstance(values["ranks"], str):
+        values["ranks"] = [int(r) for r in values["ranks"].split(",")]
+    return StudyConfig(**values).validate()
+
+
+def _add_flags(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--config", help="YAML or JSON file of StudyConfig fields (flags override it)")
+    parser.add_argument("--out", default=None, help="output directory (default runs/<model>-L<layer>)")
+    parser.add_argument("--no-progress", action="store_true", help="hide progress bars")
+    docs = _field_docs()
+    for f in fields(StudyConfig):
+        kind = {"int": int, "float": float, "str": str}.get(str(f.type).split(" |")[0], str)
+        if f.name == "ranks":
+            kind = str
+        parser.add_argument(f"--{f.name.replace('_', '-')}", dest=f.name, type=kind, default=None,
+                            help=docs.get(f.name, ""))
+
+
+def _field_docs() -> dict[str, str]:
+    import ast
+    import inspect
+
+    tree = ast.parse(inspect.getsource(StudyConfig))
+    body = tree.body[0].body
+    docs = {}
+    for node, nxt in zip(body, body[1:]):
+        if isinstance(node, ast.AnnAssign) and isinstance(nxt, ast.Expr) and isinstance(nxt.value, ast.Constant):
+            docs[node.target.id] = " ".join(str(nxt.value.value).split()).replace("%", "%%")
+    return docs
+
+
+def register_study(subparsers) -> None:
+    parser = subparsers.add_parser("study", help="run the scaffold study on any model and layer")
+    _add_flags(parser)
+    parser.set_defaults(func=lambda args: _run_cli(args, StudyConfig()))
+
+
+def register_demo(subparsers) -> None:
+    parser = subparsers.add_parser("demo", help="the study on the embedded default model (< 30 min on 2 CPU cores)")
+    _add_flags(parser)
+    parser.set_defaults(func=lambda args: _run_cli(args, DEMO))
+
+
+def _run_cli(args: argparse.Namespace, base: StudyConfig) -> None:
+    from scaffold_sae.report import format_summary_table, write_report
+
+    cfg = config_from_args(args, base)
+    out = Path(args.out or f"runs/{Path(cfg.model).name}-L{cfg.layer if cfg.layer is not None else 'default'}")
+    started = time.perf_counter()
+    study = run_study(cfg, out, progress=not args.no_progress)
+    paths = write_report(study, out / "report", sections=[threshold_section(study)])
+    print(format_summary_table(study))
+    print(f"\nreport: {paths.html}\n        {paths.markdown}\n        {paths.json}")
+    print(f"total {time.perf_counter() - started:.0f} s")

@@ -1,0 +1,695 @@
+"""Lockstep trainer: several hybrid SAEs learn from the same batches in one pass over a cache.
+
+Per step and per SAE: loss -> backward -> project decoder grads -> ``grad_hook`` (the point where
+data-parallel training all-reduces gradients) -> clip -> Adam -> unit-norm decoder / orthonormal
+scaffold.  Inputs are scaled to mean norm sqrt(d) (estimated on a sample) and the scale is folded
+into the saved weights.  Checkpoints (models, optimisers, counters, RNG, step = data position) are
+written atomically; rerunning the same call resumes and ends with the same weights.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import math
+import os
+from dataclasses import asdict, dataclass, field, fields
+from pathlib import Path
+from typing import Callable, Iterator, Protocol
+
+import torch
+from torch import Tensor
+
+from .fetch import atomic_write_bytes
+from .saving import save_sae, state_bytes
+from .sae import ConfigError, HybridSAE, SAEConfig, _choice, geometric_median, lr_for_width, pca_basis
+
+B_DEC_INITS = ("geometric_median", "mean", "zeros")
+THRESHOLD_METHODS = ("sample", "ema")
+CHECKPOINT = "checkpoint.pt"
+LOG = "train_log.jsonl"
+
+
+class ActivationSource(Protocol):
+    """What the trainer needs from an activation cache."""
+
+    d_model: int
+
+    def batches(self, batch_size: int, seed: int = 0, skip: int = 0, rank: int = 0,
+                world_size: int = 1) -> Iterator[Tensor]: ...
+
+    def sample(self, n: int, seed: int = 0) -> Tensor: ...
+
+
+class TensorSource:
+    """An in-memory activation source with the ActivationCache interface (tests, small runs)."""
+
+    def __init__(self, data: Tensor, manifest: dict | None = None):
+        self.data = data.float().contiguous()
+        self.d_model = int(data.shape[1])
+        self.n_rows = int(data.shape[0])
+        self.manifest = manifest or {}
+
+    def batches(self, batch_size: int, seed: int = 0, skip: int = 0, rank: int = 0,
+                world_size: int = 1) -> Iterator[Tensor]:
+        per_epoch = self.n_rows // (batch_size * world_size)
+        if per_epoch < 1:
+            raise ValueError(f"batch_size {batch_size} x world_size {world_size} exceeds the "
+                             f"{self.n_rows} rows of the source: lower batch_size")
+        index = skip
+        while True:
+            epoch, pos = divmod(index, per_epoch)
+            order = torch.randperm(self.n_rows, generator=torch.Generator().manual_seed(seed * 100003 + epoch))
+            start = (pos * world_size + rank) * batch_size
+            yield self.data[order[start:start + batch_size]]
+            index += 1
+
+    def sample(self, n: int, seed: int = 0) -> Tensor:
+        n = min(n, self.n_rows)
+        order = torch.randperm(self.n_rows, generator=torch.Generator().manual_seed(seed + 7))
+        return self.data[order[:n]]
+
+
+@dataclass
+class TrainConfig:
+    """One lockstep training run (shared by every SAE in it)."""
+
+    tokens: int = 10_000_000
+    """Training tokens (all ranks together); steps = tokens // (batch_size * world_size)."""
+    batch_size: int = 4096
+    """Tokens per step per rank."""
+    lr: float | None = None
+    """Adam learning rate; None = 2e-4 / sqrt(width / 2^14) per SAE."""
+    lr_warmup_steps: int | None = None
+    """Linear warm-up steps; None = min(1000, 5% of the steps)."""
+    lr_decay_frac: float = 0.2
+    """Fraction of the steps at the end over which the lr decays linearly to 0."""
+    adam_beta1: float = 0.9
+    """Adam beta1."""
+    adam_beta2: float = 0.999
+    """Adam beta2."""
+    grad_clip: float = 1.0
+    """Max gradient norm per SAE (0 disables)."""
+    seed: int = 0
+    """Seed for init and data order (every SAE gets the same init stream)."""
+    scale_inputs: bool = True
+    """Scale inputs to mean norm sqrt(d) during training (folded into the saved weights)."""
+    b_dec_init: str = "geometric_median"
+    """Initial b_dec from the init sample: geometric_median | mean | zeros."""
+    init_sample_tokens: int = 16384
+    """Tokens sampled for the input scale, b_dec and PCA scaffold init."""
+    dead_tokens: int | None = None
+    """A latent is dead after this many tokens without firing (AuxK); None = min(10M, tokens / 10)."""
+    threshold_method: str = "sample"
+    """BatchTopK inference threshold: sample (the value giving mean L0 = k on a sample after
+    training) or ema (EMA of the per-batch threshold)."""
+    threshold_sample_tokens: int = 32768
+    """Tokens for the sample threshold estimate (and for the reported inference L0)."""
+    threshold_ema_decay: float = 0.99
+    """EMA decay of the per-batch threshold (tracked and saved in either method)."""
+    dense_fraction: float = 0.1
+    """A latent is dense when it fires on more than this fraction of a log window's tokens."""
+    fast: bool = True
+    """Sparse-aware kernels (False: the plain dense implementation, same maths)."""
+    log_every: int = 50
+    """Steps between JSONL log records (and progress-bar updates of the metrics)."""
+    checkpoint_every: int = 500
+    """Steps between atomic checkpoints (0 disables)."""
+    resume: bool = True
+    """Resume from out_dir/checkpoint.pt when it exists and matches this run."""
+    keep_checkpoint: bool = False
+    """Keep the checkpoint after the final save."""
+    progress: bool = True
+    """Show a tqdm progress bar."""
+    wandb_project: str | None = None
+    """Also log to this Weights & Biases project (needs the wandb extra)."""
+    tensorboard_dir: str | None = None
+    """Also log to TensorBoard in this directory (needs the tensorboard extra)."""
+
+    def validate(self) -> "TrainConfig":
+        _choice("b_dec_init", self.b_dec_init, B_DEC_INITS)
+        _choice("threshold_method", self.threshold_method, THRESHOLD_METHODS)
+        for name in ("tokens", "batch_size", "init_sample_tokens", "threshold_sample_tokens", "log_every"):
+            if getattr(self, name) < 1:
+                raise ConfigError(f"{name}={getattr(self, name)} is invalid: must be a positive integer")
+        if self.tokens < self.batch_size:
+            raise ConfigError(f"tokens={self.tokens} is invalid: must be >= batch_size ({self.batch_size})")
+        if self.lr is not None and self.lr <= 0:
+            raise ConfigError(f"lr={self.lr} is invalid: must be > 0")
+        if not 0 <= self.lr_decay_frac <= 1:
+            raise ConfigError(f"lr_decay_frac={self.lr_decay_frac} is invalid: must be in [0, 1]")
+        if self.checkpoint_every < 0:
+            raise ConfigError("checkpoint_every must be >= 0 (0 disables checkpoints)")
+        return self
+
+
+# fields that do not change the trained weights (a checkpoint stays valid when they change)
+_NON_RESULT_FIELDS = {"log_every", "checkpoint_every", "resume", "keep_checkpoint", "progress",
+                      "wandb_project", "tensorboard_dir", "fast", "threshold_sample_tokens"}
+
+
+@dataclass
+class SAEState:
+    """One SAE's training state besides its parameters."""
+
+    name: str
+    sae: HybridSAE
+    optim: torch.optim.Adam
+    base_lr: float
+    since_fired: Tensor
+    ema_threshold: float = -1.0
+    window: dict = field(default_factory=dict)
+
+    def reset_window(self) -> None:
+        self.window = {"steps": 0, "tokens": 0, "loss": 0.0, "mse": 0.0, "aux": 0.0, "fvu": 0.0,
+                       "l0": 0.0, "fires": torch.zeros(self.sae.cfg.width, dtype=torch.long)}
+
+
+def resolve_configs(cfgs: list[SAEConfig], d_model: int) -> list[SAEConfig]:
+    out = []
+    for cfg in cfgs:
+        cfg = SAEConfig(**asdict(cfg))
+        if cfg.d_in == 0:
+            cfg.d_in = d_model
+        if cfg.d_in != d_model:
+            raise ConfigError(f"d_in={cfg.d_in} does not match the cache's d_model={d_model}")
+        out.append(cfg.validate())
+    return out
+
+
+def sae_names(cfgs: list[SAEConfig]) -> list[str]:
+    names: list[str] = []
+    for cfg in cfgs:
+        base = cfg.default_name()
+        if cfg.scaffold_tied:
+            base += "_tied"
+        if cfg.encoder_input == "residual":
+            base += "_resin"
+        name, i = base, 1
+        while name in names:
+            i += 1
+            name = f"{base}_{i}"
+        names.append(name)
+    return names
+
+
+def short_labels(names: list[str]) -> list[str]:
+    """Names without their common prefix (cut at an underscore), for the progress bar."""
+    if len(names) < 2:
+        return names
+    prefix = os.path.commonprefix(names)
+    prefix = prefix[:prefix.rfind("_") + 1]
+    return [name[len(prefix):] or name for name in names]
+
+
+def schedule(step: int, total: int, warmup: int, decay_frac: float) -> float:
+    """lr multiplier: linear warm-up over ``warmup`` steps, linear decay to 0 over the last
+    ``decay_frac`` of the steps."""
+    factor = 1.0
+    if warmup > 0 and step < warmup:
+        factor = (step + 1) / warmup
+    decay_steps = int(total * decay_frac)
+    if decay_steps > 0 and step >= total - decay_steps:
+        factor = min(factor, (total - step) / decay_steps)
+    return factor
+
+
+def input_scale(sample: Tensor) -> float:
+    """Factor that brings the mean norm of ``sample`` to sqrt(d)."""
+    return math.sqrt(sample.shape[1]) / float(sample.norm(dim=1).mean().clamp_min(1e-12))
+
+
+def init_b_dec(sample: Tensor, method: str) -> Tensor:
+    if method == "zeros":
+        return torch.zeros(sample.shape[1])
+    if method == "mean":
+        return sample.mean(0)
+    return geometric_median(sample)
+
+
+@torch.no_grad()
+def estimate_threshold(sae: HybridSAE, sample: Tensor, k: int, chunk: int = 4096) -> float:
+    """JumpReLU threshold giving mean L0 = k on ``sample``: the (n*k)-th largest positive
+    pre-activation over the whole sample (a batch top-k over the sample), computed exactly from
+    per-token candidates."""
+    n = sample.shape[0]
+    total = n * k
+    c = min(sae.cfg.width, 4 * k)
+    while True:
+        cands = [sae.pre_activations(sample[i:i + chunk]).topk(c, dim=1, sorted=False).values
+                 for i in range(0, n, chunk)]
+        cand = torch.cat(cands)
+        thr = float(cand.flatten().kthvalue(cand.numel() - total + 1).values)
+        if c == sae.cfg.width or bool((cand.min(1).values < thr).all()):
+            return max(thr, 0.0)
+        c = min(sae.cfg.width, 4 * c)
+
+
+@torch.no_grad()
+def inference_l0(sae: HybridSAE, sample: Tensor, chunk: int = 4096) -> float:
+    active = sum(int((sae.encode(sample[i:i + chunk]) > 0).sum()) for i in range(0, sample.shape[0], chunk))
+    return active / sample.shape[0]
+
+
+def _config_key(cfgs: list[SAEConfig], train_cfg: TrainConfig, world_size: int) -> str:
+    train = {k: v for k, v in asdict(train_cfg).items() if k not in _NON_RESULT_FIELDS}
+    return json.dumps({"saes": [asdict(c) for c in cfgs], "train": train, "world_size": world_size},
+                      sort_keys=True)
+
+
+class _Loggers:
+    def __init__(self, out_dir: Path, train_cfg: TrainConfig, start_step: int, rank: int):
+        self.path = out_dir / LOG
+        self.active = rank == 0
+        self.wandb = self.tb = None
+        if not self.active:
+            return
+        if self.path.exists():  # drop records beyond the resume point
+            keep = [line for line in self.path.read_text().splitlines()
+                    if line.strip() and json.loads(line).get("step", 0) <= start_step]
+            self.path.write_text("".join(line + "\n" for line in keep))
+        if train_cfg.wandb_project:
+            try:
+                import wandb
+            except ImportError as error:
+                raise ConfigError("wandb_project is set but wandb is not installed: "
+                                  "pip install 'scaffold-sae[wandb]'") from error
+            self.wandb = wandb.init(project=train_cfg.wandb_project, config=asdict(train_cfg))
+        if train_cfg.tensorboard_dir:
+            try:
+                from torch.utils.tensorboard import SummaryWriter
+            except ImportError as error:
+                raise ConfigError("tensorboard_dir is set but tensorboard is not installed: "
+                                  "pip install 'scaffold-sae[tensorboard]'") from error
+            self.tb = SummaryWriter(train_cfg.tensorboard_dir)
+
+    def write(self, records: list[dict]) -> None:
+        if not self.active:
+            return
+        with open(self.path, "a") as out:
+            for rec in records:
+                out.write(json.dumps(rec) + "\n")
+        for rec in records:
+            scalars = {f"{rec['sae']}/{k}": v for k, v in rec.items() if isinstance(v, (int, float))}
+            if self.wandb is not None:
+                self.wandb.log(scalars, step=rec["step"])
+            if self.tb is not None:
+                for key, value in scalars.items():
+                    self.tb.add_scalar(key, value, rec["step"])
+
+    def close(self) -> None:
+        if self.wandb is not None:
+            self.wandb.finish()
+        if self.tb is not None:
+            self.tb.close()
+
+
+def _metadata(source: object) -> dict:
+    manifest = dict(getattr(source, "manifest", {}) or {})
+    model = manifest.get("model_name") or manifest.get("model") or manifest.get("model_spec") or ""
+    layer = manifest.get("layer", manifest.get("hook_layer"))
+    return {
+        "model_name": model,
+        "hook_layer": layer,
+        "hook_name": manifest.get("hook_name") or (f"blocks.{layer}.hook_resid_post" if layer is not None else ""),
+        "context_size": manifest.get("ctx_len", manifest.get("context_size")),
+        "prepend_bos": manifest.get("prepend_bos", True),
+        "dataset_path": manifest.get("corpus") or manifest.get("corpus_spec") or manifest.get("dataset_path", ""),
+        "model_fingerprint": manifest.get("fingerprint") or manifest.get("model_fingerprint"),
+    }
+
+
+def train_saes(cache: ActivationSource, cfgs: list[SAEConfig], train_cfg: TrainConfig,
+               out_dir: str | Path, *, rank: int = 0, world_size: int = 1,
+               grad_hook: Callable[[HybridSAE], None] | None = None,
+               on_step: Callable[[int, list[SAEState]], None] | None = None) -> list[Path]:
+    """Train ``cfgs`` in lockstep on ``cache``; returns one saved SAE directory per config.
+
+    ``grad_hook(sae)`` runs between backward and the optimiser step (e.g. an all-reduce);
+    ``on_step(step, states)`` runs after every completed step (tests use it to interrupt).
+    """
+    train_cfg.validate()
+    if not cfgs:
+        raise ConfigError("no SAE configs given: pass at least one (e.g. --ranks 0)")
+    cfgs = resolve_configs(cfgs, int(cache.d_model))
+    names = sae_names(cfgs)
+    out_dir = Path(out_dir)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    total_steps = train_cfg.tokens // (train_cfg.batch_size * world_size)
+    warmup = (min(1000, max(1, total_steps // 20)) if train_cfg.lr_warmup_steps is None
+              else train_cfg.lr_warmup_steps)
+    dead_tokens = _dead_tokens_of(train_cfg)
+    key = _config_key(cfgs, train_cfg, world_size)
+    ckpt_path = out_dir / CHECKPOINT
+
+    sample = _sample(cache, train_cfg.init_sample_tokens, train_cfg.seed)
+    scale = input_scale(sample) if train_cfg.scale_inputs else 1.0
+    states = []
+    for cfg, name in zip(cfgs, names):
+        sae = HybridSAE(cfg, torch.Generator().manual_seed(train_cfg.seed))
+        base_lr = train_cfg.lr or lr_for_width(cfg.width)
+        groups = [{"params": sae.dictionary_parameters(), "lr": base_lr, "lr_mult": 1.0}]
+        if cfg.rank > 0:
+            groups.append({"params": sae.scaffold_parameters(), "lr": base_lr * cfg.scaffold_lr_mult,
+                           "lr_mult": cfg.scaffold_lr_mult})
+        optim = torch.optim.Adam(groups, betas=(train_cfg.adam_beta1, train_cfg.adam_beta2), fused=True)
+        states.append(SAEState(name, sae, optim, base_lr, torch.zeros(cfg.width, dtype=torch.long)))
+
+    start = 0
+    if train_cfg.resume and ckpt_path.exists():
+        start, scale = _load_checkpoint(ckpt_path, key, states)
+    else:
+        scaled = sample * scale
+        b_dec = init_b_dec(scaled, train_cfg.b_dec_init)
+        for st in states:
+            with torch.no_grad():
+                st.sae.b_dec.copy_(b_dec)
+            if st.sae.cfg.rank > 0 and st.sae.cfg.scaffold_init == "pca":
+                st.sae.set_scaffold(pca_basis(scaled, b_dec, st.sae.cfg.rank))
+    del sample
+
+    loggers = _Loggers(out_dir, train_cfg, start, rank)
+    bar = None
+    if train_cfg.progress and rank == 0:
+        from tqdm.auto import tqdm
+        bar = tqdm(total=total_steps * train_cfg.batch_size * world_size,
+                   initial=start * train_cfg.batch_size * world_size,
+                   unit="tok", unit_scale=True, desc="train", dynamic_ncols=True)
+    labels = short_labels(names)
+    batches = cache.batches(train_cfg.batch_size, seed=train_cfg.seed, skip=start, rank=rank,
+                            world_size=world_size)
+    for st in states:
+        st.reset_window()
+    try:
+        for step in range(start, total_steps):
+            x = next(batches).float()
+            if scale != 1.0:
+                x = x * scale
+            factor = schedule(step, total_steps, warmup, train_cfg.lr_decay_frac)
+            for st in states:
+                _train_step(st, x, factor, dead_tokens, train_cfg, grad_hook)
+            done = step + 1
+            if done % train_cfg.log_every == 0 or done == total_steps:
+                records = [_window_record(st, done, train_cfg, world_size, factor) for st in states]
+                loggers.write(records)
+                if bar is not None:
+                    bar.set_postfix_str(" | ".join(
+                        f"{label}: L0 {r['l0']:.1f} FVU {r['fvu']:.3f} dead {r['dead']} dense {r['dense']}"
+                        for label, r in zip(labels, records)))
+            if bar is not None:
+                bar.update(train_cfg.batch_size * world_size)
+            if (train_cfg.checkpoint_every and done % train_cfg.checkpoint_every == 0
+                    and done < total_steps and rank == 0):
+                _save_checkpoint(ckpt_path, key, done, scale, states)
+            if on_step is not None:
+                on_step(done, states)
+    finally:
+        if bar is not None:
+            bar.close()
+        loggers.close()
+
+    paths = []
+    thr_sample = _sample(cache, train_cfg.threshold_sample_tokens, train_cfg.seed + 1) * scale
+    meta = _metadata(cache)
+    for st in states:
+        sae, cfg = st.sae, st.sae.cfg
+        summary = {"steps": total_steps, "tokens": total_steps * train_cfg.batch_size * world_size,
+                   "input_scale": scale, "train_config": asdict(train_cfg), "ema_threshold": st.ema_threshold}
+        if cfg.arch in ("batchtopk", "matryoshka"):
+            if train_cfg.threshold_method == "ema" and st.ema_threshold > 0:
+                thr = st.ema_threshold
+            else:
+                thr = estimate_threshold(sae, thr_sample, cfg.k)
+            with torch.no_grad():
+                sae.threshold.fill_(thr)
+            summary["threshold_scaled"] = thr
+        summary["inference_l0_sample"] = inference_l0(sae, thr_sample)
+        path = out_dir / st.name
+        if rank == 0:
+            save_sae(sae.folded(scale), path, metadata=meta, summary=summary)
+        paths.append(path)
+    if rank == 0 and not train_cfg.keep_checkpoint and ckpt_path.exists():
+        ckpt_path.unlink()
+    return paths
+
+
+def _sample(cache: ActivationSource, n: int, seed: int) -> Tensor:
+    n = min(n, int(getattr(cache, "n_rows", n)))
+    return cache.sample(n, seed=seed).float()
+
+
+def _train_step(st: SAEState, x: Tensor, factor: float, dead_tokens: int, train_cfg: TrainConfig,
+                grad_hook: Callable[[HybridSAE], None] | None) -> None:
+    sae = st.sae
+    for group in st.optim.param_groups:
+        group["lr"] = st.base_lr * group["lr_mult"] * factor
+    st.optim.zero_grad(set_to_none=True)
+    dead = st.since_fired >= dead_tokens
+    out = sae.loss(x, dead=dead, fast=train_cfg.fast)
+    out.loss.backward()
+    sae.project_decoder_grad()
+    if grad_hook is not None:
+        grad_hook(sae)
+    if train_cfg.grad_clip > 0:
+        torch.nn.utils.clip_grad_norm_(sae.parameters(), train_cfg.grad_clip)
+    st.optim.step()
+    sae.apply_constraints()
+    with torch.no_grad():
+        fires = torch.bincount(out.active.col, minlength=sae.cfg.width)
+        st.since_fired += x.shape[0]
+        st.since_fired[fires > 0] = 0
+        if out.batch_threshold > 0:
+            d = train_cfg.threshold_ema_decay
+            st.ema_threshold = (out.batch_threshold if st.ema_threshold < 0
+                                else d * st.ema_threshold + (1 - d) * out.batch_threshold)
+    w = st.window
+    w["steps"] += 1
+    w["tokens"] += x.shape[0]
+    w["loss"] += float(out.loss.detach())
+    w["mse"] += float(out.mse.detach())
+    w["aux"] += float(out.aux.detach())
+    w["fvu"] += out.fvu
+    w["l0"] += out.l0
+    w["fires"] += fires
+
+
+def _window_record(st: SAEState, step: int, train_cfg: TrainConfig, world_size: int,
+                   factor: float) -> dict:
+    w = st.window
+    n = max(1, w["steps"])
+    freq = w["fires"].double() / max(1, w["tokens"])
+    rec = {"sae": st.name, "step": step, "tokens": step * train_cfg.batch_size * world_size,
+           "lr": st.base_lr * factor, "loss": w["loss"] / n, "mse": w["mse"] / n, "aux": w["aux"] / n,
+           "fvu": w["fvu"] / n, "l0": w["l0"] / n,
+           "dead": int((st.since_fired >= _dead_tokens_of(train_cfg)).sum()),
+           "dense": int((freq > train_cfg.dense_fraction).sum()),
+           "dense_1pct": int((freq > 0.01).sum()),
+           "ema_threshold": st.ema_threshold}
+    st.reset_window()
+    return rec
+
+
+def _dead_tokens_of(train_cfg: TrainConfig) -> int:
+    return train_cfg.dead_tokens or min(10_000_000, max(train_cfg.batch_size, train_cfg.tokens // 10))
+
+
+def _save_checkpoint(path: Path, key: str, step: int, scale: float, states: list[SAEState]) -> None:
+    payload = {
+        "config_key": key, "step": step, "scale": scale, "torch_rng": torch.get_rng_state(),
+        "saes": [{"name": st.name, "model": st.sae.state_dict(), "optim": st.optim.state_dict(),
+                  "since_fired": st.since_fired.clone(), "ema_threshold": st.ema_threshold}
+                 for st in states],
+    }
+    atomic_write_bytes(path, state_bytes(payload))
+
+
+def _load_checkpoint(path: Path, key: str, states: list[SAEState]) -> tuple[int, float]:
+    try:
+        payload = torch.load(path, map_location="cpu", weights_only=False)
+    except Exception as error:  # noqa: BLE001 - any unreadable file gets the same advice
+        raise RuntimeError(f"cannot read checkpoint {path}: {error}; delete it to start over") from error
+    if payload.get("config_key") != key:
+        raise ConfigError(f"checkpoint {path} was written by a different configuration: use another "
+                          "output directory, or delete the checkpoint to start over")
+    for st, saved in zip(states, payload["saes"]):
+        st.sae.load_state_dict(saved["model"])
+        st.optim.load_state_dict(saved["optim"])
+        st.since_fired = saved["since_fired"].clone()
+        st.ema_threshold = saved["ema_threshold"]
+    torch.set_rng_state(payload["torch_rng"])
+    return int(payload["step"]), float(payload["scale"])
+
+
+# ------------------------------------------------------------------------------------------ CLI
+
+
+def _coerce(name: str, value: object, default: object, annotation: str) -> object:
+    try:
+        if isinstance(value, str) and value.lower() in ("none", "null") and "None" in annotation:
+            return None
+        if "tuple" in annotation and value is not None:
+            if isinstance(value, str):
+                value = [v for v in value.split(",") if v.strip()]
+            return tuple(int(v) for v in value)
+        if "bool" in annotation:
+            if isinstance(value, str):
+                if value.lower() not in ("true", "false", "1", "0", "yes", "no"):
+                    raise ValueError
+                return value.lower() in ("true", "1", "yes")
+            if not isinstance(value, bool):
+                raise ValueError
+            return value
+        if value is None:
+            if "None" in annotation:
+                return None
+            raise ValueError
+        if annotation.startswith("int"):
+            if isinstance(value, float) and not value.is_integer():
+                raise ValueError
+            return int(float(value)) if isinstance(value, str) else int(value)
+        if annotation.startswith("float"):
+            return float(value)
+        if annotation.startswith("str"):
+            return str(value)
+    except (TypeError, ValueError):
+        raise ConfigError(f"{name}={value!r} is invalid: expected {annotation}") from None
+    return value
+
+
+def _build_dataclass(cls, values: dict):
+    kwargs = {}
+    for f in fields(cls):
+        if f.name in values:
+            kwargs[f.name] = _coerce(f.name, values[f.name], f.default, str(f.type))
+    return cls(**kwargs)
+
+
+RUN_KEYS = ("cache", "out", "ranks", "saes", "threads")
+
+
+def configs_from_dict(values: dict) -> tuple[list[SAEConfig], TrainConfig]:
+    """SAE configs and TrainConfig from a flat dict (config file merged with flags).
+
+    Keys: any SAEConfig or TrainConfig field, ``ranks`` (list or "0,8,24": one SAE per rank) and
+    ``saes`` (a list of per-SAE overrides, crossed with nothing: each entry is one SAE).
+    """
+    sae_fields = {f.name for f in fields(SAEConfig)}
+    train_fields = {f.name for f in fields(TrainConfig)}
+    allowed = sae_fields | train_fields | set(RUN_KEYS)
+    for key in values:
+        if key not in allowed:
+            raise ConfigError(f"unknown config field {key!r}: allowed fields are {', '.join(sorted(allowed))}")
+    base = {k: v for k, v in values.items() if k in sae_fields and v is not None}
+    train = _build_dataclass(TrainConfig, {k: v for k, v in values.items() if k in train_fields})
+    entries: list[dict] = []
+    if values.get("saes"):
+        for i, entry in enumerate(values["saes"]):
+            if not isinstance(entry, dict):
+                raise ConfigError(f"saes[{i}] is invalid: expected a mapping of SAEConfig fields")
+            bad = set(entry) - sae_fields
+            if bad:
+                raise ConfigError(f"unknown field {sorted(bad)[0]!r} in saes[{i}]: allowed fields are "
+                                  f"{', '.join(sorted(sae_fields))}")
+            entries.append({**base, **entry})
+    else:
+        ranks = values.get("ranks")
+        if ranks is None:
+            ranks = [base.get("rank", 0)]
+        if isinstance(ranks, str):
+            try:
+                ranks = [int(r) for r in ranks.split(",") if r.strip()]
+            except ValueError:
+                raise ConfigError(f"ranks={values['ranks']!r} is invalid: expected integers like 0,8,24") from None
+        entries = [{**base, "rank": r} for r in ranks]
+    cfgs = [_build_dataclass(SAEConfig, entry) for entry in entries]
+    for cfg in cfgs:
+        # structural checks that do not need d_in (filled from the cache later)
+        SAEConfig(**{**asdict(cfg), "d_in": cfg.d_in or max(cfg.rank + 1, 1)}).validate()
+    return cfgs, train.validate()
+
+
+def load_config_file(path: str | Path) -> dict:
+    path = Path(path)
+    try:
+        text = path.read_text()
+    except OSError as error:
+        raise ConfigError(f"cannot read config file {path}: {error.strerror}") from None
+    try:
+        if path.suffix in (".yaml", ".yml"):
+            import yaml
+            data = yaml.safe_load(text) or {}
+        else:
+            data = json.loads(text)
+    except Exception as error:  # noqa: BLE001 - yaml and json raise different types
+        raise ConfigError(f"config file {path} does not parse: {error}") from None
+    if not isinstance(data, dict):
+        raise ConfigError(f"config file {path} must hold a mapping of field: value")
+    return data
+
+
+_FLAGS = [  # (flag, key, type, help)
+    ("--arch", "arch", str, "sparse dictionary: batchtopk | matryoshka | topk | relu"),
+    ("--width", "width", int, "number of sparse latents m"),
+    ("--k", "k", int, "active latents per token"),
+    ("--ranks", "ranks", str, "comma-separated scaffold ranks, one SAE each (e.g. 0,8,24)"),
+    ("--scaffold-init", "scaffold_init", str, "pca | random"),
+    ("--scaffold-tied", "scaffold_tied", str, "true: U = V orthonormal; false: free factors"),
+    ("--encoder-input", "encoder_input", str, "x | residual (x minus the scaffold output)"),
+    ("--scaffold-lr-mult", "scaffold_lr_mult", float, "lr multiplier for the scaffold"),
+    ("--matryoshka-widths", "matryoshka_widths", str, "comma-separated nested widths ending at width"),
+    ("--l1-coeff", "l1_coeff", float, "relu only: L1 coefficient"),
+    ("--aux-k", "aux_k", int, "AuxK latents per token (0 disables)"),
+    ("--tokens", "tokens", int, "training tokens"),
+    ("--batch-size", "batch_size", int, "tokens per step"),
+    ("--lr", "lr", float, "Adam lr (default 2e-4/sqrt(width/2^14))"),
+    ("--seed", "seed", int, "seed for init and data order"),
+    ("--dead-tokens", "dead_tokens", int, "tokens without firing before a latent is dead"),
+    ("--b-dec-init", "b_dec_init", str, "geometric_median | mean | zeros"),
+    ("--threshold-method", "threshold_method", str, "sample | ema"),
+    ("--checkpoint-every", "checkpoint_every", int, "steps between checkpoints (0 disables)"),
+    ("--log-every", "log_every", int, "steps between log records"),
+    ("--wandb-project", "wandb_project", str, "also log to wandb"),
+    ("--tensorboard-dir", "tensorboard_dir", str, "also log to tensorboard"),
+]
+
+
+def register_train(subparsers) -> None:
+    parser = subparsers.add_parser(
+        "train", help="train SAEs (a baseline and hybrids) in lockstep on an activation cache",
+        description="Train one SAE per scaffold rank (or per entry of `saes` in --config) in lockstep "
+                    "from one pass over an activation cache.  Flags override the config file.")
+    parser.add_argument("--cache", help="activation cache directory")
+    parser.add_argument("--out", help="output directory (one sub-directory per SAE)")
+    parser.add_argument("--config", help="YAML or JSON file with SAEConfig / TrainConfig fields")
+    for flag, key, typ, text in _FLAGS:
+        parser.add_argument(flag, dest=key, type=typ, default=None, help=text)
+    parser.add_argument("--threads", type=int, default=None, help="torch CPU threads")
+    parser.add_argument("--no-progress", dest="progress", action="store_const", const=False, default=None,
+                        help="no progress bar")
+    parser.add_argument("--slow", dest="fast", action="store_const", const=False, default=None,
+                        help="plain dense implementation instead of the sparse kernels")
+    parser.set_defaults(func=run_train)
+
+
+def run_train(args: argparse.Namespace) -> list[Path]:
+    values = load_config_file(args.config) if args.config else {}
+    for key, value in vars(args).items():
+        if key in ("func", "command", "config") or value is None:
+            continue
+        values[key] = value
+    for key in ("cache", "out"):
+        if not values.get(key):
+            raise ConfigError(f"{key} is missing: pass --{key} DIR or set {key} in --config")
+    cfgs, train_cfg = configs_from_dict(values)
+    if values.get("threads"):
+        torch.set_num_threads(int(values["threads"]))
+    from .cache import ActivationCache
+    cache = ActivationCache.open(values["cache"])
+    paths = train_saes(cache, cfgs, train_cfg, values["out"])
+    for path in paths:
+        print(path)
+    return paths
+
+
+__all__ = ["TrainConfig", "TensorSource", "train_saes", "register_train", "configs_from_dict",
+           "estimate_threshold", "schedule", "input_scale"]

@@ -1,0 +1,166 @@
+"""The report holds every section and every number of its JSON, opens offline, and regenerates from the JSON."""
+
+from __future__ import annotations
+
+import base64
+import json
+import re
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+
+from scaffold_sae import report
+from scaffold_sae.report import Figure, Section, Series, Table, format_number
+
+
+def fake_eval(rank: int, dense_10: int, fvu: float, seed: int) -> dict:
+    rng = np.random.default_rng(seed)
+    density = np.concatenate([np.zeros(3), 10 ** rng.uniform(-5, -0.3, 61)])
+    counts, edges = np.histogram(np.log10(density[density > 0]), bins=np.linspace(-7, 0, 15))
+    return {
+        "model": "tiny", "layer": 1, "arch": "batchtopk", "rank": rank, "width": 64, "inference": "batchtopk",
+        "n_contexts": 8, "ctx_len": 32, "n_tokens": 248, "n_predictions": 240, "l0": 32.0 + rank / 7,
+        "fvu": fvu, "explained_variance": 1 - fvu, "fvu_sparse": fvu * 1.7, "mse": 0.0123 * (1 + rank),
+        "cosine": 0.91234 - rank / 1000, "dead": 3, "dead_share": 3 / 64, "dense_10": dense_10,
+        "dense_10_share": dense_10 / 64, "dense_1": 20 + rank, "dense_1_share": (20 + rank) / 64,
+        "max_density": 0.38 - rank / 100, "ce_clean": 3.21, "ce_sae": 3.4 + rank / 100, "ce_zero": 9.87,
+        "ce_mean": 7.65, "ce_score_zero": 0.9712 - rank / 1000, "ce_score_mean": 0.95 - rank / 500,
+        "kl_sae": 0.211, "kl_zero": 6.5, "kl_mean": 4.4, "kl_score_zero": 0.9675, "kl_score_mean": 0.952,
+        "bos_policy": "position 0 excluded", "density_hist_counts": counts.tolist(),
+        "density_hist_edges": edges.tolist(), "density": density.tolist(),
+    }
+
+
+@pytest.fixture()
+def study() -> dict:
+    return {
+        "title": "test study",
+        "config": {"model": "tiny", "layer": 1, "train": {"lr": 0.00021, "steps": 150, "k": 32},
+                   "ranks": [0, 8, 24], "source": "see https://example.org/paper for the method"},
+        "saes": {"r0": fake_eval(0, 69, 0.3631, 0), "r8": fake_eval(8, 2, 0.2664, 1),
+                 "r24": fake_eval(24, 0, 0.2461, 2)},
+    }
+
+
+def extra_section() -> Section:
+    return Section(
+        "Causality", "CE with the scaffold removed versus PCA and random directions.",
+        tables=[Table(["removed", "CE", "ratio to clean"], [["scaffold", 24.07, 7.498], ["pca", 8.99, 2.8011]])],
+        figures=[Figure("CE ratio vs r", [Series("scaffold", [2, 8, 24], [1.5, 3.25, 7.498])], xlabel="r"),
+                 Figure("A ready image", kind="png", png_base64=base64.b64encode(report.render_png(
+                     Figure("tiny", [Series("s", [0, 1], [1, 0])]))).decode())])
+
+
+def numbers(value, key=None):
+    """Every number in a JSON value, skipping the exempt per-latent arrays."""
+    if key in report.EXEMPT_KEYS:
+        return
+    if isinstance(value, dict):
+        for k, v in value.items():
+            yield from numbers(v, k)
+    elif isinstance(value, list):
+        for v in value:
+            yield from numbers(v, key)
+    elif isinstance(value, (int, float)) and not isinstance(value, bool):
+        yield value
+
+
+def strings(value, key=None):
+    if isinstance(value, dict):
+        for k, v in value.items():
+            yield from strings(v, k)
+    elif isinstance(value, list):
+        for v in value:
+            yield from strings(v, key)
+    elif isinstance(value, str) and key != "png_base64":
+        yield value
+
+
+EXTERNAL = re.compile(r"""(?:src|href|action|poster|data)\s*=\s*["']?\s*(?:https?:)?//|url\(\s*["']?\s*(?:https?:)?//|@import""",
+                      re.IGNORECASE)
+
+
+def test_report_has_every_section_and_number(tmp_path, study):
+    paths = report.write_report(study, tmp_path, sections=[extra_section()])
+    results = json.loads(paths.json.read_text())
+    md, page = paths.markdown.read_text(), paths.html.read_text()
+    found = list(numbers(results))
+    assert len(found) > 150                                  # config, every CoreEval scalar, histograms, extra
+    for value in found:
+        text = format_number(value)
+        assert text in md, f"{value} ({text}) missing from report.md"
+        assert text in page, f"{value} ({text}) missing from report.html"
+    for title in ("Configuration", "Rank sweep", "Latent density", "Every core number", "Causality"):
+        assert f"## {title}" in md
+        assert f"<h2>{title}</h2>" in page
+    for figure in ("Dense latents vs scaffold rank", "FVU vs scaffold rank", "CE loss score vs scaffold rank",
+                   "Per-latent firing density, baseline vs hybrid", "CE ratio vs r", "A ready image"):
+        assert f'alt="{figure}"' in page
+    assert page.count("data:image/png;base64,") == 6
+    assert results["sections"][0]["title"] == "Causality"     # stored so the JSON regenerates it
+    assert results["saes"]["r8"]["density"] == study["saes"]["r8"]["density"]
+
+
+def test_html_is_self_contained(tmp_path, study):
+    page = report.write_report(study, tmp_path, sections=[extra_section()]).html.read_text()
+    assert not EXTERNAL.search(page)
+    assert "<link" not in page and "<script" not in page
+    assert "https://example.org" in page                      # text may mention a URL; it is not a resource
+    for image in re.findall(r'src="data:image/png;base64,([^"]+)"', page):
+        assert base64.b64decode(image)[:8] == b"\x89PNG\r\n\x1a\n"
+
+
+def test_regenerate_from_json_is_identical(tmp_path, study):
+    first = report.write_report(study, tmp_path / "a", sections=[extra_section()])
+    second = report.write_report(report.load_results(first.json), tmp_path / "b")
+    assert second.json.read_text() == first.json.read_text()
+    assert second.markdown.read_text() == first.markdown.read_text()
+    assert second.html.read_text() == first.html.read_text()
+
+
+def test_nan_is_stored_as_null_and_shown_as_na(tmp_path, study):
+    study["saes"]["r0"]["ce_score_zero"] = float("nan")
+    paths = report.write_report(study, tmp_path)
+    assert json.loads(paths.json.read_text())["saes"]["r0"]["ce_score_zero"] is None
+    assert "n/a" in paths.markdown.read_text()
+
+
+def test_section_text_is_escaped(tmp_path, study):
+    page = report.write_report(study, tmp_path, [Section("<b>x</b>", "a < b & c")]).html.read_text()
+    assert "<h2>&lt;b&gt;x&lt;/b&gt;</h2>" in page and "a &lt; b &amp; c" in page
+
+
+def test_bad_inputs_raise_clear_errors(tmp_path):
+    with pytest.raises(report.ReportError, match="does not exist"):
+        report.load_results(tmp_path / "missing.json")
+    (tmp_path / "bad.json").write_text("{")
+    with pytest.raises(report.ReportError, match="not valid JSON"):
+        report.load_results(tmp_path / "bad.json")
+    with pytest.raises(report.ReportError, match="cannot store object"):
+        report.write_report({"config": {"x": object()}, "saes": {}}, tmp_path)
+
+
+def test_format_number():
+    assert format_number(3) == "3" and format_number(0.363149) == "0.3631" and format_number(1234567.0) == "1.235e+06"
+    assert format_number(float("nan")) == "n/a" and format_number(None) == "n/a" and format_number(True) == "True"
+
+
+def test_summary_table_sorted_by_rank(study):
+    table = report.format_summary_table({"hybrid": study["saes"]["r8"], "baseline": study["saes"]["r0"]})
+    lines = table.splitlines()
+    assert lines[0].split()[:3] == ["sae", "rank", "L0"]
+    assert lines[2].startswith("baseline") and lines[3].startswith("hybrid")
+    assert "0.3631" in lines[2] and " 69 " in lines[2] and " 28 " in lines[3]
+
+
+def test_report_cli_regenerates(tmp_path, study):
+    paths = report.write_report(study, tmp_path / "a")
+    result = subprocess.run([sys.executable, "-m", "scaffold_sae", "report", "--results", str(paths.json),
+                             "--out", str(tmp_path / "b")], capture_output=True, text=True, timeout=120)
+    assert result.returncode == 0, result.stderr
+    assert (tmp_path / "b" / "report.html").read_text() == paths.html.read_text()
+    missing = subprocess.run([sys.executable, "-m", "scaffold_sae", "report", "--results", str(tmp_path / "no.json"),
+                              "--out", str(tmp_path / "c")], capture_output=True, text=True, timeout=120)
+    assert missing.returncode == 2 and "does not exist" in missing.stderr

@@ -1,0 +1,199 @@
+"""Lockstep trainer: resume equivalence, lockstep == separate, fast == dense, thresholds, CLI."""
+
+from __future__ import annotations
+
+import json
+import math
+
+import pytest
+import torch
+
+from scaffold_sae.sae import ConfigError, SAEConfig
+from scaffold_sae.saving import load_sae
+from scaffold_sae.trainer import (TensorSource, TrainConfig, configs_from_dict, input_scale, schedule,
+                                  train_saes)
+
+D = 16
+
+
+def synthetic(n=4096, seed=0) -> torch.Tensor:
+    """Sparse features plus a dense low-rank component and a large offset."""
+    g = torch.Generator().manual_seed(seed)
+    feats = torch.randn(96, D, generator=g)
+    codes = (torch.rand(n, 96, generator=g) < 0.04).float() * torch.rand(n, 96, generator=g) * 3
+    dense = 4 * torch.randn(n, 2, generator=g) @ torch.randn(2, D, generator=g)
+    return codes @ feats + dense + 10.0
+
+
+def tcfg(**kw) -> TrainConfig:
+    base = dict(tokens=128 * 12, batch_size=128, log_every=4, progress=False, checkpoint_every=0,
+                init_sample_tokens=1024, threshold_sample_tokens=2048, dead_tokens=256, lr=3e-3)
+    return TrainConfig(**{**base, **kw})
+
+
+CFGS = [SAEConfig(arch="batchtopk", width=48, k=4, rank=0),
+        SAEConfig(arch="matryoshka", width=48, k=4, rank=3, scaffold_tied=True),
+        SAEConfig(arch="topk", width=48, k=4, rank=2, encoder_input="residual")]
+
+
+def weights(path) -> dict:
+    return {k: v.detach().clone() for k, v in load_sae(path).state_dict().items()}
+
+
+def assert_same(paths_a, paths_b, atol=1e-5):
+    for a, b in zip(paths_a, paths_b):
+        wa, wb = weights(a), weights(b)
+        for key in wa:
+            assert torch.allclose(wa[key], wb[key], atol=atol, rtol=1e-4), (a.name, key)
+
+
+class Stop(Exception):
+    pass
+
+
+def test_resume_after_kill_gives_same_weights(tmp_path):
+    src = TensorSource(synthetic())
+    full = train_saes(src, CFGS, tcfg(), tmp_path / "full")
+
+    def kill(step, states):
+        if step == 7:
+            raise Stop
+
+    with pytest.raises(Stop):
+        train_saes(src, CFGS, tcfg(checkpoint_every=3), tmp_path / "resumed", on_step=kill)
+    assert (tmp_path / "resumed" / "checkpoint.pt").exists()
+    resumed = train_saes(src, CFGS, tcfg(checkpoint_every=3), tmp_path / "resumed")
+    assert_same(full, resumed)
+    assert not (tmp_path / "resumed" / "checkpoint.pt").exists()
+    steps = [json.loads(line)["step"] for line in (tmp_path / "resumed" / "train_log.jsonl").open()]
+    assert steps == sorted(steps) and len(steps) == len(CFGS) * 3
+
+
+def test_checkpoint_from_other_config_is_refused(tmp_path):
+    src = TensorSource(synthetic())
+
+    def kill(step, states):
+        raise Stop
+
+    with pytest.raises(Stop):
+        train_saes(src, CFGS[:1], tcfg(checkpoint_every=1), tmp_path, on_step=kill)
+    with pytest.raises(ConfigError, match="different configuration"):
+        train_saes(src, CFGS[:1], tcfg(checkpoint_every=1, seed=5), tmp_path)
+
+
+def test_lockstep_equals_separate_training(tmp_path):
+    src = TensorSource(synthetic())
+    together = train_saes(src, CFGS, tcfg(), tmp_path / "together")
+    alone = [train_saes(src, [cfg], tcfg(), tmp_path / f"alone{i}")[0] for i, cfg in enumerate(CFGS)]
+    assert_same(together, alone, atol=1e-6)
+
+
+def test_fast_kernels_train_like_dense_implementation(tmp_path):
+    src = TensorSource(synthetic())
+    fast = train_saes(src, CFGS, tcfg(fast=True), tmp_path / "fast")
+    dense = train_saes(src, CFGS, tcfg(fast=False), tmp_path / "dense")
+    assert_same(fast, dense, atol=1e-4)
+    logs = [[json.loads(line) for line in (tmp_path / name / "train_log.jsonl").open()]
+            for name in ("fast", "dense")]
+    for a, b in zip(*logs):
+        assert a["loss"] == pytest.approx(b["loss"], rel=1e-3)
+
+
+def test_runs_are_deterministic_and_learn(tmp_path):
+    src = TensorSource(synthetic())
+    a = train_saes(src, CFGS[:1], tcfg(tokens=128 * 30), tmp_path / "a")
+    b = train_saes(src, CFGS[:1], tcfg(tokens=128 * 30), tmp_path / "b")
+    assert_same(a, b, atol=0)
+    log = [json.loads(line) for line in (tmp_path / "a" / "train_log.jsonl").open()]
+    assert {"l0", "fvu", "dead", "dense", "dense_1pct", "lr", "loss"} <= set(log[0])
+    assert log[-1]["fvu"] < log[0]["fvu"]
+    assert log[-1]["l0"] == pytest.approx(4.0)
+
+
+@pytest.mark.parametrize("arch", ["batchtopk", "matryoshka"])
+def test_exported_threshold_reproduces_training_l0(tmp_path, arch):
+    both = synthetic(12288)
+    train, held_out = both[:8192], both[8192:]
+    cfg = SAEConfig(arch=arch, width=64, k=6, rank=2)
+    path = train_saes(TensorSource(train), [cfg], tcfg(tokens=128 * 40), tmp_path)[0]
+    sae = load_sae(path)
+    with torch.no_grad():
+        l0 = float((sae.encode(held_out) > 0).sum(1).float().mean())
+    assert abs(l0 - 6) / 6 < 0.10
+    assert float(sae.threshold.min()) > 0
+
+
+def test_scaffold_init_and_input_scale(tmp_path):
+    x = synthetic()
+    src = TensorSource(x)
+    scale = input_scale(x)
+    assert float((x * scale).norm(dim=1).mean()) == pytest.approx(math.sqrt(D), rel=1e-5)
+    cfg = SAEConfig(arch="topk", width=32, k=4, rank=2, scaffold_init="pca")
+    path = train_saes(src, [cfg], tcfg(tokens=128, lr_warmup_steps=1000), tmp_path)[0]
+    sae = load_sae(path)  # one step at lr ~3e-6: U still ~ the top-2 PCs of the data
+    xc = x - x.mean(0)
+    top = torch.linalg.svd(xc, full_matrices=False).Vh[:2].t()
+    cosines = torch.linalg.svdvals(top.t() @ (sae.U / sae.U.norm(dim=0)))
+    assert float(cosines.min()) > 0.99
+    assert sae.summary["input_scale"] == pytest.approx(input_scale(src.sample(1024)), rel=1e-6)
+
+
+def test_schedule_warmup_and_decay():
+    total = 100
+    values = [schedule(s, total, 10, 0.2) for s in range(total)]
+    assert values[0] == pytest.approx(0.1) and values[9] == pytest.approx(1.0)
+    assert values[50] == 1.0 and values[80] == pytest.approx(1.0) and values[99] == pytest.approx(0.05)
+    assert all(a >= b for a, b in zip(values[80:], values[81:]))
+
+
+def test_configs_from_dict_and_errors():
+    cfgs, train = configs_from_dict({"arch": "topk", "width": "64", "k": 8, "ranks": "0,4,8", "tokens": 1000,
+                                     "batch_size": 100})
+    assert [c.rank for c in cfgs] == [0, 4, 8] and all(c.width == 64 for c in cfgs)
+    assert train.tokens == 1000
+    cfgs, _ = configs_from_dict({"saes": [{"rank": 2}, {"rank": 0, "k": 16}], "k": 8})
+    assert [(c.rank, c.k) for c in cfgs] == [(2, 8), (0, 16)]
+    with pytest.raises(ConfigError, match="unknown config field 'widht'"):
+        configs_from_dict({"widht": 10})
+    with pytest.raises(ConfigError, match="arch='gated' is invalid: allowed values are batchtopk"):
+        configs_from_dict({"arch": "gated"})
+    with pytest.raises(ConfigError, match="width='wide' is invalid"):
+        configs_from_dict({"width": "wide"})
+    with pytest.raises(ConfigError, match="threshold_method='median' is invalid: allowed values are sample, ema"):
+        configs_from_dict({"threshold_method": "median"})
+
+
+def test_cli_bad_config_exits_2_with_one_line(tmp_path, capsys):
+    from scaffold_sae.cli import main
+    bad = tmp_path / "cfg.yaml"
+    bad.write_text("arch: gated\nwidth: 64\n")
+    with pytest.raises(SystemExit) as info:
+        main(["train", "--cache", str(tmp_path), "--out", str(tmp_path / "o"), "--config", str(bad)])
+    assert info.value.code == 2
+    err = capsys.readouterr().err.strip()
+    assert err.count("\n") == 0 and "arch='gated'" in err and "batchtopk, matryoshka, topk, relu" in err
+    with pytest.raises(SystemExit) as info:  # the flag overrides the file
+        main(["train", "--cache", str(tmp_path), "--out", str(tmp_path / "o"), "--config", str(bad),
+              "--arch", "topk", "--k", "0"])
+    assert info.value.code == 2 and "k=0 is invalid" in capsys.readouterr().err
+
+
+def test_cli_trains_from_a_real_cache(tiny_lm, tiny_corpus, tmp_path, capsys):
+    from scaffold_sae.cache import harvest
+    from scaffold_sae.cli import main
+    harvest(tiny_lm, 1, str(tiny_corpus), 1200, tmp_path / "cache", ctx_len=32, progress=False)
+    main(["train", "--cache", str(tmp_path / "cache"), "--out", str(tmp_path / "out"), "--arch", "batchtopk",
+          "--width", "128", "--k", "8", "--ranks", "0,4", "--tokens", "2560", "--batch-size", "256",
+          "--no-progress", "--log-every", "5"])
+    printed = capsys.readouterr().out.split()
+    assert [p.rsplit("/", 1)[-1] for p in printed] == ["batchtopk_m128_k8_r0", "batchtopk_m128_k8_r4"]
+    sae = load_sae(printed[1])
+    assert sae.cfg.d_in == tiny_lm.d_model and sae.cfg.rank == 4
+    cfg = json.loads((tmp_path / "out" / "batchtopk_m128_k8_r4" / "cfg.json").read_text())
+    assert cfg["metadata"]["model_name"] == "tiny-llama" and cfg["metadata"]["hook_layer"] == 1
+    assert cfg["metadata"]["context_size"] == 32
+
+
+def test_load_only_arch_is_not_trainable(tmp_path):
+    with pytest.raises(ConfigError, match="arch='jumprelu' is invalid"):
+        train_saes(TensorSource(synthetic(512)), [SAEConfig(arch="jumprelu", width=16, k=2)], tcfg(), tmp_path)
