@@ -1,6 +1,6 @@
 """Harvest throughput vs a plain full forward pass, on the same text, for each embedded model.
 
-    python bench/harvest.py [--batches 2] [--batch-size 8] [--ctx-len 256] [--out results/bench_harvest.json]
+    python bench/harvest.py [--batches 1] [--repeats 3] [--threads 1] [--out results/bench_harvest.json]
 
 Harvest is timed end to end (corpus reading, tokenising, the truncated forward, exclusions, shard writing and
 checksums) and its rate counts every input token it processed; the baseline times only the full model's
@@ -63,12 +63,12 @@ def bench_model(key: str, layer: int, batches: int, batch_size: int, ctx_len: in
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--batches", type=int, default=2, help="forward batches per measurement")
+    parser.add_argument("--batches", type=int, default=1, help="forward batches per measurement")
     parser.add_argument("--batch-size", type=int, default=8)
     parser.add_argument("--ctx-len", type=int, default=256)
-    parser.add_argument("--repeats", type=int, default=2, help="timed rounds; the fastest of each counts")
+    parser.add_argument("--repeats", type=int, default=3, help="timed rounds; the fastest of each counts")
     parser.add_argument("--models", default=",".join(f"{k}:{l}" for k, l in MODELS), help="key:layer,...")
-    parser.add_argument("--threads", type=int, default=0,
+    parser.add_argument("--threads", type=int, default=1,
                         help="torch threads (0: torch's default); 1 is steadiest on a shared CPU")
     parser.add_argument("--out", default="results/bench_harvest.json")
     args = parser.parse_args()

@@ -197,3 +197,28 @@ def test_cli_trains_from_a_real_cache(tiny_lm, tiny_corpus, tmp_path, capsys):
 def test_load_only_arch_is_not_trainable(tmp_path):
     with pytest.raises(ConfigError, match="arch='jumprelu' is invalid"):
         train_saes(TensorSource(synthetic(512)), [SAEConfig(arch="jumprelu", width=16, k=2)], tcfg(), tmp_path)
+
+
+def test_estimate_threshold_is_the_batch_topk_cut_of_the_sample():
+    from scaffold_sae.sae import HybridSAE
+    from scaffold_sae.trainer import estimate_threshold
+    sae = HybridSAE(SAEConfig(arch="batchtopk", d_in=D, width=48, k=5, rank=2))
+    x = synthetic(700)
+    with torch.no_grad():
+        thr = estimate_threshold(sae, x, 5, chunk=128)
+        pre = sae.pre_activations(x).relu().flatten()
+    assert thr == pytest.approx(float(pre.sort(descending=True).values[700 * 5 - 1]))
+    with torch.no_grad():
+        sae.threshold.fill_(thr)
+        assert float((sae.encode(x) > 0).sum()) == pytest.approx(700 * 5, abs=1)
+
+
+def test_tensor_source_batches_resume_and_split_across_ranks():
+    src = TensorSource(torch.arange(40.0)[:, None].repeat(1, 2))
+    stream = src.batches(4, seed=3)
+    first = [next(stream) for _ in range(15)]  # crosses the epoch boundary (10 batches per epoch)
+    skipped = src.batches(4, seed=3, skip=12)
+    assert all(torch.equal(first[12 + i], next(skipped)) for i in range(3))
+    r0, r1 = src.batches(4, seed=3, rank=0, world_size=2), src.batches(4, seed=3, rank=1, world_size=2)
+    rows = torch.cat([next(r0) for _ in range(5)] + [next(r1) for _ in range(5)])[:, 0]
+    assert sorted(rows.tolist()) == list(range(40))

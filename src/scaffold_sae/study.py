@@ -186,13 +186,14 @@ def evaluate_all(sae_dirs: dict[str, Path], lm, layer: int, contexts: torch.Tens
         n_ce = max(1, cfg.ce_tokens // cfg.ctx_len)
         modes = ["batchtopk", "threshold"] if cfg.arch in evals.BATCH_TOPK_ARCHS else ["threshold"]
         mean = evals.mean_activation(lm, layer, contexts[:n_ce], cfg.harvest_batch_size, progress, cfg.sink_factor)
-        per_mode = {mode: evals.evaluate_many(saes, lm, layer, contexts, ce_contexts=n_ce, inference=mode,
-                                              batch_size=cfg.harvest_batch_size, progress=progress,
-                                              mean_resid=mean, sink_factor=cfg.sink_factor)
-                    for mode in modes}
+        runs = {f"{name}@{mode}": sae for name, sae in saes.items() for mode in modes}
+        results = evals.evaluate_many(runs, lm, layer, contexts, ce_contexts=n_ce,
+                                      inference={run: run.split("@")[1] for run in runs},
+                                      batch_size=cfg.harvest_batch_size, progress=progress, mean_resid=mean,
+                                      sink_factor=cfg.sink_factor)
         for name in saes:
             record = {"rank": saes[name].cfg.rank, "dir": str(sae_dirs[name]),
-                      **{mode: asdict(per_mode[mode][name]) for mode in modes}}
+                      **{mode: asdict(results[f"{name}@{mode}"]) for mode in modes}}
             atomic_write_text(out / f"{name}.json", json.dumps(record) + "\n")
     return {n: json.loads((out / f"{n}.json").read_text()) for n in sae_dirs}
 
@@ -262,6 +263,6 @@ def _run_cli(args: argparse.Namespace, base: StudyConfig) -> None:
     started = time.perf_counter()
     study = run_study(cfg, out, progress=not args.no_progress)
     paths = write_report(study, out / "report", sections=[threshold_section(study)])
-    print(format_summary_table(study))
+    print(format_summary_table(study["saes"]))
     print(f"\nreport: {paths.html}\n        {paths.markdown}\n        {paths.json}")
     print(f"total {time.perf_counter() - started:.0f} s")
