@@ -415,5 +415,20 @@ def test_cli_harvest_prints_the_summary(tiny_lm, tiny_corpus, tmp_path, capsys):
         main(["harvest", "--model", str(model_dir), "--layer", "0", "--corpus", str(tiny_corpus), "--tokens",
               "300", "--out", str(out), "--ctx-len", "32", "--batch-size", "4", "--dtype", "float16"])
     assert caught.value.code == 2
-    err = capsys.readouterr().err.strip().splitlines()
-    assert len(err) == 1 and "holds a cache of" in err[0] and "--overwrite" in err[0]
+    errors = [line for line in capsys.readouterr().err.splitlines() if line.startswith("error:")]
+    assert len(errors) == 1 and "holds a cache of" in errors[0] and "--overwrite" in errors[0]
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("key,layer", [("smollm2-135m", 15), ("gemma3-270m", 9)])
+def test_real_model_cache_has_no_sink_rows(key, layer, tmp_path):
+    from scaffold_sae.models import load_model
+
+    lm = load_model(key)
+    cache = harvest(lm, layer, "news", 500, tmp_path / key, ctx_len=128, batch_size=4, progress=False)
+    contexts = pack_contexts(lm.tokenizer, load_corpus("news"), 128, 128, "train", bos_id=lm.bos_token_id)
+    first = lm.residual(contexts, layer)[0].norm(dim=-1)
+    assert first[0] > 10 * first[1:].median()  # the real model does have a massive first-position sink
+    norms = read_all(cache)[0].norm(dim=-1)
+    assert cache.manifest["excluded"]["bos"] == cache.manifest["n_contexts"]
+    assert norms.max() < 10 * norms.median() and cache.d_model == lm.d_model

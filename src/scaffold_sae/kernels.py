@@ -70,6 +70,14 @@ class ActiveSet:
         perm, crow_t, col_t = self._transpose()
         return _csr(crow_t, col_t, values[perm], (self.n_cols, self.n_rows))
 
+    def subset(self, keep: Tensor) -> "ActiveSet":
+        """The pairs selected by the bool mask ``keep`` [nnz] (CSR order is preserved)."""
+        row = self.row[keep]
+        sub = active_from_coo(row, self.col[keep], self.n_rows, self.n_cols)
+        if self.pre_values is not None:
+            sub.pre_values = self.pre_values[keep]
+        return sub
+
     def bag_sum(self, values: Tensor, table: Tensor) -> Tensor:
         """``csr(values) @ table`` ([B, d]) via embedding_bag, which beats the CSR product here."""
         return F.embedding_bag(self.col, table, self.crow[:-1], mode="sum", per_sample_weights=values)

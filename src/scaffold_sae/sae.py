@@ -63,7 +63,8 @@ class SAEConfig:
     l1_coeff: float = 0.01
     """relu only: L1 coefficient on f_i * ||W_dec,i|| (loss is the per-element MSE of scaled inputs)."""
     aux_k: int | None = None
-    """AuxK: dead latents used per token to model the residual (default d_in // 2; 0 disables)."""
+    """AuxK (k-sparse archs): dead latents used per token to model the residual (default d_in // 2;
+    0 disables)."""
     aux_coeff: float = 1.0 / 32.0
     """AuxK loss coefficient."""
 
@@ -299,16 +300,24 @@ class HybridSAE(nn.Module):
 
     def _matryoshka(self, vals: Tensor, active: ActiveSet, x: Tensor, scaf: Tensor,
                     fast: bool) -> tuple[Tensor, Tensor]:
-        """Mean over nested prefixes of the prefix reconstruction MSE, and the full sparse term."""
+        """Mean over nested prefixes of the prefix reconstruction MSE, and the full sparse term.
+
+        Each latent group [w_{i-1}, w_i) is decoded once; prefix reconstructions are running sums.
+        """
         n, d = x.shape
-        base = self.b_dec + scaf
+        resid = self.b_dec + scaf - x
+        sparse_out = torch.zeros_like(x)
         losses = []
-        out = None
-        for w in self.cfg.prefix_widths():
-            v = vals if w == self.cfg.width else vals * (active.col < w)
-            out = kernels.sparse_decode(v, self.W_dec, active, fast)
-            losses.append((base + out - x).pow(2).sum() / (n * d))
-        return torch.stack(losses).mean(), out
+        lo = 0
+        for hi in self.cfg.prefix_widths():
+            keep = (active.col >= lo) & (active.col < hi)
+            out = kernels.sparse_decode(vals[keep], self.W_dec, active.subset(keep), fast)
+            resid = resid + out
+            sparse_out = sparse_out + out
+            flat = resid.flatten()
+            losses.append(torch.dot(flat, flat) / (n * d))
+            lo = hi
+        return torch.stack(losses).mean(), sparse_out
 
     def _aux_loss(self, x: Tensor, x_hat: Tensor, x_in: Tensor, pre: Tensor, dead: Tensor,
                   fast: bool) -> Tensor:

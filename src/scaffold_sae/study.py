@@ -65,6 +65,8 @@ class StudyConfig:
     """Exclude tokens whose activation norm exceeds this multiple of the median (attention sinks)."""
     harvest_batch_size: int = 8
     """Contexts per LM forward while harvesting and evaluating."""
+    cache_dir: str | None = None
+    """Activation cache directory (default <out>/cache); point several studies at one cache to share it."""
     device: str = "cpu"
     """torch device for the model and the SAEs (cuda uses bf16 autocast where it helps)."""
     seed: int = 0
@@ -115,7 +117,7 @@ def run_study(cfg: StudyConfig, out_dir: str | Path, progress: bool = True) -> d
     timings["load_model_s"] = time.perf_counter() - clock
 
     clock = time.perf_counter()
-    cache = harvest(lm, layer, cfg.corpus, cfg.train_tokens, out / "cache", ctx_len=cfg.ctx_len,
+    cache = harvest(lm, layer, cfg.corpus, cfg.train_tokens, Path(cfg.cache_dir) if cfg.cache_dir else out / "cache", ctx_len=cfg.ctx_len,
                     batch_size=cfg.harvest_batch_size, split="train", sink_factor=cfg.sink_factor, seed=cfg.seed,
                     progress=progress)
     timings["harvest_s"] = time.perf_counter() - clock
@@ -223,11 +225,17 @@ def _add_flags(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--no-progress", action="store_true", help="hide progress bars")
     docs = _field_docs()
     for f in fields(StudyConfig):
-        kind = {"int": int, "float": float, "str": str}.get(str(f.type).split(" |")[0], str)
+        kind = {"int": int, "float": float, "str": str, "bool": _bool}.get(str(f.type).split(" |")[0], str)
         if f.name == "ranks":
             kind = str
         parser.add_argument(f"--{f.name.replace('_', '-')}", dest=f.name, type=kind, default=None,
                             help=docs.get(f.name, ""))
+
+
+def _bool(text: str) -> bool:
+    if text.lower() not in ("true", "false", "1", "0", "yes", "no"):
+        raise argparse.ArgumentTypeError(f"expected true or false, got {text!r}")
+    return text.lower() in ("true", "1", "yes")
 
 
 def _field_docs() -> dict[str, str]:
@@ -259,7 +267,8 @@ def _run_cli(args: argparse.Namespace, base: StudyConfig) -> None:
     from scaffold_sae.report import format_summary_table, write_report
 
     cfg = config_from_args(args, base)
-    out = Path(args.out or f"runs/{Path(cfg.model).name}-L{cfg.layer if cfg.layer is not None else 'default'}")
+    default_out = "runs/demo" if base is DEMO else f"runs/{Path(cfg.model).name}-L{cfg.layer}"
+    out = Path(args.out or default_out)
     started = time.perf_counter()
     study = run_study(cfg, out, progress=not args.no_progress)
     paths = write_report(study, out / "report", sections=[threshold_section(study)])
