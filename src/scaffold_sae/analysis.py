@@ -30,7 +30,7 @@ Definitions (one place):
 from __future__ import annotations
 
 import json
-import math
+import time
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Callable, Mapping
@@ -39,7 +39,7 @@ import numpy as np
 import torch
 
 from scaffold_sae import evals
-from scaffold_sae.report import Figure, Section, Series, Table, jsonable
+from scaffold_sae.report import Figure, Section, Series, Table, format_number, jsonable
 from scaffold_sae.sae import orthonormalise, random_orthonormal
 
 Rows = Callable[[torch.Tensor], torch.Tensor]
@@ -127,9 +127,9 @@ def rank_for_share(eigenvalues: torch.Tensor, share: float) -> int:
 
 
 def spectrum_knee(eigenvalues: torch.Tensor, max_rank: int = 64) -> int:
-    """Knee of the log-eigenvalue curve over the first `max_rank` components: the 1-based index farthest below
-    the chord joining the first and last points (both axes scaled to [0, 1]); the number of PCs before the
-    spectrum flattens."""
+    """Knee of the log-eigenvalue curve over the first `max_rank` components: the point farthest below the chord
+    joining the first and last points (both axes scaled to [0, 1]) is where the spectrum flattens; returns the
+    number of PCs before that point (at least 1)."""
     ev = eigenvalues.double().clamp_min(1e-300)[:max_rank]
     if ev.numel() < 3:
         return int(ev.numel())
@@ -137,7 +137,7 @@ def spectrum_knee(eigenvalues: torch.Tensor, max_rank: int = 64) -> int:
     x = torch.linspace(0.0, 1.0, ev.numel(), dtype=torch.float64)
     y = (y - y[-1]) / (y[0] - y[-1]).clamp_min(1e-300)
     chord = 1.0 - x
-    return int(torch.argmax(chord - y).item()) + 1
+    return max(1, int(torch.argmax(chord - y).item()))
 
 
 def sweep_knee(ranks: list[int], dense: list[int], tolerance: float = 0.1) -> int | None:
@@ -166,14 +166,28 @@ def subspace_edit(left: torch.Tensor, right: torch.Tensor, center: torch.Tensor 
     return edit
 
 
+@torch.no_grad()
+def firing_density(sae, x: torch.Tensor, inference: str, chunk: int = 4096) -> torch.Tensor:
+    """Per-latent share of the rows of x [n, d] on which the latent fires (codes of chunks of `chunk` rows)."""
+    fires = sum((codes_of(sae, part, inference) != 0).sum(0).cpu() for part in x.split(chunk))
+    return fires.double() / x.shape[0]
+
+
+@torch.no_grad()
+def codes_of(sae, x: torch.Tensor, inference: str) -> torch.Tensor:
+    """Sparse codes of rows x (moved to the SAE's device and dtype)."""
+    param = next(iter(sae.parameters()))
+    return evals.reconstruct(sae, x.to(param.device, param.dtype), inference).codes
+
+
 def feature_ablation_edit(sae, features: torch.Tensor, inference: str) -> Rows:
     """Zero the given latents of `sae` keeping its error term: x -> x - sum_{i in S} f_i(x) W_dec[i]."""
-    idx = features.long()
+    idx = features.long().to(sae.W_dec.device)
     w = sae.W_dec.detach()[idx]
 
     def edit(x: torch.Tensor) -> torch.Tensor:
-        codes = evals.reconstruct(sae, x.to(w.dtype), inference).codes
-        return x - (codes[:, idx] @ w).to(x.dtype)
+        codes = codes_of(sae, x, inference)
+        return x - (codes[:, idx] @ w).to(x.device, x.dtype)
 
     return edit
 
@@ -269,12 +283,13 @@ def structure(sae, x: torch.Tensor, name: str = "sae", outlier_factor: float = 1
         raise AnalysisError(f"SAE {name!r} has no scaffold (rank 0): structure needs a hybrid")
     mu, values, vectors = pca_result if pca_result is not None else pca(x)
     q = span_basis(sae.U)
+    u, v, b = (t.detach().double().cpu() for t in (sae.U, sae.V, sae.b_dec))
     p = vectors[:, :r]
     angles = principal_angles(q, p)
     dims, mean_abs, median = outlier_dims(x, outlier_factor)
     x64 = x.double()
     with torch.no_grad():
-        scaffold_pred = sae.b_dec.double() + (x64 - sae.b_dec.double()) @ sae.V.double() @ sae.U.double().t()
+        scaffold_pred = b + (x64 - b) @ v @ u.t()
     return StructureResult(
         sae=name, rank=r, n_tokens=int(x.shape[0]),
         principal_angles_deg=[float(a) for a in angles],
@@ -293,31 +308,32 @@ def structure(sae, x: torch.Tensor, name: str = "sae", outlier_factor: float = 1
 
 
 def structure_section(results: list[dict]) -> Section:
-    rows = [[s["sae"], s["rank"], s["mean_cos2"], s["principal_angles_deg"][0] if s["principal_angles_deg"] else None,
-             s["principal_angles_deg"][-1] if s["principal_angles_deg"] else None, s["variance_share_scaffold"],
-             s["variance_share_pca"], s["scaffold_explained_variance"], s["outlier_energy_scaffold_centred"],
-             s["outlier_energy_scaffold_uncentred"], s["outlier_energy_pca_uncentred"]] for s in results]
-    table = Table(["SAE", "rank", "mean cos^2 (angles)", "smallest angle deg", "largest angle deg",
-                   "variance in span(U)", "variance in top-r PCs", "scaffold alone: expl. var.",
-                   "outlier energy in span(U), centred", "outlier energy in span(U), uncentred",
+    rows = [[s["sae"], s["rank"], s["n_tokens"], s["mean_cos2"], s["variance_share_scaffold"], s["variance_share_pca"],
+             s["scaffold_explained_variance"], s["outlier_energy_scaffold_centred"],
+             s["outlier_energy_scaffold_uncentred"], s["outlier_energy_pca_centred"],
+             s["outlier_energy_pca_uncentred"]] for s in results]
+    table = Table(["SAE", "rank", "tokens", "mean cos^2 (angles)", "variance in span(U)", "variance in top-r PCs",
+                   "scaffold alone: expl. var.", "outlier energy in span(U), centred",
+                   "outlier energy in span(U), uncentred", "outlier energy in top-r PCs, centred",
                    "outlier energy in top-r PCs, uncentred"], rows,
                   caption="Scaffold subspace vs the top-r principal components of held-out activations")
     tables = [table]
     if results:
-        s = results[-1]
-        tables.append(Table(["dim", "mean |x|", "x median dim", "share of axis in span(U)"],
-                            [[j, a, a / s["median_mean_abs"] if s["median_mean_abs"] else None, f]
-                             for j, a, f in zip(s["outlier_dims"], s["outlier_mean_abs"],
-                                                s["outlier_dim_in_scaffold"])],
-                            caption=f"Outlier dimensions ({s['outlier_rule']}), against {s['sae']}"))
+        first = results[0]
+        median = first["median_mean_abs"]
+        tables.append(Table(
+            ["dim", "mean |x|", "x median dim", *[f"share of axis in span(U), r={s['rank']}" for s in results]],
+            [[j, a, a / median if median else None, *[s["outlier_dim_in_scaffold"][i] for s in results]]
+             for i, (j, a) in enumerate(zip(first["outlier_dims"], first["outlier_mean_abs"]))],
+            caption=f"Outlier dimensions ({first['outlier_rule']}; median dim's mean |x| = "
+                    f"{format_number(median)})"))
     figures = [Figure(title="Principal angles between span(U) and the top-r PCA subspace",
                       series=[Series(f"r={s['rank']}", list(range(1, len(s["principal_angles_deg"]) + 1)),
                                      s["principal_angles_deg"]) for s in results],
                       xlabel="angle index", ylabel="degrees")] if results else []
     text = ("Is the scaffold the top principal subspace and the massive-activation dimensions? Principal angles near "
-            "0 and a mean cos^2 near 1 mean span(U) coincides with the top-r PCs; energy shares near 1 mean the "
-            "outlier dimensions live inside span(U). Outlier dimensions: " +
-            (results[-1]["outlier_rule"] if results else "n/a") + ".")
+            "0 and a mean cos^2 near 1 mean span(U) coincides with the top-r PCs (r/d by chance); energy shares near "
+            "1 mean the outlier dimensions live inside span(U).")
     return Section("Scaffold structure", text, tables=tables, figures=figures)
 
 
@@ -361,7 +377,8 @@ class CausalityResult:
 
 def causality(lm, layer: int, sae, contexts: torch.Tensor, mu: torch.Tensor, pca_basis: torch.Tensor,
               name: str = "sae", seeds: int = 3, batch_size: int = 4, sink_factor: float = evals.DEFAULT_SINK_FACTOR,
-              progress: bool = False, extra: Mapping[str, Rows] | None = None) -> tuple[CausalityResult, dict[str, float]]:
+              progress: bool = False, extra: Mapping[str, Rows] | None = None
+              ) -> tuple[CausalityResult, dict[str, float]]:
     """CE ratios for the scaffold (zero / remove / mean), the top-r PCs (zero / mean) and r random orthonormal
     directions (zero / mean, `seeds` bases). `pca_basis` [d, >= r] holds the PCs; `extra` adds named edits whose
     raw CEs come back in the second return value."""
@@ -465,12 +482,9 @@ def redundancy_scores(baseline, hybrid, x: torch.Tensor, baseline_name: str = "b
     r, d = int(hybrid.cfg.rank), int(hybrid.cfg.d_in)
     if r < 1:
         raise AnalysisError(f"SAE {hybrid_name!r} has no scaffold (rank 0): redundancy needs a hybrid")
-    scores = alignment_scores(baseline.W_dec, span_basis(hybrid.U))
+    scores = alignment_scores(baseline.W_dec.detach().cpu(), span_basis(hybrid.U))
     idx, threshold = aligned_features(scores, r, d, factor)
-    density = torch.from_numpy(np.concatenate([evals.firing_density(
-        evals.reconstruct(baseline, chunk, inference).codes)[None] * chunk.shape[0]
-        for chunk in x.split(4096)]).sum(0) / x.shape[0])
-    dense = density > 0.1
+    dense = firing_density(baseline, x, inference) > 0.1
     aligned = torch.zeros_like(dense)
     aligned[idx] = True
     quant = {f"q{int(q * 100)}": float(torch.quantile(scores, q)) for q in (0.5, 0.9, 0.99)}
@@ -488,23 +502,29 @@ def redundancy_scores(baseline, hybrid, x: torch.Tensor, baseline_name: str = "b
 
 def redundancy_section(result: dict) -> Section:
     rows = [["baseline features aligned with span(U) ablated (error term kept)", result["n_aligned"],
-             result["ratio_aligned_ablated"]],
-            ["as many random baseline features ablated", result["n_aligned"], result["ratio_random_ablated"]],
-            [f"{result['hybrid']} scaffold removed", "-", result["ratio_scaffold_removed"]]]
-    table = Table(["ablation", "features", "CE / clean"], rows,
-                  caption=f"{result['baseline']} features vs span(U) of {result['hybrid']} (rank {result['rank']})")
+             result["ce_aligned_ablated"], result["ratio_aligned_ablated"]],
+            ["as many random baseline features ablated", result["n_aligned"], result["ce_random_ablated"],
+             result["ratio_random_ablated"]],
+            [f"{result['hybrid']} scaffold removed", "-", None, result["ratio_scaffold_removed"]]]
+    table = Table(["ablation", "features", "CE (nats)", "CE / clean"], rows,
+                  caption=f"{result['baseline']} features vs span(U) of {result['hybrid']} (rank {result['rank']}, "
+                          f"d = {result['d_model']}); clean CE {format_number(result['ce_clean'])}")
+    q = result["score_quantiles"]
     geo = Table(["rule", "threshold", "random expectation r/d", "aligned", "dense baseline latents (>10%)",
-                 "dense and aligned", "mean score dense", "mean score others", "median score", "max score"],
+                 "dense and aligned", "mean score dense", "mean score others", "median score", "90th pct", "99th pct",
+                 "max score"],
                 [[result["rule"], result["threshold"], result["random_expectation"], result["n_aligned"],
                   result["dense_latents"], result["dense_aligned"], result["mean_score_dense"],
-                  result["mean_score_other"], result["score_quantiles"]["q50"], result["score_quantiles"]["max"]]],
+                  result["mean_score_other"], q["q50"], q["q90"], q["q99"], q["max"]]],
                 caption="How much of each baseline decoder direction lies in the scaffold's span")
+    top = Table(["feature", "score"], [[i, sc] for i, sc in zip(result["top_features"], result["top_scores"])],
+                caption="The most aligned baseline features (at most 50)")
     text = ("Does the plain SAE encode the scaffold redundantly, spread over many features? (Paper: ablating the 787 "
             "most aligned features raises CE only 2.9x, against 7.5x for removing the scaffold.) Features are ranked "
             "by the share of their decoder direction inside span(U); the rule that picks them is in the table. "
             "Ablation zeroes their codes and keeps the SAE's error term, so only their contribution leaves the "
             "residual stream.")
-    return Section("Scaffold redundancy in the baseline SAE", text, tables=[geo, table])
+    return Section("Scaffold redundancy in the baseline SAE", text, tables=[geo, table, top])
 
 
 # ----------------------------------------------------------------------------------------------------------
@@ -592,7 +612,8 @@ def compare_studies(studies: Mapping[str, dict]) -> Section:
         dense = {v.get("rank"): v.get("dense_10") for v in saes.values()}
         red = a.get("redundancy") or {}
         rows.append([label, cfg.get("model"), cfg.get("layer"), s.get("rank"), dense.get(0), dense.get(s.get("rank")),
-                     s.get("mean_cos2"), s.get("variance_share_scaffold"), ",".join(map(str, s.get("outlier_dims", []))),
+                     s.get("mean_cos2"), s.get("variance_share_scaffold"),
+                     ",".join(map(str, s.get("outlier_dims", []))),
                      s.get("outlier_energy_scaffold_uncentred"), ratios.get("scaffold:remove"),
                      ratios.get("scaffold:mean"), ratios.get("pca:mean"), ratios.get("random:mean"),
                      red.get("ratio_aligned_ablated")])
@@ -630,6 +651,19 @@ def primary_hybrid(saes: Mapping[str, object], rank: int | None) -> str:
     return match[0]
 
 
+def sae_fingerprint(sae) -> str:
+    """A short hash of an SAE's decoder, bias and scaffold (so retrained SAEs invalidate cached analyses)."""
+    import hashlib
+
+    digest = hashlib.sha256()
+    for tensor in (sae.W_dec, sae.b_dec, sae.U):
+        flat = tensor.detach().reshape(-1).float().cpu()
+        digest.update(str(tuple(tensor.shape)).encode())
+        digest.update(flat[:4096].numpy().tobytes())
+        digest.update(flat[-4096:].numpy().tobytes())
+    return digest.hexdigest()[:16]
+
+
 def sections_from_results(results: dict) -> list[Section]:
     """Every analysis section, rebuilt from the analyses dict (what analyses.json and the study JSON hold)."""
     from scaffold_sae import probing
@@ -645,6 +679,12 @@ def sections_from_results(results: dict) -> list[Section]:
         sections.extend(probing.probing_sections(results["probing"]))
     if results.get("rank_selection"):
         sections.append(rank_section(results["rank_selection"]))
+    if results.get("settings") or results.get("timings"):
+        rows = [[k, v] for k, v in (results.get("settings") or {}).items()]
+        rows += [[k, v] for k, v in (results.get("timings") or {}).items()]
+        sections.append(Section("Analysis settings and cost", "The settings behind the analyses above and the "
+                                "seconds each part took (held-out tokens only; nothing here used training tokens).",
+                                tables=[Table(["setting", "value"], rows)]))
     return sections
 
 
@@ -656,7 +696,8 @@ def run_analyses(lm, layer: int, saes: dict, baseline_name: str, cache, contexts
     comes from held-out tokens. Returns (JSON-safe results dict, report sections)."""
     from scaffold_sae import probing
 
-    key = {"saes": sorted(saes), "baseline": baseline_name, "layer": int(layer), "model": str(lm.spec),
+    key = {"saes": {name: sae_fingerprint(sae) for name, sae in sorted(saes.items())}, "baseline": baseline_name,
+           "layer": int(layer), "model": str(lm.spec),
            "contexts": list(contexts.shape), "settings": analysis_settings(cfg)}
     path = Path(out) / "analyses.json" if out is not None else None
     if path is not None and path.is_file():
@@ -665,6 +706,7 @@ def run_analyses(lm, layer: int, saes: dict, baseline_name: str, cache, contexts
             return stored["results"], sections_from_results(stored["results"])
     if baseline_name not in saes:
         raise AnalysisError(f"baseline {baseline_name!r} is not among the SAEs {sorted(saes)}")
+    clock = time.perf_counter()
     sink = getattr(cfg, "sink_factor", evals.DEFAULT_SINK_FACTOR)
     batch = max(1, min(4, getattr(cfg, "harvest_batch_size", 4)))
     x = heldout_activations(lm, layer, contexts, cfg.analysis_tokens, getattr(cfg, "harvest_batch_size", 8), sink,
@@ -672,6 +714,7 @@ def run_analyses(lm, layer: int, saes: dict, baseline_name: str, cache, contexts
     pca_result = pca(x)
     mu, values, vectors = pca_result
     results: dict = {"n_tokens": int(x.shape[0])}
+    timings: dict[str, float] = {"activations_s": time.perf_counter() - clock}
 
     hybrids = sorted((n for n, s in saes.items() if s.cfg.rank > 0), key=lambda n: saes[n].cfg.rank)
     results["structure"] = [asdict(structure(saes[n], x, n, cfg.outlier_factor, pca_result)) for n in hybrids]
@@ -679,10 +722,11 @@ def run_analyses(lm, layer: int, saes: dict, baseline_name: str, cache, contexts
     sweep = {}
     for name, sae in saes.items():
         mode = "batchtopk" if sae.cfg.arch in evals.BATCH_TOPK_ARCHS else "threshold"
-        fires = sum((evals.reconstruct(sae, chunk, mode).codes != 0).sum(0) for chunk in x.split(4096))
-        sweep[int(sae.cfg.rank)] = int((fires.double() / x.shape[0] > 0.1).sum())
+        sweep[int(sae.cfg.rank)] = int((firing_density(sae, x, mode) > 0.1).sum())
     results["rank_selection"] = asdict(select_rank(values, sweep))
+    timings["structure_s"] = time.perf_counter() - clock - timings["activations_s"]
 
+    clock = time.perf_counter()
     if hybrids:
         primary = primary_hybrid(saes, getattr(cfg, "analysis_rank", None))
         hybrid = saes[primary]
@@ -707,7 +751,9 @@ def run_analyses(lm, layer: int, saes: dict, baseline_name: str, cache, contexts
         else:
             redundancy.ratio_aligned_ablated = redundancy.ratio_random_ablated = 1.0
         results["redundancy"] = asdict(redundancy)
+    timings["causality_s"] = time.perf_counter() - clock
 
+    clock = time.perf_counter()
     datasets = [d.strip() for d in str(getattr(cfg, "probe_datasets", "") or "").split(",") if d.strip()]
     if datasets and cfg.probe_docs > 0:
         probe_cfg = probing.ProbeConfig(datasets=datasets, n_docs=cfg.probe_docs, max_tokens=cfg.probe_tokens,
@@ -716,9 +762,45 @@ def run_analyses(lm, layer: int, saes: dict, baseline_name: str, cache, contexts
         results["probing"] = asdict(probing.run_probing(lm, layer, saes, baseline_name, probe_cfg,
                                                         pca_basis=vectors, progress=progress))
 
+    timings["probing_s"] = time.perf_counter() - clock
+    results["timings"] = timings
+    results["settings"] = analysis_settings(cfg)
     results = jsonable(results)
     if path is not None:
         from scaffold_sae.fetch import atomic_write_text
 
         atomic_write_text(path, json.dumps({"key": key, "results": results}, allow_nan=False) + "\n")
     return results, sections_from_results(results)
+
+
+# ----------------------------------------------------------------------------------------------------------
+# CLI: scaffold-sae compare
+# ----------------------------------------------------------------------------------------------------------
+
+
+def register_compare(subparsers) -> None:
+    parser = subparsers.add_parser(
+        "compare", help="side-by-side report of several studies (e.g. two models)",
+        description="One report comparing the scaffold across studies: dense latents, structure, causality and "
+                    "redundancy, read from each study's results.json.")
+    parser.add_argument("--results", nargs="+", required=True, metavar="LABEL=PATH",
+                        help="results.json of each study, optionally labelled (gemma=runs/demo/report/results.json)")
+    parser.add_argument("--out", required=True, help="output directory for the comparison report")
+    parser.set_defaults(func=_compare_command)
+
+
+def _compare_command(args) -> int:
+    from scaffold_sae.report import load_results, write_report
+
+    studies = {}
+    for item in args.results:
+        label, _, path = item.rpartition("=") if "=" in item else ("", "", item)
+        study = load_results(path)
+        if not study.get("analyses"):
+            raise AnalysisError(f"{path} has no analyses: rerun its study with --analyses true")
+        studies[label or f"{study.get('config', {}).get('model')}-L{study.get('config', {}).get('layer')}"] = study
+    paths = write_report({"title": "scaffold-sae: the scaffold across studies", "config": {
+        label: {"model": s.get("config", {}).get("model"), "layer": s.get("config", {}).get("layer")}
+        for label, s in studies.items()}, "saes": {}}, args.out, sections=[compare_studies(studies)])
+    print(f"wrote {paths.html}\n      {paths.markdown}\n      {paths.json}")
+    return 0

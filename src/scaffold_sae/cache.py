@@ -82,6 +82,10 @@ class HarvestConfig:
     """Exclude positions whose norm exceeds this multiple of their context's median norm; 0 disables."""
     seed: int = 0
     """Seed of the document order."""
+    slice_rank: int = 0
+    """Distributed harvest: this slice's index (see scaffold_sae.distributed.harvest_slices)."""
+    slice_count: int = 1
+    """Distributed harvest: number of slices; slice r takes the batches of contexts numbered r mod slice_count."""
 
 
 @dataclass
@@ -133,7 +137,8 @@ class Harvester:
         return {"model": self.model.spec, "fingerprint": self.model.fingerprint, "layer": cfg.layer,
                 "ctx_len": cfg.ctx_len, "dtype": cfg.dtype, "corpus": cfg.corpus, "split": cfg.split,
                 "seed": cfg.seed, "sink_factor": float(cfg.sink_factor), "n_tokens": cfg.n_tokens,
-                "batch_size": cfg.batch_size, "shard_rows": cfg.shard_rows, "bos_id": self.bos}
+                "batch_size": cfg.batch_size, "shard_rows": cfg.shard_rows, "bos_id": self.bos,
+                **({"slice": [cfg.slice_rank, cfg.slice_count]} if cfg.slice_count > 1 else {})}
 
     def run(self, overwrite: bool = False, progress: bool = True) -> "ActivationCache":
         existing = None if overwrite else self._existing()
@@ -147,6 +152,7 @@ class Harvester:
         manifest = self._start(existing, overwrite)
         contexts = iter_contexts(self.model.tokenizer, corpus, self.cfg.ctx_len, self.cfg.split, self.cfg.seed,
                                  self.bos)
+        contexts = slice_contexts(contexts, self.cfg.batch_size, self.cfg.slice_rank, self.cfg.slice_count)
         contexts = itertools.islice(contexts, manifest["n_contexts"], None)
         bar = _progress(self.cfg.n_tokens, manifest["n_rows"], f"harvest L{self.cfg.layer}", progress)
         try:
@@ -284,6 +290,15 @@ class Harvester:
                     "shards": []}
         self._save_manifest(manifest)
         return manifest
+
+
+def slice_contexts(contexts: Iterator[list[int]], batch_size: int, rank: int, count: int) -> Iterator[list[int]]:
+    """The contexts of slice `rank` of `count`: those whose batch index (batch_size per batch) is rank mod count."""
+    if count == 1:
+        return contexts
+    if not 0 <= rank < count:
+        raise CacheError(f"slice {rank} of {count} is invalid: use 0..{count - 1}")
+    return (ctx for index, ctx in enumerate(contexts) if (index // batch_size) % count == rank)
 
 
 def keep_mask(resid: torch.Tensor, ids: torch.Tensor, bos_id: int, special_ids: torch.Tensor,
@@ -656,7 +671,8 @@ def register_harvest(subparsers) -> None:
     p.add_argument("--tokens", type=int, default=d.n_tokens, help="rows (kept tokens) to harvest")
     p.add_argument("--out", required=True, help="cache directory")
     p.add_argument("--ctx-len", type=int, default=d.ctx_len, help="tokens per context, BOS included")
-    p.add_argument("--batch-size", type=int, default=d.batch_size, help="contexts per forward pass")
+    p.add_argument("--batch-size", type=int, default=d.batch_size, help="contexts per forward pass "
+                   "(0: as many as fit in free GPU memory)")
     p.add_argument("--dtype", choices=sorted(DTYPES), default=d.dtype, help="storage dtype")
     p.add_argument("--split", choices=["train", "heldout"], default=d.split,
                    help="document split (heldout: a stable 10%% of documents training never sees)")
@@ -664,7 +680,11 @@ def register_harvest(subparsers) -> None:
                    help="exclude tokens with norm above this multiple of their context's median (0 disables)")
     p.add_argument("--shard-rows", type=int, default=d.shard_rows, help="rows per shard (about)")
     p.add_argument("--seed", type=int, default=d.seed, help="seed of the document order")
-    p.add_argument("--device", default="cpu", help="torch device for the model")
+    p.add_argument("--device", default="cpu", help="torch device for the model (cpu, cuda, cuda:N, auto)")
+    p.add_argument("--lm-dtype", default="auto", help="model weights dtype: auto (bf16 on CUDA, fp32 on CPU), "
+                   "float32, bfloat16, float16")
+    p.add_argument("--nproc", type=int, default=None, help="harvest as N slices in N local processes (runs "
+                   "torch.distributed.run; or start `torchrun ... -m scaffold_sae harvest` yourself)")
     p.add_argument("--overwrite", action="store_true", help="replace a cache of other settings in --out")
     p.set_defaults(func=_harvest_command)
 
@@ -679,9 +699,21 @@ def register_cache_info(subparsers) -> None:
 
 
 def _harvest_command(args: argparse.Namespace) -> int:
+    from scaffold_sae import distributed
+    from scaffold_sae.devices import auto_lm_batch, lm_dtype
     from scaffold_sae.models import load_model
 
-    model = load_model(args.model, device=args.device)
+    nproc = getattr(args, "nproc", None) or 1
+    if distributed.launched_by_torchrun():
+        distributed.run_harvest_ranked(args)
+        return 0
+    if nproc > 1:
+        distributed.launch("harvest", distributed.cli_argv(args), nproc)
+        return 0
+    device = distributed.resolve_device(args.device)
+    model = load_model(args.model, device=device, dtype=lm_dtype(getattr(args, "lm_dtype", "auto"), device))
+    if args.batch_size == 0:  # memory-aware: as many contexts as fit on the GPU (8 on the CPU)
+        args.batch_size = auto_lm_batch(model, args.layer, args.ctx_len)
     cache = harvest(model, args.layer, args.corpus, args.tokens, args.out, ctx_len=args.ctx_len,
                     batch_size=args.batch_size, split=args.split, dtype=args.dtype, shard_rows=args.shard_rows,
                     sink_factor=args.sink_factor, seed=args.seed, overwrite=args.overwrite)

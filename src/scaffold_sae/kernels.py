@@ -87,10 +87,13 @@ class ActiveSet:
         if cached is None:
             # numpy's stable integer sort (radix for uint16) is far faster here than torch's
             # parallel sort, which stalls when the CPU is oversubscribed
-            keys = self.col.numpy().astype(np.uint16 if self.n_cols <= 65536 else np.int32)
-            perm = torch.from_numpy(np.argsort(keys, kind="stable"))
+            if self.col.is_cuda:  # GPU path: torch's stable sort (numpy needs host memory)
+                perm = torch.sort(self.col, stable=True).indices
+            else:
+                keys = self.col.numpy().astype(np.uint16 if self.n_cols <= 65536 else np.int32)
+                perm = torch.from_numpy(np.argsort(keys, kind="stable"))
             counts = torch.bincount(self.col, minlength=self.n_cols)
-            crow_t = torch.zeros(self.n_cols + 1, dtype=torch.long)
+            crow_t = torch.zeros(self.n_cols + 1, dtype=torch.long, device=self.col.device)
             torch.cumsum(counts, 0, out=crow_t[1:])
             cached = (perm, crow_t, self.row[perm])
             self._t_cache = cached
@@ -105,9 +108,9 @@ def row_topk(pre: Tensor, k: int) -> ActiveSet:
     vals = vals.gather(1, order)
     keep = vals > 0
     counts = keep.sum(1)
-    crow = torch.zeros(n_rows + 1, dtype=torch.long)
+    crow = torch.zeros(n_rows + 1, dtype=torch.long, device=pre.device)
     torch.cumsum(counts, 0, out=crow[1:])
-    row = torch.repeat_interleave(torch.arange(n_rows), counts)
+    row = torch.repeat_interleave(torch.arange(n_rows, device=pre.device), counts)
     return ActiveSet(row=row, col=col[keep], crow=crow, n_rows=n_rows, n_cols=n_cols, pre_values=vals[keep])
 
 
@@ -122,7 +125,7 @@ def batch_topk(pre: Tensor, k: int, sample_rows: int = 256) -> tuple[ActiveSet, 
     """
     n_rows, n_cols = pre.shape
     total = min(n_rows * k, pre.numel())
-    rows = torch.linspace(0, n_rows - 1, min(n_rows, sample_rows)).long()
+    rows = torch.linspace(0, n_rows - 1, min(n_rows, sample_rows), device=pre.device).long()
     sub = pre[rows].flatten()
     margin = 1.3
     while True:
@@ -150,7 +153,7 @@ def batch_topk(pre: Tensor, k: int, sample_rows: int = 256) -> tuple[ActiveSet, 
 
 def active_from_coo(row: Tensor, col: Tensor, n_rows: int, n_cols: int) -> ActiveSet:
     counts = torch.bincount(row, minlength=n_rows)
-    crow = torch.zeros(n_rows + 1, dtype=torch.long)
+    crow = torch.zeros(n_rows + 1, dtype=torch.long, device=row.device)
     torch.cumsum(counts, 0, out=crow[1:])
     return ActiveSet(row=row, col=col, crow=crow, n_rows=n_rows, n_cols=n_cols)
 
@@ -167,7 +170,7 @@ def dense_batch_topk(pre: Tensor, k: int) -> ActiveSet:
     flat = pre.flatten().relu()
     idx = flat.topk(min(n_rows * k, flat.numel())).indices
     idx = idx[flat[idx] > 0]
-    mask = torch.zeros(flat.numel(), dtype=torch.bool)
+    mask = torch.zeros(flat.numel(), dtype=torch.bool, device=pre.device)
     mask[idx] = True
     return threshold_select(mask.view(n_rows, n_cols).float(), 0.5)
 
@@ -197,7 +200,8 @@ class _GatherActive(torch.autograd.Function):
         if ctx.needs_input_grad[1]:
             gw = torch.sparse.mm(active.csr_t(grad_vals), x_in)
         if ctx.needs_input_grad[2]:
-            gb = torch.zeros(ctx.n_latents, dtype=grad_vals.dtype).index_add_(0, active.col, grad_vals)
+            gb = torch.zeros(ctx.n_latents, dtype=grad_vals.dtype,
+                             device=grad_vals.device).index_add_(0, active.col, grad_vals)
         return gx, gw, gb, None, None
 
 
@@ -239,6 +243,6 @@ def sparse_decode(vals: Tensor, w_dec: Tensor, active: ActiveSet, fast: bool = T
     """``sum_j vals_j * w_dec[col_j]`` per token ([B, d]); ``fast=False`` uses dense codes."""
     if fast:
         return _SparseDecode.apply(vals, w_dec, active)
-    codes = torch.zeros(active.n_rows, active.n_cols, dtype=vals.dtype)
+    codes = torch.zeros(active.n_rows, active.n_cols, dtype=vals.dtype, device=vals.device)
     codes = codes.index_put((active.row, active.col), vals)
     return codes @ w_dec

@@ -71,6 +71,28 @@ class StudyConfig:
     """torch device for the model and the SAEs (cuda uses bf16 autocast where it helps)."""
     seed: int = 0
     """Seed for data order and initialisation."""
+    analyses: bool = True
+    """Run the scaffold analyses (structure, causality, redundancy, probing, rank selection) after evaluating."""
+    analysis_tokens: int = 8_192
+    """Held-out tokens for the structure, redundancy and rank-selection statistics."""
+    analysis_ce_tokens: int = 512
+    """Held-out tokens (a prefix of the eval contexts, at most ce_tokens) for the ablation CEs; each of the
+    8 + 2 x random_seeds conditions costs one full LM forward over them."""
+    analysis_rank: int | None = None
+    """Hybrid rank that the causality and redundancy analyses use (None: the largest rank)."""
+    random_seeds: int = 2
+    """Random-direction bases in the causality analysis."""
+    outlier_factor: float = 10.0
+    """Outlier (massive-activation) dims: mean |x| above this multiple of the median dim's mean |x|."""
+    redundancy_factor: float = 10.0
+    """A baseline feature is scaffold-aligned when the share of its decoder direction inside span(U) exceeds this
+    multiple of a random direction's r/d (capped at 0.5)."""
+    probe_docs: int = 200
+    """Documents per probing dataset, balanced over classes (0 disables probing)."""
+    probe_tokens: int = 64
+    """Tokens per probing document, BOS included."""
+    probe_datasets: str = "bbc_topic,sentiment,language"
+    """Comma-separated probing datasets: bbc_topic, sentiment, language."""
 
     def validate(self) -> "StudyConfig":
         if not self.ranks or 0 not in self.ranks:
@@ -132,6 +154,18 @@ def run_study(cfg: StudyConfig, out_dir: str | Path, progress: bool = True) -> d
     results = evaluate_all(sae_dirs, lm, layer, contexts, cfg, out / "evals", progress)
     timings["eval_s"] = time.perf_counter() - clock
 
+    analyses, analysis_sections = {}, []
+    if cfg.analyses:
+        from scaffold_sae.analysis import run_analyses
+        from scaffold_sae.report import jsonable
+
+        clock = time.perf_counter()
+        saes = {name: load_sae(path).to(cfg.device) for name, path in sae_dirs.items()}
+        baseline = next(name for name, result in results.items() if result["rank"] == 0)
+        analyses, analysis_sections = run_analyses(lm, layer, saes, baseline, cache, contexts, cfg, out=out,
+                                                   progress=progress)
+        timings["analyses_s"] = time.perf_counter() - clock
+
     primary = "batchtopk" if cfg.arch in evals.BATCH_TOPK_ARCHS else "threshold"
     return {
         "title": f"scaffold-sae study: {cfg.model} layer {layer}",
@@ -141,6 +175,8 @@ def run_study(cfg: StudyConfig, out_dir: str | Path, progress: bool = True) -> d
         "saes": {name: result[primary] for name, result in results.items()},
         "threshold_evals": {name: result["threshold"] for name, result in results.items()},
         "timings": timings,
+        "analyses": analyses,
+        "sections": [jsonable(section) for section in analysis_sections],
     }
 
 

@@ -15,7 +15,7 @@ import math
 import os
 from dataclasses import asdict, dataclass, field, fields
 from pathlib import Path
-from typing import Callable, Iterator, Protocol
+from typing import TYPE_CHECKING, Callable, Iterator, Protocol
 
 import torch
 from torch import Tensor
@@ -23,6 +23,9 @@ from torch import Tensor
 from .fetch import atomic_write_bytes
 from .saving import save_sae, state_bytes
 from .sae import ConfigError, HybridSAE, SAEConfig, _choice, geometric_median, lr_for_width, pca_basis
+
+if TYPE_CHECKING:
+    from .distributed import Comm
 
 B_DEC_INITS = ("geometric_median", "mean", "zeros")
 THRESHOLD_METHODS = ("sample", "ema")
@@ -125,6 +128,8 @@ class TrainConfig:
     """Also log to this Weights & Biases project (needs the wandb extra)."""
     tensorboard_dir: str | None = None
     """Also log to TensorBoard in this directory (needs the tensorboard extra)."""
+    device: str = "cpu"
+    """Where the SAEs train: cpu | cuda | cuda:N | auto (a GPU when there is one); fp32 weights."""
 
     def validate(self) -> "TrainConfig":
         _choice("b_dec_init", self.b_dec_init, B_DEC_INITS)
@@ -145,7 +150,7 @@ class TrainConfig:
 
 # fields that do not change the trained weights (a checkpoint stays valid when they change)
 _NON_RESULT_FIELDS = {"log_every", "checkpoint_every", "resume", "keep_checkpoint", "progress",
-                      "wandb_project", "tensorboard_dir", "fast", "threshold_sample_tokens"}
+                      "wandb_project", "tensorboard_dir", "fast", "threshold_sample_tokens", "device"}
 
 
 @dataclass
@@ -162,7 +167,8 @@ class SAEState:
 
     def reset_window(self) -> None:
         self.window = {"steps": 0, "tokens": 0, "loss": 0.0, "mse": 0.0, "aux": 0.0, "fvu": 0.0,
-                       "l0": 0.0, "fires": torch.zeros(self.sae.cfg.width, dtype=torch.long)}
+                       "l0": 0.0, "fires": torch.zeros(self.sae.cfg.width, dtype=torch.long,
+                                                        device=self.since_fired.device)}
 
 
 def resolve_configs(cfgs: list[SAEConfig], d_model: int) -> list[SAEConfig]:
@@ -322,13 +328,19 @@ def _metadata(source: object) -> dict:
 def train_saes(cache: ActivationSource, cfgs: list[SAEConfig], train_cfg: TrainConfig,
                out_dir: str | Path, *, rank: int = 0, world_size: int = 1,
                grad_hook: Callable[[HybridSAE], None] | None = None,
-               on_step: Callable[[int, list[SAEState]], None] | None = None) -> list[Path]:
+               on_step: Callable[[int, list[SAEState]], None] | None = None,
+               comm: "Comm | None" = None) -> list[Path]:
     """Train ``cfgs`` in lockstep on ``cache``; returns one saved SAE directory per config.
 
     ``grad_hook(sae)`` runs between backward and the optimiser step (e.g. an all-reduce);
     ``on_step(step, states)`` runs after every completed step (tests use it to interrupt).
+    ``comm`` (scaffold_sae.distributed.Comm) makes this one rank of a data-parallel run.
     """
     train_cfg.validate()
+    if comm is not None:
+        rank, world_size = comm.rank, comm.world_size
+    from .distributed import resolve_device
+    device = comm.device if comm is not None else resolve_device(train_cfg.device)
     if not cfgs:
         raise ConfigError("no SAE configs given: pass at least one (e.g. --ranks 0)")
     cfgs = resolve_configs(cfgs, int(cache.d_model))
@@ -346,14 +358,14 @@ def train_saes(cache: ActivationSource, cfgs: list[SAEConfig], train_cfg: TrainC
     scale = input_scale(sample) if train_cfg.scale_inputs else 1.0
     states = []
     for cfg, name in zip(cfgs, names):
-        sae = HybridSAE(cfg, torch.Generator().manual_seed(train_cfg.seed))
+        sae = HybridSAE(cfg, torch.Generator().manual_seed(train_cfg.seed)).to(device)
         base_lr = train_cfg.lr or lr_for_width(cfg.width)
         groups = [{"params": sae.dictionary_parameters(), "lr": base_lr, "lr_mult": 1.0}]
         if cfg.rank > 0:
             groups.append({"params": sae.scaffold_parameters(), "lr": base_lr * cfg.scaffold_lr_mult,
                            "lr_mult": cfg.scaffold_lr_mult})
         optim = torch.optim.Adam(groups, betas=(train_cfg.adam_beta1, train_cfg.adam_beta2), fused=True)
-        states.append(SAEState(name, sae, optim, base_lr, torch.zeros(cfg.width, dtype=torch.long)))
+        states.append(SAEState(name, sae, optim, base_lr, torch.zeros(cfg.width, dtype=torch.long, device=device)))
 
     start = 0
     if train_cfg.resume and ckpt_path.exists():
@@ -367,6 +379,8 @@ def train_saes(cache: ActivationSource, cfgs: list[SAEConfig], train_cfg: TrainC
             if st.sae.cfg.rank > 0 and st.sae.cfg.scaffold_init == "pca":
                 st.sae.set_scaffold(pca_basis(scaled, b_dec, st.sae.cfg.rank))
     del sample
+    if comm is not None:
+        scale = comm.setup(states, start, scale)
 
     loggers = _Loggers(out_dir, train_cfg, start, rank)
     bar = None
@@ -382,14 +396,17 @@ def train_saes(cache: ActivationSource, cfgs: list[SAEConfig], train_cfg: TrainC
         st.reset_window()
     try:
         for step in range(start, total_steps):
-            x = next(batches).float()
+            x = next(batches).to(device, torch.float32, non_blocking=True)
             if scale != 1.0:
                 x = x * scale
             factor = schedule(step, total_steps, warmup, train_cfg.lr_decay_frac)
             for st in states:
-                _train_step(st, x, factor, dead_tokens, train_cfg, grad_hook)
+                _train_step(st, x, factor, dead_tokens, train_cfg, grad_hook, comm)
             done = step + 1
             if done % train_cfg.log_every == 0 or done == total_steps:
+                if comm is not None:
+                    for st in states:
+                        comm.reduce_window(st.window)
                 records = [_window_record(st, done, train_cfg, world_size, factor) for st in states]
                 loggers.write(records)
                 if bar is not None:
@@ -399,17 +416,23 @@ def train_saes(cache: ActivationSource, cfgs: list[SAEConfig], train_cfg: TrainC
             if bar is not None:
                 bar.update(train_cfg.batch_size * world_size)
             if (train_cfg.checkpoint_every and done % train_cfg.checkpoint_every == 0
-                    and done < total_steps and rank == 0):
-                _save_checkpoint(ckpt_path, key, done, scale, states)
+                    and done < total_steps):
+                if comm is not None:  # rank 0 writes; the others wait for its success flag
+                    comm.on_rank0(lambda: _save_checkpoint(ckpt_path, key, done, scale, states),
+                                  "writing the checkpoint")
+                elif rank == 0:
+                    _save_checkpoint(ckpt_path, key, done, scale, states)
             if on_step is not None:
                 on_step(done, states)
     finally:
         if bar is not None:
             bar.close()
         loggers.close()
+        if comm is not None:
+            comm.teardown(states)
 
     paths = []
-    thr_sample = _sample(cache, train_cfg.threshold_sample_tokens, train_cfg.seed + 1) * scale
+    thr_sample = (_sample(cache, train_cfg.threshold_sample_tokens, train_cfg.seed + 1) * scale).to(device)
     meta = _metadata(cache)
     for st in states:
         sae, cfg = st.sae, st.sae.cfg
@@ -425,12 +448,22 @@ def train_saes(cache: ActivationSource, cfgs: list[SAEConfig], train_cfg: TrainC
             summary["threshold_scaled"] = thr
         summary["inference_l0_sample"] = inference_l0(sae, thr_sample)
         path = out_dir / st.name
-        if rank == 0:
-            save_sae(sae.folded(scale), path, metadata=meta, summary=summary)
+        if rank == 0 and comm is None:
+            save_sae(sae.folded(scale).cpu(), path, metadata=meta, summary=summary)
+        elif comm is not None:
+            comm.on_rank0(lambda: save_sae(sae.folded(scale).cpu(), path, metadata=meta, summary=summary),
+                          f"saving {st.name}")
         paths.append(path)
-    if rank == 0 and not train_cfg.keep_checkpoint and ckpt_path.exists():
-        ckpt_path.unlink()
+    if comm is not None:
+        comm.on_rank0(lambda: _drop_checkpoint(ckpt_path, train_cfg), "removing the checkpoint")
+    elif rank == 0:
+        _drop_checkpoint(ckpt_path, train_cfg)
     return paths
+
+
+def _drop_checkpoint(ckpt_path: Path, train_cfg: TrainConfig) -> None:
+    if not train_cfg.keep_checkpoint and ckpt_path.exists():
+        ckpt_path.unlink()
 
 
 def _sample(cache: ActivationSource, n: int, seed: int) -> Tensor:
@@ -439,7 +472,7 @@ def _sample(cache: ActivationSource, n: int, seed: int) -> Tensor:
 
 
 def _train_step(st: SAEState, x: Tensor, factor: float, dead_tokens: int, train_cfg: TrainConfig,
-                grad_hook: Callable[[HybridSAE], None] | None) -> None:
+                grad_hook: Callable[[HybridSAE], None] | None, comm: "Comm | None" = None) -> None:
     sae = st.sae
     for group in st.optim.param_groups:
         group["lr"] = st.base_lr * group["lr_mult"] * factor
@@ -450,13 +483,19 @@ def _train_step(st: SAEState, x: Tensor, factor: float, dead_tokens: int, train_
     sae.project_decoder_grad()
     if grad_hook is not None:
         grad_hook(sae)
+    if comm is not None:
+        comm.all_reduce_grads(sae)
     if train_cfg.grad_clip > 0:
         torch.nn.utils.clip_grad_norm_(sae.parameters(), train_cfg.grad_clip)
     st.optim.step()
     sae.apply_constraints()
     with torch.no_grad():
         fires = torch.bincount(out.active.col, minlength=sae.cfg.width)
-        st.since_fired += x.shape[0]
+        n_tokens = x.shape[0]
+        if comm is not None:  # dead / dense counts over the global batch
+            fires = comm.sum_counts(fires)
+            n_tokens *= comm.world_size
+        st.since_fired += n_tokens
         st.since_fired[fires > 0] = 0
         if out.batch_threshold > 0:
             d = train_cfg.threshold_ema_decay
@@ -464,7 +503,7 @@ def _train_step(st: SAEState, x: Tensor, factor: float, dead_tokens: int, train_
                                 else d * st.ema_threshold + (1 - d) * out.batch_threshold)
     w = st.window
     w["steps"] += 1
-    w["tokens"] += x.shape[0]
+    w["tokens"] += n_tokens
     w["loss"] += float(out.loss.detach())
     w["mse"] += float(out.mse.detach())
     w["aux"] += float(out.aux.detach())
@@ -514,7 +553,7 @@ def _load_checkpoint(path: Path, key: str, states: list[SAEState]) -> tuple[int,
     for st, saved in zip(states, payload["saes"]):
         st.sae.load_state_dict(saved["model"])
         st.optim.load_state_dict(saved["optim"])
-        st.since_fired = saved["since_fired"].clone()
+        st.since_fired = saved["since_fired"].to(st.since_fired.device)
         st.ema_threshold = saved["ema_threshold"]
     torch.set_rng_state(payload["torch_rng"])
     return int(payload["step"]), float(payload["scale"])
@@ -664,6 +703,10 @@ def register_train(subparsers) -> None:
     for flag, key, typ, text in _FLAGS:
         parser.add_argument(flag, dest=key, type=typ, default=None, help=text)
     parser.add_argument("--threads", type=int, default=None, help="torch CPU threads")
+    parser.add_argument("--device", default=None, help="auto | cpu | cuda | cuda:N (default cpu)")
+    parser.add_argument("--nproc", type=int, default=None,
+                        help="data-parallel processes on this machine (runs torch.distributed.run for you; "
+                             "for several nodes start `torchrun ... -m scaffold_sae train` yourself)")
     parser.add_argument("--no-progress", dest="progress", action="store_const", const=False, default=None,
                         help="no progress bar")
     parser.add_argument("--slow", dest="fast", action="store_const", const=False, default=None,
@@ -672,15 +715,26 @@ def register_train(subparsers) -> None:
 
 
 def run_train(args: argparse.Namespace) -> list[Path]:
+    from . import distributed
+    nproc = getattr(args, "nproc", None)
+    if nproc is not None and nproc != 1 and not distributed.launched_by_torchrun():
+        distributed.launch("train", distributed.cli_argv(args, negations={"progress": "--no-progress",
+                                                                          "fast": "--slow"}), nproc)
+        return []
     values = load_config_file(args.config) if args.config else {}
     for key, value in vars(args).items():
-        if key in ("func", "command", "config") or value is None:
+        if key in ("func", "command", "config", "nproc") or value is None:
             continue
         values[key] = value
     for key in ("cache", "out"):
         if not values.get(key):
             raise ConfigError(f"{key} is missing: pass --{key} DIR or set {key} in --config")
     cfgs, train_cfg = configs_from_dict(values)
+    if distributed.launched_by_torchrun():  # one rank of torchrun --nproc_per_node N -m scaffold_sae train
+        paths = distributed.run_train_ranked(values, cfgs, train_cfg)
+        for path in paths:
+            print(path)
+        return paths
     if values.get("threads"):
         torch.set_num_threads(int(values["threads"]))
     from .cache import ActivationCache

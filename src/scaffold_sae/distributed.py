@@ -1,0 +1,535 @@
+"""Data-parallel training and sliced harvesting over torch.distributed (gloo on CPU, NCCL on GPUs).
+
+Training (``train_saes(..., comm=Comm)``): every rank builds the same SAEs (same seed, same init
+sample; parameters are then broadcast from rank 0 so heterogeneous nodes agree bit for bit), reads
+its own disjoint batches of the cache (global batch g goes to rank g % world_size), and after
+backward the gradients are averaged over ranks before clipping and the Adam step, so every rank
+holds identical weights.  Everything else computed from data is made global: fire counts (dead
+latents, dense counts), window statistics, and the BatchTopK selection itself (the top B*k
+pre-activations of the *global* batch, found exactly from each rank's local threshold and the few
+values between the smallest and largest local thresholds).  Rank 0 alone writes checkpoints and the
+saved SAEs; every other rank waits for rank 0's success flag, so a failed write fails every rank.
+
+Harvesting (:func:`harvest_slices`): rank r of W harvests the contexts whose batch index is
+congruent to r mod W, up to its share of the rows, into ``out/.slice_RRR_of_WWW`` (a complete,
+resumable cache of its own); rank 0 then links the slices' shards, in rank order, into ``out`` under
+global shard names and writes one manifest recording the slices.  A one-process harvest of the same
+W slices (``harvest_slices(..., world_size=W)``) produces the same files.
+
+Launching: ``torchrun --nproc_per_node N -m scaffold_sae train ...`` (or ``--nproc N``, which runs
+``torch.distributed.run --standalone`` for you).  Known limits: AuxK normalises by the per-rank
+residual variance (not the global one, so runs with dead latents are equal in expectation, not bit
+for bit, to one process); latents are not sharded across ranks (each rank holds the whole SAE).
+"""
+
+from __future__ import annotations
+
+import datetime
+import os
+import shutil
+import subprocess
+import sys
+from dataclasses import replace
+from pathlib import Path
+from typing import Callable, Sequence
+
+import torch
+import torch.distributed as dist
+from torch import Tensor
+
+from . import kernels
+
+DEFAULT_TIMEOUT_S = 600.0
+"""Default timeout of every collective (seconds); a rank that never answers fails the others."""
+TIMEOUT_ENV = "SCAFFOLD_SAE_DIST_TIMEOUT"
+
+
+class DistributedError(RuntimeError):
+    """A distributed run that cannot start or that failed on some rank."""
+
+
+# ------------------------------------------------------------------------------------ environment
+
+
+def launched_by_torchrun() -> bool:
+    """True inside a process started by torchrun / torch.distributed.run with more than one rank."""
+    return int(os.environ.get("WORLD_SIZE", "1")) > 1 and "RANK" in os.environ
+
+
+def resolve_device(device: str = "auto", local_rank: int = 0) -> torch.device:
+    """``auto`` -> this rank's GPU when CUDA is available, else the CPU; ``cuda`` -> cuda:local_rank."""
+    if device not in ("auto", "cpu", "cuda") and not device.startswith("cuda:"):
+        raise DistributedError(f"device={device!r} is invalid: use auto, cpu, cuda or cuda:N")
+    if device == "auto":
+        device = "cuda" if torch.cuda.is_available() else "cpu"
+    if device.startswith("cuda"):
+        if not torch.cuda.is_available():
+            raise DistributedError("device cuda was asked for but torch sees no GPU: use --device cpu")
+        if device == "cuda":
+            device = f"cuda:{local_rank % torch.cuda.device_count()}"
+        torch.cuda.set_device(torch.device(device))
+        from .devices import enable_fast_fp32
+        enable_fast_fp32(device)
+    return torch.device(device)
+
+
+def _timeout() -> float:
+    try:
+        return float(os.environ.get(TIMEOUT_ENV, DEFAULT_TIMEOUT_S))
+    except ValueError:
+        raise DistributedError(f"{TIMEOUT_ENV}={os.environ[TIMEOUT_ENV]!r} is invalid: seconds as a number") from None
+
+
+def init_from_env(device: str = "auto", timeout_s: float | None = None) -> "Comm":
+    """Join the process group described by torchrun's environment (RANK, WORLD_SIZE, LOCAL_RANK,
+    MASTER_ADDR, MASTER_PORT); NCCL when this rank runs on a GPU, gloo otherwise."""
+    for key in ("RANK", "WORLD_SIZE", "MASTER_ADDR", "MASTER_PORT"):
+        if key not in os.environ:
+            raise DistributedError(f"{key} is not set: start distributed runs with torchrun "
+                                   "(or scaffold-sae ... --nproc N)")
+    local_rank = int(os.environ.get("LOCAL_RANK", "0"))
+    dev = resolve_device(device, local_rank)
+    return init(int(os.environ["RANK"]), int(os.environ["WORLD_SIZE"]), "env://", dev, timeout_s)
+
+
+def init(rank: int, world_size: int, init_method: str, device: torch.device | str = "cpu",
+         timeout_s: float | None = None) -> "Comm":
+    """Join (or create) the default process group and return a :class:`Comm` over it."""
+    device = torch.device(device)
+    backend = "nccl" if device.type == "cuda" else "gloo"
+    timeout = datetime.timedelta(seconds=timeout_s if timeout_s is not None else _timeout())
+    if not dist.is_initialized():
+        kwargs = {"device_id": device} if backend == "nccl" else {}
+        try:
+            dist.init_process_group(backend, init_method=init_method, rank=rank, world_size=world_size,
+                                    timeout=timeout, **kwargs)
+        except Exception as error:  # noqa: BLE001 - rendezvous errors come in many types
+            raise DistributedError(f"rank {rank} could not join the {world_size}-process group via "
+                                   f"{init_method} ({error}); check the rendezvous flags / that every rank "
+                                   "started") from None
+    return Comm(rank, world_size, device)
+
+
+def shutdown(sync: bool = True) -> None:
+    """Leave the process group; ``sync`` first waits for every rank (tearing gloo down while a peer
+    still talks to it can abort the process), skipped after an error, when a peer may be gone."""
+    if not dist.is_initialized():
+        return
+    if sync and dist.get_world_size() > 1:
+        try:
+            dist.barrier()
+        except RuntimeError:
+            pass
+    dist.destroy_process_group()
+
+
+# ---------------------------------------------------------------------------------------- Comm
+
+
+class Comm:
+    """The collectives the trainer and the harvester need (all ranks call each one in the same order)."""
+
+    def __init__(self, rank: int, world_size: int, device: torch.device | str = "cpu"):
+        self.rank = rank
+        self.world_size = world_size
+        self.device = torch.device(device)
+
+    @property
+    def active(self) -> bool:
+        return self.world_size > 1
+
+    # ------------------------------------------------------------------ basic collectives
+    def all_reduce(self, tensor: Tensor, op=dist.ReduceOp.SUM) -> Tensor:
+        if self.active:
+            dist.all_reduce(tensor, op=op)
+        return tensor
+
+    def barrier(self) -> None:
+        if self.active:
+            flag = torch.zeros(1, device=self.device)
+            dist.all_reduce(flag)
+
+    def broadcast_float(self, value: float) -> float:
+        if not self.active:
+            return value
+        t = torch.tensor([value], dtype=torch.float64, device=self.device)
+        dist.broadcast(t, 0)
+        return float(t.item())
+
+    def agree(self, value: int, what: str) -> int:
+        """Check that every rank holds the same integer ``value``."""
+        if not self.active:
+            return value
+        t = torch.tensor([value, -value], dtype=torch.long, device=self.device)
+        dist.all_reduce(t, op=dist.ReduceOp.MAX)
+        if int(t[0]) != -int(t[1]):
+            raise DistributedError(f"ranks disagree on {what} ({-int(t[1])}..{int(t[0])}): {_agree_fix(what)}")
+        return value
+
+    def min_int(self, value: int) -> int:
+        if not self.active:
+            return value
+        t = torch.tensor([value], dtype=torch.long, device=self.device)
+        dist.all_reduce(t, op=dist.ReduceOp.MIN)
+        return int(t.item())
+
+    def on_rank0(self, fn: Callable[[], object], what: str) -> None:
+        """Run ``fn`` on rank 0 only; every rank then learns whether it succeeded (no rank hangs,
+        every rank raises when rank 0 failed)."""
+        error: BaseException | None = None
+        if self.rank == 0:
+            try:
+                fn()
+            except BaseException as exc:  # noqa: BLE001 - re-raised below after telling the others
+                error = exc
+        if self.active:
+            flag = torch.tensor([0.0 if error is None else 1.0], device=self.device)
+            dist.all_reduce(flag, op=dist.ReduceOp.MAX)
+            failed = bool(flag.item())
+        else:
+            failed = error is not None
+        if error is not None:
+            raise error
+        if failed:
+            raise DistributedError(f"rank 0 failed while {what} (its error is in its log); rerun the same "
+                                   "command to resume")
+
+    # ------------------------------------------------------------------ training hooks
+    def all_reduce_grads(self, module: torch.nn.Module) -> None:
+        """Average the gradients of ``module`` over ranks in one flat bucket (before clipping)."""
+        if not self.active:
+            return
+        grads = [p.grad for p in module.parameters() if p.grad is not None and p.grad.numel()]
+        if not grads:
+            return
+        if any(g.is_sparse for g in grads):
+            raise DistributedError("sparse gradients are not supported by the data-parallel trainer")
+        flat = torch.cat([g.reshape(-1) for g in grads])
+        dist.all_reduce(flat)
+        flat /= self.world_size
+        offset = 0
+        for g in grads:
+            n = g.numel()
+            g.copy_(flat[offset:offset + n].view_as(g))
+            offset += n
+
+    def sum_counts(self, counts: Tensor) -> Tensor:
+        """Sum per-latent fire counts over ranks."""
+        return self.all_reduce(counts)
+
+    def reduce_window(self, window: dict) -> None:
+        """Average the scalar window statistics over ranks (fires and tokens are already global)."""
+        if not self.active:
+            return
+        keys = ("loss", "mse", "aux", "fvu", "l0")
+        t = torch.tensor([float(window[k]) for k in keys], dtype=torch.float64, device=self.device)
+        dist.all_reduce(t)
+        for key, value in zip(keys, (t / self.world_size).tolist()):
+            window[key] = value
+
+    def setup(self, states: Sequence, start: int, scale: float) -> float:
+        """After init or resume: check every rank resumes from the same step, broadcast rank 0's
+        parameters, counters and input scale, and install the global BatchTopK selection."""
+        if not self.active:
+            return scale
+        self.agree(start, "the resume step")
+        scale = self.broadcast_float(scale)
+        for st in states:
+            for tensor in st.sae.state_dict().values():
+                dist.broadcast(tensor, 0)
+            dist.broadcast(st.since_fired, 0)
+            st.ema_threshold = self.broadcast_float(st.ema_threshold)
+            if st.sae.cfg.arch in ("batchtopk", "matryoshka"):
+                st.sae.select = _GlobalSelect(self, st.sae.cfg.k)
+        return scale
+
+    def teardown(self, states: Sequence) -> None:
+        """Remove the global selection (the SAEs then select per batch again)."""
+        for st in states:
+            st.sae.__dict__.pop("select", None)
+
+    def global_batch_topk(self, pre: Tensor, k: int) -> tuple[kernels.ActiveSet, float]:
+        return distributed_batch_topk(pre, k, self)
+
+
+def _agree_fix(what: str) -> str:
+    if what == "the resume step":
+        return "every rank must see the same checkpoint: put --out on a filesystem shared by all nodes"
+    return "start every rank with the same command and inputs"
+
+
+class _GlobalSelect:
+    """Instance-level replacement of HybridSAE.select: batch top-k over the global batch."""
+
+    def __init__(self, comm: Comm, k: int):
+        self.comm, self.k = comm, k
+
+    def __call__(self, pre: Tensor) -> tuple[kernels.ActiveSet, float]:
+        return distributed_batch_topk(pre, self.k, self.comm)
+
+    def __deepcopy__(self, memo):  # SAE copies (folding at save) share it; it holds no tensors
+        return self
+
+
+def _kth_largest_positive(values: Tensor, count: int) -> float:
+    """The ``count``-th largest positive value of ``values`` (0 when fewer are positive)."""
+    pos = values[values > 0]
+    if count <= 0 or pos.numel() < count:
+        return 0.0
+    return float(pos.kthvalue(pos.numel() - count + 1).values)
+
+
+@torch.no_grad()
+def distributed_batch_topk(pre: Tensor, k: int, comm: Comm) -> tuple[kernels.ActiveSet, float]:
+    """Batch top-k over the union of every rank's batch: the N*k largest positive pre-activations,
+    N the global token count.  Exact (ties aside): the global cut lies between the smallest and the
+    largest local cut, so only the values between them are exchanged.  Returns this rank's active
+    set and the global threshold (the smallest kept value; 0 when fewer than N*k are positive)."""
+    if not comm.active:
+        return kernels.batch_topk(pre, k)
+    n_rows, n_cols = pre.shape
+    sizes = torch.tensor([n_rows], dtype=torch.long, device=comm.device)
+    dist.all_reduce(sizes)
+    total = int(sizes.item()) * k
+    local_cut = _local_cut(pre, k)
+    bounds = torch.tensor([-local_cut, local_cut], dtype=torch.float64, device=comm.device)
+    dist.all_reduce(bounds, op=dist.ReduceOp.MAX)
+    lo, hi = -float(bounds[0]), float(bounds[1])
+    # values strictly above hi are kept for sure; the cut is among the values in [lo, hi]
+    floor = max(lo, 0.0)
+    above = int((pre > hi).sum())
+    if floor > 0:
+        middle = pre[(pre >= floor) & (pre <= hi)]
+    else:
+        middle = pre[(pre > 0) & (pre <= hi)]
+    counts = torch.tensor([above, middle.numel()], dtype=torch.long, device=comm.device)
+    dist.all_reduce(counts)
+    need = total - int(counts[0])
+    width = torch.tensor([middle.numel()], dtype=torch.long, device=comm.device)
+    dist.all_reduce(width, op=dist.ReduceOp.MAX)
+    padded = torch.full((int(width.item()),), float("-inf"), dtype=pre.dtype, device=comm.device)
+    padded[:middle.numel()] = middle.to(comm.device)
+    gathered = [torch.empty_like(padded) for _ in range(comm.world_size)]
+    dist.all_gather(gathered, padded)
+    union = torch.cat(gathered)
+    union = union[union > float("-inf")]
+    if need <= 0:
+        thr = hi
+    elif union.numel() <= need:
+        thr = floor  # fewer than N*k positive values overall: keep them all
+    else:
+        thr = float(union.kthvalue(union.numel() - need + 1).values)
+    if thr > 0:
+        row, col = (pre >= thr).nonzero(as_tuple=True)
+    else:
+        row, col = (pre > 0).nonzero(as_tuple=True)
+    active = kernels.active_from_coo(row, col, n_rows, n_cols)
+    active.pre_values = pre[row, col]
+    return active, max(thr, 0.0) if union.numel() > need else 0.0
+
+
+def _local_cut(pre: Tensor, k: int) -> float:
+    """This rank's batch top-k threshold (0 when fewer than n*k pre-activations are positive)."""
+    _, thr = kernels.batch_topk(pre, k)
+    return max(thr, 0.0)
+
+
+# ------------------------------------------------------------------------------------ training
+
+
+def train_distributed(cache, cfgs, train_cfg, out_dir, comm: Comm,
+                      on_step: Callable | None = None) -> list[Path]:
+    """``train_saes`` as one rank of a data-parallel run (every rank calls it with the same arguments)."""
+    from .trainer import train_saes
+
+    try:
+        return train_saes(cache, cfgs, train_cfg, out_dir, rank=comm.rank, world_size=comm.world_size,
+                          on_step=on_step, comm=comm)
+    except RuntimeError as error:
+        if isinstance(error, DistributedError) or not _is_peer_failure(error):
+            raise
+        raise DistributedError(f"rank {comm.rank}: another rank stopped or timed out "
+                               f"({str(error).splitlines()[0][:200]}); rerun the same command to resume from "
+                               "the last checkpoint") from error
+
+
+def _is_peer_failure(error: BaseException) -> bool:
+    if isinstance(error, getattr(dist, "DistError", ())):
+        return True
+    text = str(error)
+    return any(word in text for word in ("Connection closed", "Connection reset", "gloo", "NCCL", "imed out"))
+
+
+def cli_argv(args, skip: Sequence[str] = ("func", "command", "nproc"),
+             negations: dict[str, str] | None = None) -> list[str]:
+    """Rebuild a subcommand's argv from its parsed namespace (flags are ``--dest-with-dashes``).
+
+    ``negations`` maps a dest whose flag stores False (e.g. progress -> --no-progress)."""
+    negations = negations or {}
+    argv: list[str] = []
+    for key, value in vars(args).items():
+        if key in skip or value is None:
+            continue
+        if key in negations:
+            if value is False:
+                argv.append(negations[key])
+            continue
+        flag = "--" + key.replace("_", "-")
+        if value is True:
+            argv.append(flag)
+        elif value is not False:
+            argv += [flag, str(value)]
+    return argv
+
+
+def launch(command: str, argv: list[str], nproc: int) -> None:
+    """Run ``scaffold-sae COMMAND ARGV`` as ``nproc`` local ranks through torch.distributed.run."""
+    if nproc < 1:
+        raise DistributedError(f"--nproc {nproc} is invalid: give a positive number of processes")
+    cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", f"--nproc_per_node={nproc}",
+           "-m", "scaffold_sae", command, *argv]
+    env = dict(os.environ)
+    env.setdefault("OMP_NUM_THREADS", str(max(1, (os.cpu_count() or 1) // nproc)))
+    result = subprocess.run(cmd, env=env)
+    if result.returncode != 0:
+        raise DistributedError(f"{command} with {nproc} processes failed (exit code {result.returncode}; the "
+                               "failing rank's error is above); rerun the same command to resume")
+
+
+def run_train_ranked(values: dict, cfgs, train_cfg) -> list[Path]:
+    """The body of ``scaffold-sae train`` on one torchrun rank."""
+    from .cache import ActivationCache
+
+    comm = init_from_env(values.get("device") or "auto")
+    try:
+        if values.get("threads"):
+            torch.set_num_threads(int(values["threads"]))
+        cache = ActivationCache.open(values["cache"], verify="full" if comm.rank == 0 else "fast")
+        train_cfg.device = str(comm.device)
+        paths = train_distributed(cache, cfgs, train_cfg, values["out"], comm)
+    except BaseException:
+        shutdown(sync=False)
+        raise
+    shutdown()
+    return paths if comm.rank == 0 else []
+
+
+# ------------------------------------------------------------------------------------ harvesting
+
+
+def slice_dir(out_dir: Path, rank: int, world_size: int) -> Path:
+    return Path(out_dir) / f".slice_{rank:03d}_of_{world_size:03d}"
+
+
+def slice_quota(n_tokens: int, rank: int, world_size: int) -> int:
+    """Rows slice ``rank`` harvests: an equal share, the first n_tokens % W slices one more."""
+    return n_tokens // world_size + (1 if rank < n_tokens % world_size else 0)
+
+
+def harvest_slices(model, cfg, out_dir, comm: Comm | None = None, world_size: int | None = None,
+                   progress: bool = True):
+    """Harvest ``cfg`` (a cache.HarvestConfig) as ``world_size`` slices into ``out_dir``.
+
+    With ``comm`` each rank harvests its own slice (world_size = comm.world_size); without it this
+    process harvests every slice in turn, giving the same files.  Returns the opened cache.
+    """
+    from .cache import ActivationCache, CacheError, Harvester, _read_manifest, MANIFEST
+
+    out = Path(out_dir)
+    n = comm.world_size if comm is not None else int(world_size or 1)
+    if n < 1:
+        raise DistributedError(f"world_size={n} is invalid: use a positive number of slices")
+    if cfg.n_tokens < n:
+        raise CacheError(f"n_tokens={cfg.n_tokens} is fewer than the {n} slices: harvest more tokens")
+    if (out / MANIFEST).exists():
+        old = _read_manifest(out)
+        if old.get("complete") and (old.get("slices") or {}).get("world_size") == n:
+            return ActivationCache.open(out, verify="fast")
+        if not old.get("slices"):
+            raise CacheError(f"{out} already holds an activation cache harvested without slices; use another --out")
+    ranks = [comm.rank] if comm is not None else list(range(n))
+    for rank in ranks:
+        sub = replace(cfg, n_tokens=slice_quota(cfg.n_tokens, rank, n), slice_rank=rank, slice_count=n)
+        Harvester(model, sub, slice_dir(out, rank, n)).run(progress=progress and rank == 0)
+    if comm is not None:
+        comm.barrier()  # every slice is complete before rank 0 merges them
+        comm.on_rank0(lambda: merge_slices(out, cfg.n_tokens, n), "merging the harvest slices")
+    else:
+        merge_slices(out, cfg.n_tokens, n)
+    return ActivationCache.open(out, verify="fast")
+
+
+def merge_slices(out_dir: Path, n_tokens: int, world_size: int) -> dict:
+    """Link the complete slice caches' shards into ``out_dir`` in rank order and write its manifest."""
+    from .cache import EXCLUSION_RULES, MANIFEST, CacheError, _atomic_write, _read_manifest, shard_name
+    import json
+
+    out = Path(out_dir)
+    subs = []
+    for rank in range(world_size):
+        manifest = _read_manifest(slice_dir(out, rank, world_size))
+        if not manifest.get("complete"):
+            raise CacheError(f"slice {rank} of {out} is unfinished: rerun the same harvest to resume it")
+        subs.append(manifest)
+    shards, slices = [], []
+    for rank, manifest in enumerate(subs):
+        first = len(shards)
+        for shard in manifest["shards"]:
+            name = shard_name(len(shards))
+            src, dst = slice_dir(out, rank, world_size) / shard["file"], out / name
+            dst.unlink(missing_ok=True)
+            try:
+                os.link(src, dst)
+            except OSError:
+                shutil.copyfile(src, dst)
+            shards.append({**shard, "file": name, "slice": rank})
+        slices.append({"rank": rank, "n_tokens": manifest["n_tokens"], "n_rows": manifest["n_rows"],
+                       "n_contexts": manifest["n_contexts"], "shards": [first, len(shards)],
+                       "corpus_exhausted": manifest["corpus_exhausted"]})
+    merged = {key: value for key, value in subs[0].items() if key != "slice"}
+    merged.update({
+        "n_tokens": n_tokens, "shards": shards, "complete": True,
+        "corpus_exhausted": any(m["corpus_exhausted"] for m in subs),
+        "n_rows": sum(m["n_rows"] for m in subs), "n_contexts": sum(m["n_contexts"] for m in subs),
+        "tokens_seen": sum(m["tokens_seen"] for m in subs),
+        "excluded": {r: sum(m["excluded"][r] for m in subs) for r in EXCLUSION_RULES},
+        "surplus": sum(m["surplus"] for m in subs),
+        "slices": {"world_size": world_size,
+                   "rule": "slice r holds the contexts whose batch index (batch_size contexts per batch, in "
+                           "the deterministic context stream) is r mod world_size, up to its n_tokens rows; "
+                           "shards are listed in slice order",
+                   "ranks": slices},
+    })
+    _atomic_write(out / MANIFEST, (json.dumps(merged, indent=1) + "\n").encode())
+    for rank in range(world_size):
+        shutil.rmtree(slice_dir(out, rank, world_size), ignore_errors=True)
+    return merged
+
+
+def run_harvest_ranked(args) -> None:
+    """The body of ``scaffold-sae harvest`` on one torchrun rank."""
+    from .cache import HarvestConfig
+    from .devices import auto_lm_batch, lm_dtype
+    from .models import load_model
+
+    comm = init_from_env(getattr(args, "device", None) or "auto")
+    try:
+        model = load_model(args.model, device=comm.device, dtype=lm_dtype(getattr(args, "lm_dtype", "auto"),
+                                                                          comm.device))
+        if args.batch_size == 0:  # every rank must use the same batch (it defines the slices)
+            args.batch_size = comm.min_int(auto_lm_batch(model, args.layer, args.ctx_len))
+        cfg = HarvestConfig(layer=args.layer, corpus=args.corpus, n_tokens=args.tokens, ctx_len=args.ctx_len,
+                            batch_size=args.batch_size, split=args.split, dtype=args.dtype,
+                            shard_rows=args.shard_rows, sink_factor=args.sink_factor, seed=args.seed)
+        cache = harvest_slices(model, cfg, args.out, comm=comm)
+        if comm.rank == 0:
+            print(cache.summary())
+    except BaseException:
+        shutdown(sync=False)
+        raise
+    shutdown()
+
+
+__all__ = ["Comm", "DistributedError", "init", "init_from_env", "shutdown", "launched_by_torchrun",
+           "resolve_device", "distributed_batch_topk", "train_distributed", "launch", "harvest_slices",
+           "merge_slices", "slice_quota", "cli_argv"]
