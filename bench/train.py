@@ -119,6 +119,7 @@ def main() -> None:
     parser.add_argument("--threads", type=int, default=None, help="torch threads in each worker")
     parser.add_argument("--passive", action="store_true",
                         help="OMP_WAIT_POLICY=PASSIVE in the workers (helps a lot on an oversubscribed CPU)")
+    parser.add_argument("--out", default="results/bench_train.json", help="where the figures go as JSON")
     parser.add_argument("--worker", default=None, help=argparse.SUPPRESS)
     args = parser.parse_args()
     if args.worker:
@@ -140,6 +141,7 @@ def main() -> None:
           f"threads={args.threads or 'default'}, OMP_WAIT_POLICY={env.get('OMP_WAIT_POLICY', 'default')}, "
           f"load average {os.getloadavg()[0]:.1f} on {os.cpu_count()} cores")
     print(f"{'impl':<12} {'width':>6} {'tokens/s':>10} {'step ms':>9} {'peak RSS MB':>12}")
+    rows = []
     for width in args.widths.split(","):
         for impl in impls:
             cmd = [sys.executable, __file__, "--worker", impl, "--d", str(args.d), "--widths", width,
@@ -152,6 +154,13 @@ def main() -> None:
             r = json.loads(proc.stdout.strip().splitlines()[-1])
             print(f"{impl:<12} {width:>6} {r['tok_s']:>10.0f} {r['step_ms']:>9.0f} {r['peak_rss_mb']:>12.0f}",
                   flush=True)
+            rows.append({"impl": impl, "width": int(width), **r})
+    setting = {"d": args.d, "k": args.k, "rank": args.rank, "batch": args.batch, "steps": args.steps,
+               "threads": args.threads, "omp_wait_policy": env.get("OMP_WAIT_POLICY", "default"),
+               "loadavg": os.getloadavg()[0], "cpu_count": os.cpu_count()}
+    os.makedirs(os.path.dirname(args.out) or ".", exist_ok=True)
+    with open(args.out, "w") as handle:
+        json.dump({"setting": setting, "rows": rows}, handle, indent=1)
 
 
 if __name__ == "__main__":

@@ -26,14 +26,7 @@ def build_parser() -> argparse.ArgumentParser:
         description="Sparse autoencoders with a rank-r computational scaffold: harvest, train, evaluate, report.")
     subparsers = parser.add_subparsers(dest="command", metavar="COMMAND")
     for module_name, function in COMMANDS:
-        try:
-            module = importlib.import_module(module_name)
-        except ModuleNotFoundError as error:  # TODO(lead): make strict once every stage module exists
-            if error.name != module_name:
-                raise
-            continue
-        if hasattr(module, function):
-            getattr(module, function)(subparsers)
+        getattr(importlib.import_module(module_name), function)(subparsers)
     return parser
 
 
