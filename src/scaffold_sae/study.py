@@ -37,21 +37,21 @@ class StudyConfig:
     """Text: news (embedded), a local .txt/.jsonl/.parquet file or folder, or hf:name[:config][:split]."""
     ctx_len: int = 128
     """Tokens per context (each starts with BOS)."""
-    train_tokens: int = 300_000
+    train_tokens: int = 200_000
     """Unique training tokens harvested into the activation cache (BOS and sink tokens excluded)."""
-    eval_tokens: int = 32_768
+    eval_tokens: int = 16_384
     """Held-out tokens for reconstruction and density statistics (never seen in training)."""
-    ce_tokens: int = 2_048
+    ce_tokens: int = 1_024
     """Held-out tokens (a prefix of the eval contexts) for the spliced CE / KL numbers (a full LM forward each)."""
     arch: str = "batchtopk"
     """Sparse dictionary: batchtopk | matryoshka | topk | relu."""
-    width: int = 4096
+    width: int = 2048
     """Sparse latents m."""
     k: int = 32
     """Active latents per token (matched across all SAEs of the study)."""
     ranks: list[int] = field(default_factory=lambda: [0, 2, 4, 8, 16, 24, 32])
     """Scaffold ranks; 0 is the baseline. All train in lockstep on the same batches."""
-    steps_tokens: int = 2_457_600
+    steps_tokens: int = 1_228_800
     """Training tokens seen (passes over the cache = steps_tokens / train_tokens)."""
     batch_size: int = 4096
     """Tokens per training step."""
@@ -115,7 +115,8 @@ class StudyConfig:
         return TrainConfig(tokens=self.steps_tokens, batch_size=self.batch_size, lr=self.lr, seed=self.seed)
 
 
-# The demo's size: chosen to finish in under 30 minutes on 2 CPU cores from an empty cache (see README).
+# The demo is the default study: sized to finish in under 30 minutes on 2 CPU cores from an empty cache, at the
+# regime where the effect shows on Gemma-3-270M (results/RESULTS.md says what was tried).
 DEMO = StudyConfig()
 
 
