@@ -119,7 +119,14 @@ def atomic_write_bytes(path: Path, data: bytes) -> None:
         out.write(data)
         out.flush()
         os.fsync(out.fileno())
+    os.chmod(out.name, 0o666 & ~_umask())  # mkstemp files are 0600; results should read like any other file
     os.replace(out.name, path)
+
+
+def _umask() -> int:
+    mask = os.umask(0)
+    os.umask(mask)
+    return mask
 
 
 def atomic_write_text(path: Path, text: str) -> None:
