@@ -135,11 +135,13 @@ def test_embedded_model_is_real(key, layer):
 
     lm = models.load_model(key)
     assert lm.n_layers == {"smollm2-135m": 30, "gemma3-270m": 18}[key]
-    contexts = pack_contexts(lm.tokenizer, load_corpus("news"), ctx_len=128, n_tokens=1024, split="heldout",
+    # 8 held-out contexts of 256 tokens (SmolLM2 measures 3.71 here; 4.11 with 128-token contexts, whose
+    # predictions have less context on average)
+    contexts = pack_contexts(lm.tokenizer, load_corpus("news"), ctx_len=256, n_tokens=2048, split="heldout",
                              seed=0, bos_id=lm.bos_token_id)
     ce = lm.token_ce(contexts[:8]).mean().item()
     assert ce < 4.0, f"held-out CE {ce:.2f} nats/token: the model did not load correctly"
     resid = lm.residual(contexts[:4], layer)
-    assert resid.shape == (4, 128, lm.d_model)
+    assert resid.shape == (4, 256, lm.d_model)
     norms = resid.norm(dim=-1)
     assert (norms[:, 0] > 10 * norms[:, 1:].median()).all(), "the BOS/sink position should be massive"

@@ -140,7 +140,8 @@ def run_study(cfg: StudyConfig, out_dir: str | Path, progress: bool = True) -> d
     timings["load_model_s"] = time.perf_counter() - clock
 
     clock = time.perf_counter()
-    cache = harvest(lm, layer, cfg.corpus, cfg.train_tokens, Path(cfg.cache_dir) if cfg.cache_dir else out / "cache", ctx_len=cfg.ctx_len,
+    cache_dir = Path(cfg.cache_dir) if cfg.cache_dir else out / "cache"
+    cache = harvest(lm, layer, cfg.corpus, cfg.train_tokens, cache_dir, ctx_len=cfg.ctx_len,
                     batch_size=cfg.harvest_batch_size, split="train", sink_factor=cfg.sink_factor, seed=cfg.seed,
                     progress=progress)
     timings["harvest_s"] = time.perf_counter() - clock
