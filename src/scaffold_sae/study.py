@@ -59,8 +59,9 @@ class StudyConfig:
     """Adam learning rate (None: 2e-4 / sqrt(width / 2^14))."""
     scaffold_tied: bool = False
     """Tied orthonormal scaffold U = V (True) or free factors (False)."""
-    encoder_input: str = "x"
-    """What the sparse encoder sees: x or residual (x minus the scaffold)."""
+    encoder_input: str = "residual"
+    """What the sparse encoder sees: residual (x minus the scaffold: the dense part is absorbed before sparse
+    coding; removed every dense latent in results/RESULTS.md, experiment G) or x (the encoder sees all of x)."""
     sink_factor: float = 10.0
     """Exclude tokens whose activation norm exceeds this multiple of the median (attention sinks)."""
     harvest_batch_size: int = 8
