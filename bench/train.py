@@ -104,7 +104,9 @@ def worker(impl: str, d: int, m: int, k: int, rank: int, batch: int, steps: int)
         times.append(time.perf_counter() - t0)
     sec = statistics.median(times)
     return {"impl": impl, "width": m, "tok_s": batch / sec, "step_ms": 1000 * sec,
-            "peak_rss_mb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024}
+            "peak_rss_mb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024,
+            # importing scaffold_sae sets PASSIVE (before torch starts its threads); the naive loop does not import it
+            "omp_wait_policy": os.environ.get("OMP_WAIT_POLICY", "default")}
 
 
 def main() -> None:
