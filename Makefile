@@ -25,6 +25,7 @@ test-fast: $(STAMP)
 bench: $(STAMP)
 	$(PY) bench/harvest.py
 	$(PY) bench/train.py
+	$(PY) bench/distributed.py
 
 clean:
 	rm -rf $(VENV) .pytest_cache
