@@ -27,20 +27,15 @@ from scaffold_sae.sae import SAEConfig
 from scaffold_sae.saving import load_sae
 from scaffold_sae.trainer import TensorSource, TrainConfig, train_saes
 
+from test_trainer import D as TRAINER_D, synthetic  # noqa: E402  (the same synthetic activations)
+
 TIMEOUT = 120  # seconds for any multi-process run: a hang fails the test instead of blocking the suite
 D = 16
+assert D == TRAINER_D
 CFGS = [SAEConfig(arch="batchtopk", width=48, k=4, rank=0),
         SAEConfig(arch="matryoshka", width=48, k=4, rank=3, scaffold_tied=True),
         SAEConfig(arch="topk", width=48, k=4, rank=2, encoder_input="residual"),
         SAEConfig(arch="relu", width=32, rank=2, l1_coeff=0.003)]
-
-
-def synthetic(n=4096, seed=0) -> torch.Tensor:
-    g = torch.Generator().manual_seed(seed)
-    feats = torch.randn(96, D, generator=g)
-    codes = (torch.rand(n, 96, generator=g) < 0.04).float() * torch.rand(n, 96, generator=g) * 3
-    dense = 4 * torch.randn(n, 2, generator=g) @ torch.randn(2, D, generator=g)
-    return codes @ feats + dense + 10.0
 
 
 def tcfg(batch_size: int, **kw) -> TrainConfig:
