@@ -10,7 +10,7 @@ from __future__ import annotations
 import argparse
 import json
 import time
-from dataclasses import asdict, dataclass, field, fields
+from dataclasses import asdict, dataclass, field, fields, replace
 from pathlib import Path
 
 import torch
@@ -69,7 +69,7 @@ class StudyConfig:
     cache_dir: str | None = None
     """Activation cache directory (default <out>/cache); point several studies at one cache to share it."""
     device: str = "cpu"
-    """torch device for the model and the SAEs (cuda uses bf16 autocast where it helps)."""
+    """torch device for the model and the SAEs: cpu | cuda | cuda:N | auto (a GPU when there is one)."""
     seed: int = 0
     """Seed for data order and initialisation."""
     analyses: bool = True
@@ -113,7 +113,8 @@ class StudyConfig:
                           encoder_input=self.encoder_input) for r in self.ranks]
 
     def train_config(self) -> TrainConfig:
-        return TrainConfig(tokens=self.steps_tokens, batch_size=self.batch_size, lr=self.lr, seed=self.seed)
+        return TrainConfig(tokens=self.steps_tokens, batch_size=self.batch_size, lr=self.lr, seed=self.seed,
+                           device=self.device)
 
 
 # The demo is the default study: sized to finish in under 30 minutes on 2 CPU cores from an empty cache, at the
@@ -127,7 +128,9 @@ def default_layer(model_spec: str, n_layers: int) -> int:
 
 def run_study(cfg: StudyConfig, out_dir: str | Path, progress: bool = True) -> dict:
     """Run (or resume) the whole study into out_dir; returns the results dict written to results.json."""
-    cfg.validate()
+    from scaffold_sae.distributed import resolve_device
+
+    cfg = replace(cfg.validate(), device=str(resolve_device(cfg.device)))
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
     timings: dict[str, float] = {}
