@@ -25,10 +25,8 @@ import errno
 import hashlib
 import itertools
 import json
-import os
 import struct
 import sys
-import tempfile
 import time
 from dataclasses import asdict, dataclass
 from pathlib import Path
@@ -38,6 +36,7 @@ import numpy as np
 import torch
 
 from scaffold_sae.corpus import iter_contexts, load_corpus, resolve_bos
+from scaffold_sae.fetch import atomic_write_bytes
 
 MANIFEST = "manifest.json"
 FORMAT = "scaffold-sae-activation-cache"
@@ -238,7 +237,7 @@ class Harvester:
 
     def _save_manifest(self, manifest: dict, during: str | None = None) -> None:
         try:
-            _atomic_write(self.out / MANIFEST, (json.dumps(manifest, indent=1) + "\n").encode())
+            atomic_write_bytes(self.out / MANIFEST, (json.dumps(manifest, indent=1) + "\n").encode())
         except OSError as error:
             if during:
                 (self.out / during).unlink(missing_ok=True)  # the shard is not listed, so not part of the cache
@@ -381,30 +380,8 @@ def write_shard(path: Path, activations: torch.Tensor, token_ids: torch.Tensor,
     tensors = {"activations": activations.contiguous(), "token_ids": token_ids.to(torch.int64).contiguous(),
                "positions": positions.to(torch.int32).contiguous()}
     data = save(tensors)
-    _atomic_write(Path(path), data)
+    atomic_write_bytes(Path(path), data)
     return len(data), hashlib.sha256(data).hexdigest()
-
-
-def _atomic_write(path: Path, data: bytes) -> None:
-    """Temp file in the same directory, fsync, rename, fsync the directory; no temp file survives an error."""
-    handle = tempfile.NamedTemporaryFile(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp", delete=False)
-    try:
-        with handle:
-            view = memoryview(data)
-            for offset in range(0, len(view), 1 << 24):
-                handle.write(view[offset:offset + (1 << 24)])
-            handle.flush()
-            os.fsync(handle.fileno())
-        os.chmod(handle.name, 0o644)
-        os.replace(handle.name, path)
-    except BaseException:
-        Path(handle.name).unlink(missing_ok=True)
-        raise
-    directory = os.open(path.parent, os.O_RDONLY)
-    try:
-        os.fsync(directory)
-    finally:
-        os.close(directory)
 
 
 def read_header(path: Path) -> tuple[dict, int]:

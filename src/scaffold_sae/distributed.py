@@ -461,7 +461,8 @@ def harvest_slices(model, cfg, out_dir, comm: Comm | None = None, world_size: in
 
 def merge_slices(out_dir: Path, n_tokens: int, world_size: int) -> dict:
     """Link the complete slice caches' shards into ``out_dir`` in rank order and write its manifest."""
-    from .cache import EXCLUSION_RULES, MANIFEST, CacheError, _atomic_write, _read_manifest, shard_name
+    from .cache import EXCLUSION_RULES, MANIFEST, CacheError, _read_manifest, shard_name
+    from .fetch import atomic_write_bytes
     import json
 
     out = Path(out_dir)
@@ -500,7 +501,7 @@ def merge_slices(out_dir: Path, n_tokens: int, world_size: int) -> dict:
                            "shards are listed in slice order",
                    "ranks": slices},
     })
-    _atomic_write(out / MANIFEST, (json.dumps(merged, indent=1) + "\n").encode())
+    atomic_write_bytes(out / MANIFEST, (json.dumps(merged, indent=1) + "\n").encode())
     for rank in range(world_size):
         shutil.rmtree(slice_dir(out, rank, world_size), ignore_errors=True)
     return merged

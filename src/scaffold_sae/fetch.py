@@ -113,14 +113,27 @@ def list_members(wheel_name: str, prefix: str = "") -> list[str]:
 
 
 def atomic_write_bytes(path: Path, data: bytes) -> None:
+    """Temp file in the same directory, fsync, rename, fsync the directory; no temp file survives an error."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    with tempfile.NamedTemporaryFile(dir=path.parent, delete=False, prefix=f".{path.name}.") as out:
-        out.write(data)
-        out.flush()
-        os.fsync(out.fileno())
-    os.chmod(out.name, 0o666 & ~_umask())  # mkstemp files are 0600; results should read like any other file
-    os.replace(out.name, path)
+    handle = tempfile.NamedTemporaryFile(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp", delete=False)
+    try:
+        with handle:
+            view = memoryview(data)
+            for offset in range(0, len(view), 1 << 24):
+                handle.write(view[offset:offset + (1 << 24)])
+            handle.flush()
+            os.fsync(handle.fileno())
+        os.chmod(handle.name, 0o666 & ~_umask())  # mkstemp files are 0600; results should read like any other
+        os.replace(handle.name, path)
+    except BaseException:
+        Path(handle.name).unlink(missing_ok=True)
+        raise
+    directory = os.open(path.parent, os.O_RDONLY)
+    try:
+        os.fsync(directory)
+    finally:
+        os.close(directory)
 
 
 def _umask() -> int:
