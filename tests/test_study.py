@@ -62,3 +62,14 @@ def test_reduced_demo_on_the_embedded_model(tmp_path):
     assert results["config"]["model"] == "gemma3-270m" and results["config"]["layer"] == 9
     html = (tmp_path / "report" / "report.html").read_text()
     assert "<img" in html and "http://" not in html and "https://" not in html
+
+
+def test_study_config_values_are_typed_like_flags(tmp_path):
+    config = tmp_path / "study.yaml"
+    config.write_text("width: abc\n")
+    result = subprocess.run([sys.executable, "-m", "scaffold_sae", "study", "--config", str(config),
+                             "--out", str(tmp_path / "out")], capture_output=True, text=True)
+    assert result.returncode == 2 and result.stderr.strip() == "error: width='abc' is invalid: expected int"
+    result = subprocess.run([sys.executable, "-m", "scaffold_sae", "study", "--scaffold-tied", "maybe",
+                             "--out", str(tmp_path / "out")], capture_output=True, text=True)
+    assert result.returncode == 2 and "scaffold_tied='maybe' is invalid: expected bool" in result.stderr

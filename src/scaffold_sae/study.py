@@ -22,7 +22,7 @@ from scaffold_sae.fetch import atomic_write_text
 from scaffold_sae.models import EMBEDDED, load_model
 from scaffold_sae.sae import ConfigError, SAEConfig
 from scaffold_sae.saving import load_sae
-from scaffold_sae.trainer import TrainConfig, load_config_file, train_saes
+from scaffold_sae.trainer import TrainConfig, coerce_field, load_config_file, train_saes
 
 
 @dataclass
@@ -256,8 +256,7 @@ def config_from_args(args: argparse.Namespace, base: StudyConfig) -> StudyConfig
         flag = getattr(args, f.name, None)
         if flag is not None:
             values[f.name] = flag
-    if isinstance(values["ranks"], str):
-        values["ranks"] = [int(r) for r in values["ranks"].split(",")]
+        values[f.name] = coerce_field(f.name, values[f.name], f.default, str(f.type))
     return StudyConfig(**values).validate()
 
 
@@ -266,18 +265,8 @@ def _add_flags(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--out", default=None, help="output directory (default runs/<model>-L<layer>)")
     parser.add_argument("--no-progress", action="store_true", help="hide progress bars")
     docs = _field_docs()
-    for f in fields(StudyConfig):
-        kind = {"int": int, "float": float, "str": str, "bool": _bool}.get(str(f.type).split(" |")[0], str)
-        if f.name == "ranks":
-            kind = str
-        parser.add_argument(f"--{f.name.replace('_', '-')}", dest=f.name, type=kind, default=None,
-                            help=docs.get(f.name, ""))
-
-
-def _bool(text: str) -> bool:
-    if text.lower() not in ("true", "false", "1", "0", "yes", "no"):
-        raise argparse.ArgumentTypeError(f"expected true or false, got {text!r}")
-    return text.lower() in ("true", "1", "yes")
+    for f in fields(StudyConfig):  # parsed as text; config_from_args coerces flags and file values alike
+        parser.add_argument(f"--{f.name.replace('_', '-')}", dest=f.name, default=None, help=docs.get(f.name, ""))
 
 
 def _field_docs() -> dict[str, str]:

@@ -562,14 +562,15 @@ def _load_checkpoint(path: Path, key: str, states: list[SAEState]) -> tuple[int,
 # ------------------------------------------------------------------------------------------ CLI
 
 
-def _coerce(name: str, value: object, default: object, annotation: str) -> object:
+def coerce_field(name: str, value: object, default: object, annotation: str) -> object:
+    """A config value (from YAML/JSON or a command-line string) as the dataclass field's type, or ConfigError."""
     try:
         if isinstance(value, str) and value.lower() in ("none", "null") and "None" in annotation:
             return None
-        if "tuple" in annotation and value is not None:
+        if ("tuple" in annotation or "list" in annotation) and value is not None:
             if isinstance(value, str):
                 value = [v for v in value.split(",") if v.strip()]
-            return tuple(int(v) for v in value)
+            return (list if "list" in annotation else tuple)(int(v) for v in value)
         if "bool" in annotation:
             if isinstance(value, str):
                 if value.lower() not in ("true", "false", "1", "0", "yes", "no"):
@@ -599,7 +600,7 @@ def _build_dataclass(cls, values: dict):
     kwargs = {}
     for f in fields(cls):
         if f.name in values:
-            kwargs[f.name] = _coerce(f.name, values[f.name], f.default, str(f.type))
+            kwargs[f.name] = coerce_field(f.name, values[f.name], f.default, str(f.type))
     return cls(**kwargs)
 
 
