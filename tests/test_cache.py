@@ -13,6 +13,8 @@ import textwrap
 from pathlib import Path
 
 import pytest
+
+from scaffold_sae.faults import LOCK_NAME
 import torch
 
 from scaffold_sae import cache as cache_module
@@ -161,8 +163,9 @@ def test_disk_full_leaves_a_valid_resumable_cache(tiny_lm, tiny_corpus, tmp_path
     with pytest.raises(CacheError) as caught:
         harvest(tiny_lm, 1, str(tiny_corpus), 1000, out, progress=False, **SETTINGS)
     message = str(caught.value)
-    assert "disk full while writing shard_00001.safetensors" in message and "\n" not in message
-    assert sorted(p.name for p in out.iterdir()) == [MANIFEST, shard_name(0)]
+    assert f"no space left on the device writing {out / shard_name(1)}" in message and "\n" not in message
+    assert "MiB more is needed" in message and "rerun the same command to resume" in message
+    assert sorted(p.name for p in out.iterdir() if p.name != LOCK_NAME) == [MANIFEST, shard_name(0)]
     partial = ActivationCache.open(out, allow_incomplete=True)
     assert len(partial.manifest["shards"]) == 1 and not partial.manifest["complete"]
 
@@ -214,7 +217,7 @@ def test_disk_full_on_the_first_shard_leaves_nothing(tiny_lm, tiny_corpus, tmp_p
         raise OSError(errno.ENOSPC, "No space left on device")
 
     monkeypatch.setattr(cache_module, "write_shard", full)
-    with pytest.raises(CacheError, match="disk full while writing shard_00000"):
+    with pytest.raises(CacheError, match="no space left on the device writing .*shard_00000.safetensors"):
         harvest(tiny_lm, 1, str(tiny_corpus), 200, tmp_path / "c", progress=False, **SETTINGS)
     assert not (tmp_path / "c").exists()
 

@@ -21,10 +21,10 @@ Rows kept: every position except (counted per reason in the manifest)
 from __future__ import annotations
 
 import argparse
-import errno
 import hashlib
 import itertools
 import json
+import shutil
 import struct
 import sys
 import time
@@ -36,6 +36,8 @@ import numpy as np
 import torch
 
 from scaffold_sae.corpus import iter_contexts, load_corpus, resolve_bos
+from scaffold_sae import faults
+from scaffold_sae.faults import LOCK_NAME, OutputLock, check_space
 from scaffold_sae.fetch import atomic_write_bytes
 
 MANIFEST = "manifest.json"
@@ -140,6 +142,18 @@ class Harvester:
                 **({"slice": [cfg.slice_rank, cfg.slice_count]} if cfg.slice_count > 1 else {})}
 
     def run(self, overwrite: bool = False, progress: bool = True) -> "ActivationCache":
+        if self.out.exists() and not self.out.is_dir():
+            raise CacheError(f"{self.out} is a file, not a directory; use another --out")
+        created = not self.out.exists()
+        try:
+            with OutputLock(self.out, "harvest"):
+                return self._run(overwrite, progress)
+        except BaseException:
+            if created and self.out.is_dir() and [p.name for p in self.out.iterdir()] == [LOCK_NAME]:
+                shutil.rmtree(self.out, ignore_errors=True)  # nothing worth resuming: leave nothing behind
+            raise
+
+    def _run(self, overwrite: bool, progress: bool) -> "ActivationCache":
         existing = None if overwrite else self._existing()
         if existing is not None and existing["complete"]:
             try:
@@ -147,7 +161,7 @@ class Harvester:
             except CacheError:
                 pass  # a damaged shard: recompute from there on
         corpus = load_corpus(self.cfg.corpus)
-        created = not self.out.exists()
+        check_space(self.out, self._bytes_still_needed(existing or {"n_rows": 0, "complete": False}), CacheError)
         manifest = self._start(existing, overwrite)
         contexts = iter_contexts(self.model.tokenizer, corpus, self.cfg.ctx_len, self.cfg.split, self.cfg.seed,
                                  self.bos)
@@ -159,8 +173,6 @@ class Harvester:
         except BaseException:
             if not manifest["shards"]:  # nothing worth resuming: leave nothing behind
                 (self.out / MANIFEST).unlink(missing_ok=True)
-                if created and not any(self.out.iterdir()):
-                    self.out.rmdir()
             raise
         finally:
             bar.close()
@@ -194,6 +206,7 @@ class Harvester:
                     manifest["complete"] = True
                     manifest["corpus_exhausted"] = rows_done + buffered < cfg.n_tokens
                 self._save_manifest(manifest, during=record.file)
+                faults.progress("shard", len(manifest["shards"]))
                 rows_done += record.rows
                 buffer, buffered, start = [], 0, end
                 excluded = {reason: 0 for reason in EXCLUSION_RULES}
@@ -244,9 +257,17 @@ class Harvester:
             raise self._write_error(error, MANIFEST) from None
 
     def _write_error(self, error: OSError, name: str) -> CacheError:
-        what = "disk full" if error.errno in (errno.ENOSPC, errno.EDQUOT) else (error.strerror or str(error))
-        return CacheError(f"{what} while writing {name} in {self.out}: free space (or use another --out); the "
-                          f"shards already listed stay valid and rerunning the same command resumes")
+        if faults.is_disk_full(error):
+            need = self._bytes_still_needed(_read_manifest(self.out)) if (self.out / MANIFEST).exists() else None
+            return faults.disk_full_error(self.out / name, need, CacheError)
+        return CacheError(f"{error.strerror or error} while writing {name} in {self.out}: the shards already "
+                          "listed stay valid; fix the cause and rerun the same command to resume")
+
+    def _bytes_still_needed(self, manifest: dict) -> int:
+        """Disk space the rest of this harvest needs: the rows to go, plus one shard's temp file."""
+        row = self.model.d_model * DTYPES[self.cfg.dtype][0].itemsize + 8 + 4  # activations, token id, position
+        rows = max(0, self.cfg.n_tokens - manifest["n_rows"]) if not manifest["complete"] else 0
+        return (rows + min(rows, self.cfg.shard_rows)) * row
 
     def _existing(self) -> dict | None:
         """The manifest of an earlier run of this same harvest in `out_dir`, or None; refuses other contents."""
@@ -346,13 +367,13 @@ def _drop_bad_shards(out: Path, manifest: dict) -> dict:
 
 
 def _is_cache_file(name: str) -> bool:
-    return name == MANIFEST or (name.startswith("shard_") and name.endswith(".safetensors")) or \
+    return name in (MANIFEST, LOCK_NAME) or (name.startswith("shard_") and name.endswith(".safetensors")) or \
         (name.startswith(".") and ".tmp" in name)
 
 
 def _remove_cache_files(out: Path, keep) -> None:
     for path in out.iterdir():
-        if _is_cache_file(path.name) and path.name not in keep and path.is_file():
+        if _is_cache_file(path.name) and path.name not in keep and path.name != LOCK_NAME and path.is_file():
             path.unlink()
 
 

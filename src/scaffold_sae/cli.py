@@ -7,6 +7,9 @@ import importlib
 import os
 import sys
 
+from .distributed import end_rank_process, launched_by_torchrun
+from .faults import Interrupted, handle_signals
+
 # (module, function that adds its subcommand to the parser); each sets `func` to run it.
 COMMANDS = [
     ("scaffold_sae.cache", "register_harvest"),
@@ -36,16 +39,25 @@ def main(argv: list[str] | None = None) -> None:
     if not getattr(args, "func", None):
         parser.print_help()
         sys.exit(2)
+    code = 0
     try:
-        args.func(args)
+        with handle_signals():
+            args.func(args)
     except (ValueError, RuntimeError, OSError) as error:
         if os.environ.get("SCAFFOLD_SAE_DEBUG"):
             raise
         print(f"error: {error}", file=sys.stderr)
-        sys.exit(2)
+        code = 2
+    except Interrupted as interrupted:
+        print(f"error: {interrupted}", file=sys.stderr)
+        code = interrupted.exit_code
     except KeyboardInterrupt:
-        print("interrupted: rerun the same command to resume", file=sys.stderr)
-        sys.exit(130)
+        print("error: interrupted; rerun the same command to resume", file=sys.stderr)
+        code = 130
+    if launched_by_torchrun():
+        end_rank_process(code)
+    if code:
+        sys.exit(code)
 
 
 if __name__ == "__main__":

@@ -25,13 +25,14 @@ for bit, to one process); latents are not sharded across ranks (each rank holds 
 from __future__ import annotations
 
 import datetime
+import gc
 import os
 import shutil
 import subprocess
 import sys
 from dataclasses import replace
 from pathlib import Path
-from typing import Callable, Sequence
+from typing import Callable, NoReturn, Sequence
 
 import torch
 import torch.distributed as dist
@@ -121,6 +122,26 @@ def shutdown(sync: bool = True) -> None:
         except RuntimeError:
             pass
     dist.destroy_process_group()
+    gc.collect()  # process-group objects caught in reference cycles are freed now, not at interpreter exit
+
+
+def end_rank_process(code: int) -> NoReturn:
+    """End a torchrun rank's process after :func:`shutdown`, skipping C++ static destruction.
+
+    A rank that ends through normal interpreter finalisation can abort with SIGABRT ("terminate called
+    without an active exception") after its work is done: a gloo transport or store thread that is still
+    joinable when the C++ runtime destroys static objects calls std::terminate.  Running the atexit
+    handlers and flushing, then ``os._exit``, ends the process with its real exit code instead."""
+    import atexit
+    try:
+        atexit._run_exitfuncs()
+    finally:
+        for stream in (sys.stdout, sys.stderr):
+            try:
+                stream.flush()
+            except (OSError, ValueError):
+                pass
+        os._exit(code)
 
 
 # ---------------------------------------------------------------------------------------- Comm
@@ -532,5 +553,5 @@ def run_harvest_ranked(args) -> None:
 
 
 __all__ = ["Comm", "DistributedError", "init", "init_from_env", "shutdown", "launched_by_torchrun",
-           "resolve_device", "distributed_batch_topk", "train_distributed", "launch", "harvest_slices",
+           "resolve_device", "end_rank_process", "distributed_batch_topk", "train_distributed", "launch", "harvest_slices",
            "merge_slices", "slice_quota", "cli_argv"]

@@ -17,13 +17,18 @@ from __future__ import annotations
 
 import io
 import json
+import os
+import shutil
+import tempfile
+from contextlib import contextmanager
 from dataclasses import asdict, fields
 from pathlib import Path
+from typing import Iterator
 
 import torch
 from safetensors.torch import load_file, save
 
-from .fetch import atomic_write_bytes, atomic_write_text
+from .fetch import _umask, atomic_write_bytes, atomic_write_text
 from .sae import SAEConfig, HybridSAE
 
 FORMAT_VERSION = 1
@@ -48,7 +53,7 @@ def save_sae(sae: HybridSAE, path: str | Path, metadata: dict | None = None,
     prepend_bos, dataset_path, ...); ``summary`` is stored in scaffold_sae.json.
     """
     path = Path(path)
-    path.mkdir(parents=True, exist_ok=True)
+    path.parent.mkdir(parents=True, exist_ok=True)
     cfg = sae.cfg
     with torch.no_grad():
         w_enc = sae.encoder_weight.detach().t().contiguous()  # [d, m]
@@ -66,13 +71,34 @@ def save_sae(sae: HybridSAE, path: str | Path, metadata: dict | None = None,
         if cfg.encoder_input == "residual" and cfg.rank > 0:
             scaffold["W_enc_unfolded"] = sae.encoder_weight.detach().t().contiguous()
     meta = dict(metadata or {})
-    atomic_write_bytes(path / SAELENS_WEIGHTS, save(tensors))
-    atomic_write_bytes(path / SCAFFOLD_WEIGHTS, save(scaffold))
-    atomic_write_text(path / "cfg.json", json.dumps(_saelens_cfg(cfg, meta), indent=2))
     ours = {"format": "scaffold-sae", "format_version": FORMAT_VERSION, "sae_config": asdict(cfg),
             "metadata": meta, "summary": summary or {}}
-    atomic_write_text(path / OUR_CONFIG, json.dumps(ours, indent=2))
+    with _replacing_dir(path) as tmp:
+        atomic_write_bytes(tmp / SAELENS_WEIGHTS, save(tensors))
+        atomic_write_bytes(tmp / SCAFFOLD_WEIGHTS, save(scaffold))
+        atomic_write_text(tmp / "cfg.json", json.dumps(_saelens_cfg(cfg, meta), indent=2))
+        atomic_write_text(tmp / OUR_CONFIG, json.dumps(ours, indent=2))
     return path
+
+
+@contextmanager
+def _replacing_dir(path: Path) -> Iterator[Path]:
+    """Yield a temp directory beside ``path``; on success it replaces ``path`` by rename, on any error it
+    is removed, so ``path`` is either the old directory or the complete new one, never a partial one."""
+    tmp = Path(tempfile.mkdtemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp"))
+    try:
+        os.chmod(tmp, 0o777 & ~_umask())  # mkdtemp makes 0700; a saved SAE should read like any directory
+        yield tmp
+        old = None
+        if path.exists():
+            old = path.parent / f"{tmp.name}.old"
+            os.replace(path, old)
+        os.replace(tmp, path)
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
+    if old is not None:
+        shutil.rmtree(old, ignore_errors=True)
 
 
 def _saelens_cfg(cfg: SAEConfig, meta: dict) -> dict:

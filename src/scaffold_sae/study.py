@@ -15,9 +15,10 @@ from pathlib import Path
 
 import torch
 
-from scaffold_sae import evals
+from scaffold_sae import evals, faults
 from scaffold_sae.cache import ActivationCache, harvest
 from scaffold_sae.corpus import load_corpus, pack_contexts
+from scaffold_sae.faults import OutputLock
 from scaffold_sae.fetch import atomic_write_text
 from scaffold_sae.models import EMBEDDED, load_model
 from scaffold_sae.sae import ConfigError, SAEConfig
@@ -128,6 +129,11 @@ def default_layer(model_spec: str, n_layers: int) -> int:
 
 def run_study(cfg: StudyConfig, out_dir: str | Path, progress: bool = True) -> dict:
     """Run (or resume) the whole study into out_dir; returns the results dict written to results.json."""
+    with OutputLock(out_dir, "study"):
+        return _run_study(cfg, out_dir, progress)
+
+
+def _run_study(cfg: StudyConfig, out_dir: str | Path, progress: bool) -> dict:
     from scaffold_sae.distributed import resolve_device
 
     cfg = replace(cfg.validate(), device=str(resolve_device(cfg.device)))
@@ -155,6 +161,7 @@ def run_study(cfg: StudyConfig, out_dir: str | Path, progress: bool = True) -> d
     timings["train_s"] = time.perf_counter() - clock
 
     clock = time.perf_counter()
+    faults.progress("stage", "evaluation")
     contexts = pack_contexts(lm.tokenizer, load_corpus(cfg.corpus), cfg.ctx_len, cfg.eval_tokens, split="heldout",
                              seed=cfg.seed, bos_id=lm.bos_token_id)
     results = evaluate_all(sae_dirs, lm, layer, contexts, cfg, out / "evals", progress)
@@ -166,6 +173,7 @@ def run_study(cfg: StudyConfig, out_dir: str | Path, progress: bool = True) -> d
         from scaffold_sae.report import jsonable
 
         clock = time.perf_counter()
+        faults.progress("stage", "analyses")
         saes = {name: load_sae(path).to(cfg.device) for name, path in sae_dirs.items()}
         baseline = next(name for name, result in results.items() if result["rank"] == 0)
         analyses, analysis_sections = run_analyses(lm, layer, saes, baseline, cache, contexts, cfg, out=out,

@@ -13,6 +13,7 @@ import argparse
 import json
 import math
 import os
+from contextlib import contextmanager
 from dataclasses import asdict, dataclass, field, fields
 from pathlib import Path
 from typing import TYPE_CHECKING, Callable, Iterator, Protocol
@@ -20,6 +21,8 @@ from typing import TYPE_CHECKING, Callable, Iterator, Protocol
 import torch
 from torch import Tensor
 
+from . import faults
+from .faults import OutputLock, check_space
 from .fetch import atomic_write_bytes
 from .saving import save_sae, state_bytes
 from .sae import ConfigError, HybridSAE, SAEConfig, _choice, geometric_median, lr_for_width, pca_basis
@@ -339,6 +342,19 @@ def train_saes(cache: ActivationSource, cfgs: list[SAEConfig], train_cfg: TrainC
     train_cfg.validate()
     if comm is not None:
         rank, world_size = comm.rank, comm.world_size
+    lock = OutputLock(out_dir, "train")
+    if comm is not None:  # rank 0 holds the lock; every rank fails when it cannot
+        comm.on_rank0(lock.__enter__, f"locking {out_dir}")
+    elif rank == 0:
+        lock.__enter__()
+    try:
+        return _train_saes(cache, cfgs, train_cfg, Path(out_dir), rank, world_size, grad_hook, on_step, comm)
+    finally:
+        if rank == 0:
+            lock.__exit__()
+
+
+def _train_saes(cache, cfgs, train_cfg, out_dir, rank, world_size, grad_hook, on_step, comm) -> list[Path]:
     from .distributed import resolve_device
     device = comm.device if comm is not None else resolve_device(train_cfg.device)
     if not cfgs:
@@ -366,6 +382,10 @@ def train_saes(cache: ActivationSource, cfgs: list[SAEConfig], train_cfg: TrainC
                            "lr_mult": cfg.scaffold_lr_mult})
         optim = torch.optim.Adam(groups, betas=(train_cfg.adam_beta1, train_cfg.adam_beta2), fused=True)
         states.append(SAEState(name, sae, optim, base_lr, torch.zeros(cfg.width, dtype=torch.long, device=device)))
+    # a checkpoint holds weights and two Adam moments; saving adds the SAEs and a temp copy of one file
+    need = sum(p.numel() for st in states for p in st.sae.parameters()) * 4 * 5
+    if rank == 0:
+        check_space(out_dir, need)
 
     start = 0
     if train_cfg.resume and ckpt_path.exists():
@@ -418,10 +438,11 @@ def train_saes(cache: ActivationSource, cfgs: list[SAEConfig], train_cfg: TrainC
             if (train_cfg.checkpoint_every and done % train_cfg.checkpoint_every == 0
                     and done < total_steps):
                 if comm is not None:  # rank 0 writes; the others wait for its success flag
-                    comm.on_rank0(lambda: _save_checkpoint(ckpt_path, key, done, scale, states),
+                    comm.on_rank0(lambda: _save_checkpoint(ckpt_path, key, done, scale, states, need),
                                   "writing the checkpoint")
                 elif rank == 0:
-                    _save_checkpoint(ckpt_path, key, done, scale, states)
+                    _save_checkpoint(ckpt_path, key, done, scale, states, need)
+            faults.progress("step", done)
             if on_step is not None:
                 on_step(done, states)
     finally:
@@ -448,11 +469,14 @@ def train_saes(cache: ActivationSource, cfgs: list[SAEConfig], train_cfg: TrainC
             summary["threshold_scaled"] = thr
         summary["inference_l0_sample"] = inference_l0(sae, thr_sample)
         path = out_dir / st.name
-        if rank == 0 and comm is None:
-            save_sae(sae.folded(scale).cpu(), path, metadata=meta, summary=summary)
-        elif comm is not None:
-            comm.on_rank0(lambda: save_sae(sae.folded(scale).cpu(), path, metadata=meta, summary=summary),
-                          f"saving {st.name}")
+
+        def save(sae=sae, path=path, summary=summary) -> None:
+            with _explain_full_disk(path, need):
+                save_sae(sae.folded(scale).cpu(), path, metadata=meta, summary=summary)
+        if comm is not None:
+            comm.on_rank0(save, f"saving {st.name}")
+        elif rank == 0:
+            save()
         paths.append(path)
     if comm is not None:
         comm.on_rank0(lambda: _drop_checkpoint(ckpt_path, train_cfg), "removing the checkpoint")
@@ -532,14 +556,25 @@ def _dead_tokens_of(train_cfg: TrainConfig) -> int:
     return train_cfg.dead_tokens or min(10_000_000, max(train_cfg.batch_size, train_cfg.tokens // 10))
 
 
-def _save_checkpoint(path: Path, key: str, step: int, scale: float, states: list[SAEState]) -> None:
+@contextmanager
+def _explain_full_disk(path: Path, need: int) -> Iterator[None]:
+    try:
+        yield
+    except OSError as error:
+        if not faults.is_disk_full(error):
+            raise
+        raise faults.disk_full_error(path, need) from None
+
+
+def _save_checkpoint(path: Path, key: str, step: int, scale: float, states: list[SAEState], need: int) -> None:
     payload = {
         "config_key": key, "step": step, "scale": scale, "torch_rng": torch.get_rng_state(),
         "saes": [{"name": st.name, "model": st.sae.state_dict(), "optim": st.optim.state_dict(),
                   "since_fired": st.since_fired.clone(), "ema_threshold": st.ema_threshold}
                  for st in states],
     }
-    atomic_write_bytes(path, state_bytes(payload))
+    with _explain_full_disk(path, need):
+        atomic_write_bytes(path, state_bytes(payload))
 
 
 def _load_checkpoint(path: Path, key: str, states: list[SAEState]) -> tuple[int, float]:
