@@ -239,7 +239,7 @@ class Comm:
                 dist.broadcast(tensor, 0)
             dist.broadcast(st.since_fired, 0)
             st.ema_threshold = self.broadcast_float(st.ema_threshold)
-            if st.sae.cfg.arch in ("batchtopk", "matryoshka"):
+            if st.sae.architecture.uses_global_batch_selection:
                 st.sae.select = _GlobalSelect(self, st.sae.cfg.k)
         return scale
 

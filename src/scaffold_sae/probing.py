@@ -38,7 +38,7 @@ from typing import Callable, Mapping
 import numpy as np
 import torch
 
-from scaffold_sae import evals, fetch
+from scaffold_sae import archs, evals, fetch
 from scaffold_sae.report import Figure, Section, Series, Table
 
 
@@ -140,7 +140,8 @@ class Pooled:
 
 
 def inference_mode(sae) -> str:
-    return "batchtopk" if getattr(sae.cfg, "arch", "") in evals.BATCH_TOPK_ARCHS else "threshold"
+    spec = archs.find(getattr(sae.cfg, "arch", None))
+    return spec.primary_inference if spec is not None else "threshold"
 
 
 @torch.no_grad()

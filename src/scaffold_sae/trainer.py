@@ -20,6 +20,7 @@ from typing import TYPE_CHECKING, Callable, Iterator, Protocol
 import torch
 from torch import Tensor
 
+from . import archs
 from .fetch import atomic_write_bytes
 from .saving import save_sae, state_bytes
 from .sae import ConfigError, HybridSAE, SAEConfig, _choice, geometric_median, lr_for_width, pca_basis
@@ -438,7 +439,7 @@ def train_saes(cache: ActivationSource, cfgs: list[SAEConfig], train_cfg: TrainC
         sae, cfg = st.sae, st.sae.cfg
         summary = {"steps": total_steps, "tokens": total_steps * train_cfg.batch_size * world_size,
                    "input_scale": scale, "train_config": asdict(train_cfg), "ema_threshold": st.ema_threshold}
-        if cfg.arch in ("batchtopk", "matryoshka"):
+        if sae.architecture.calibrates_threshold:
             if train_cfg.threshold_method == "ema" and st.ema_threshold > 0:
                 thr = st.ema_threshold
             else:
@@ -668,7 +669,7 @@ def load_config_file(path: str | Path) -> dict:
 
 
 _FLAGS = [  # (flag, key, type, help)
-    ("--arch", "arch", str, "sparse dictionary: batchtopk | matryoshka | topk | relu"),
+    ("--arch", "arch", str, f"sparse dictionary: {' | '.join(archs.names())}"),
     ("--width", "width", int, "number of sparse latents m"),
     ("--k", "k", int, "active latents per token"),
     ("--ranks", "ranks", str, "comma-separated scaffold ranks, one SAE each (e.g. 0,8,24)"),
