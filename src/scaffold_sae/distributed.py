@@ -248,9 +248,6 @@ class Comm:
         for st in states:
             st.sae.__dict__.pop("select", None)
 
-    def global_batch_topk(self, pre: Tensor, k: int) -> tuple[kernels.ActiveSet, float]:
-        return distributed_batch_topk(pre, k, self)
-
 
 def _agree_fix(what: str) -> str:
     if what == "the resume step":
@@ -269,14 +266,6 @@ class _GlobalSelect:
 
     def __deepcopy__(self, memo):  # SAE copies (folding at save) share it; it holds no tensors
         return self
-
-
-def _kth_largest_positive(values: Tensor, count: int) -> float:
-    """The ``count``-th largest positive value of ``values`` (0 when fewer are positive)."""
-    pos = values[values > 0]
-    if count <= 0 or pos.numel() < count:
-        return 0.0
-    return float(pos.kthvalue(pos.numel() - count + 1).values)
 
 
 @torch.no_grad()

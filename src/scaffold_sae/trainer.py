@@ -1,10 +1,10 @@
 """Lockstep trainer: several hybrid SAEs learn from the same batches in one pass over a cache.
 
-Per step and per SAE: loss -> backward -> project decoder grads -> ``grad_hook`` (the point where
-data-parallel training all-reduces gradients) -> clip -> Adam -> unit-norm decoder / orthonormal
-scaffold.  Inputs are scaled to mean norm sqrt(d) (estimated on a sample) and the scale is folded
-into the saved weights.  Checkpoints (models, optimisers, counters, RNG, step = data position) are
-written atomically; rerunning the same call resumes and ends with the same weights.
+Per step and per SAE: loss -> backward -> project decoder grads -> all-reduce (data-parallel
+training only) -> clip -> Adam -> unit-norm decoder / orthonormal scaffold.  Inputs are scaled to
+mean norm sqrt(d) (estimated on a sample) and the scale is folded into the saved weights.
+Checkpoints (models, optimisers, counters, RNG, step = data position) are written atomically;
+rerunning the same call resumes and ends with the same weights.
 """
 
 from __future__ import annotations
@@ -328,12 +328,10 @@ def _metadata(source: object) -> dict:
 
 def train_saes(cache: ActivationSource, cfgs: list[SAEConfig], train_cfg: TrainConfig,
                out_dir: str | Path, *, rank: int = 0, world_size: int = 1,
-               grad_hook: Callable[[HybridSAE], None] | None = None,
                on_step: Callable[[int, list[SAEState]], None] | None = None,
                comm: "Comm | None" = None) -> list[Path]:
     """Train ``cfgs`` in lockstep on ``cache``; returns one saved SAE directory per config.
 
-    ``grad_hook(sae)`` runs between backward and the optimiser step (e.g. an all-reduce);
     ``on_step(step, states)`` runs after every completed step (tests use it to interrupt).
     ``comm`` (scaffold_sae.distributed.Comm) makes this one rank of a data-parallel run.
     """
@@ -402,7 +400,7 @@ def train_saes(cache: ActivationSource, cfgs: list[SAEConfig], train_cfg: TrainC
                 x = x * scale
             factor = schedule(step, total_steps, warmup, train_cfg.lr_decay_frac)
             for st in states:
-                _train_step(st, x, factor, dead_tokens, train_cfg, grad_hook, comm)
+                _train_step(st, x, factor, dead_tokens, train_cfg, comm)
             done = step + 1
             if done % train_cfg.log_every == 0 or done == total_steps:
                 if comm is not None:
@@ -473,7 +471,7 @@ def _sample(cache: ActivationSource, n: int, seed: int) -> Tensor:
 
 
 def _train_step(st: SAEState, x: Tensor, factor: float, dead_tokens: int, train_cfg: TrainConfig,
-                grad_hook: Callable[[HybridSAE], None] | None, comm: "Comm | None" = None) -> None:
+                comm: "Comm | None" = None) -> None:
     sae = st.sae
     for group in st.optim.param_groups:
         group["lr"] = st.base_lr * group["lr_mult"] * factor
@@ -482,8 +480,6 @@ def _train_step(st: SAEState, x: Tensor, factor: float, dead_tokens: int, train_
     out = sae.loss(x, dead=dead, fast=train_cfg.fast)
     out.loss.backward()
     sae.project_decoder_grad()
-    if grad_hook is not None:
-        grad_hook(sae)
     if comm is not None:
         comm.all_reduce_grads(sae)
     if train_cfg.grad_clip > 0:
