@@ -1,11 +1,11 @@
 # Two set-up commands for a fresh clone with only Python 3 and pip:
 #   make demo   -- install into .venv (idempotent) and run the study on the embedded default model
-#   make test   -- install into .venv (idempotent) and run the test suite
+#   make test   -- install into .venv (idempotent), lint with pyflakes and run the test suite
 VENV ?= .venv
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed
 
-.PHONY: demo test test-fast bench clean
+.PHONY: demo lint test test-fast bench clean
 
 $(STAMP): pyproject.toml
 	python3 -m venv $(VENV)
@@ -16,10 +16,13 @@ $(STAMP): pyproject.toml
 demo: $(STAMP)
 	$(VENV)/bin/scaffold-sae demo
 
-test: $(STAMP)
+lint: $(STAMP)
+	$(PY) -m pyflakes src tests bench
+
+test: lint
 	$(PY) -m pytest -q -ra
 
-test-fast: $(STAMP)
+test-fast: lint
 	$(PY) -m pytest -q -ra -m "not slow"
 
 bench: $(STAMP)

@@ -9,7 +9,6 @@ import signal
 import statistics
 import subprocess
 import sys
-import textwrap
 from pathlib import Path
 
 import pytest
@@ -171,7 +170,7 @@ def test_disk_full_leaves_a_valid_resumable_cache(tiny_lm, tiny_corpus, tmp_path
 
     monkeypatch.setattr(os, "fsync", real_fsync)
     resumed = harvest(tiny_lm, 1, str(tiny_corpus), 1000, out, progress=False, **SETTINGS)
-    fresh = harvest(tiny_lm, 1, str(tiny_corpus), 1000, tmp_path / "fresh", progress=False, **SETTINGS)
+    harvest(tiny_lm, 1, str(tiny_corpus), 1000, tmp_path / "fresh", progress=False, **SETTINGS)
     assert shard_bytes(out) == shard_bytes(tmp_path / "fresh") and resumed.n_rows == 1000
 
 

@@ -9,7 +9,7 @@ import types
 import pytest
 import torch
 
-from conftest import make_texts
+from helpers import make_texts
 from scaffold_sae.corpus import CorpusError, iter_contexts, load_corpus, pack_contexts, split_of
 
 

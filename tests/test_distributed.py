@@ -20,18 +20,14 @@ import pytest
 import torch
 import torch.multiprocessing as mp
 
+from helpers import assert_same, make_hf_model, make_tokenizer, synthetic
 from scaffold_sae import distributed
 from scaffold_sae.cache import ActivationCache, HarvestConfig, Harvester
 from scaffold_sae.kernels import batch_topk
 from scaffold_sae.sae import SAEConfig
-from scaffold_sae.saving import load_sae
 from scaffold_sae.trainer import TensorSource, TrainConfig, train_saes
 
-from test_trainer import D as TRAINER_D, synthetic  # noqa: E402  (the same synthetic activations)
-
 TIMEOUT = 120  # seconds for any multi-process run: a hang fails the test instead of blocking the suite
-D = 16
-assert D == TRAINER_D
 CFGS = [SAEConfig(arch="batchtopk", width=48, k=4, rank=0),
         SAEConfig(arch="matryoshka", width=48, k=4, rank=3, scaffold_tied=True),
         SAEConfig(arch="topk", width=48, k=4, rank=2, encoder_input="residual"),
@@ -92,19 +88,6 @@ def _train_target(comm, data, cfgs, train_cfg, out_dir, kill_at):
         if kill_at and comm.rank == 1 and step == kill_at:
             os._exit(3)  # a rank dies without any goodbye
     distributed.train_distributed(TensorSource(data), cfgs, train_cfg, out_dir, comm, on_step=on_step)
-
-
-def weights(path) -> dict:
-    return {k: v.detach().clone() for k, v in load_sae(path).state_dict().items()}
-
-
-def assert_same(dirs_a, dirs_b, atol=1e-5):
-    for a, b in zip(dirs_a, dirs_b):
-        wa, wb = weights(a), weights(b)
-        assert wa.keys() == wb.keys()
-        for key in wa:
-            assert torch.allclose(wa[key], wb[key], atol=atol, rtol=1e-4), (a.name, key,
-                                                                              float((wa[key] - wb[key]).abs().max()))
 
 
 def sae_dirs(out: Path) -> list[Path]:
@@ -223,8 +206,6 @@ HARVEST = dict(layer=1, n_tokens=900, ctx_len=32, batch_size=4, shard_rows=150, 
 
 
 def _harvest_target(comm, corpus, out_dir):
-    sys.path.insert(0, str(Path(__file__).parent))
-    from conftest import make_hf_model, make_tokenizer
     from scaffold_sae.models import from_hf_model
 
     lm = from_hf_model(make_hf_model(), make_tokenizer(), spec="tiny-llama")

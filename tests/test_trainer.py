@@ -8,21 +8,11 @@ import math
 import pytest
 import torch
 
+from helpers import D, assert_same, synthetic
 from scaffold_sae.sae import ConfigError, SAEConfig
 from scaffold_sae.saving import load_sae
 from scaffold_sae.trainer import (TensorSource, TrainConfig, configs_from_dict, input_scale, schedule,
                                   train_saes)
-
-D = 16
-
-
-def synthetic(n=4096, seed=0) -> torch.Tensor:
-    """Sparse features plus a dense low-rank component and a large offset."""
-    g = torch.Generator().manual_seed(seed)
-    feats = torch.randn(96, D, generator=g)
-    codes = (torch.rand(n, 96, generator=g) < 0.04).float() * torch.rand(n, 96, generator=g) * 3
-    dense = 4 * torch.randn(n, 2, generator=g) @ torch.randn(2, D, generator=g)
-    return codes @ feats + dense + 10.0
 
 
 def tcfg(**kw) -> TrainConfig:
@@ -34,17 +24,6 @@ def tcfg(**kw) -> TrainConfig:
 CFGS = [SAEConfig(arch="batchtopk", width=48, k=4, rank=0),
         SAEConfig(arch="matryoshka", width=48, k=4, rank=3, scaffold_tied=True),
         SAEConfig(arch="topk", width=48, k=4, rank=2, encoder_input="residual")]
-
-
-def weights(path) -> dict:
-    return {k: v.detach().clone() for k, v in load_sae(path).state_dict().items()}
-
-
-def assert_same(paths_a, paths_b, atol=1e-5):
-    for a, b in zip(paths_a, paths_b):
-        wa, wb = weights(a), weights(b)
-        for key in wa:
-            assert torch.allclose(wa[key], wb[key], atol=atol, rtol=1e-4), (a.name, key)
 
 
 class Stop(Exception):

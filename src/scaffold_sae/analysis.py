@@ -38,7 +38,7 @@ from typing import Callable, Mapping
 import numpy as np
 import torch
 
-from scaffold_sae import evals
+from scaffold_sae import archs, evals
 from scaffold_sae.report import Figure, Section, Series, Table, format_number, jsonable
 from scaffold_sae.sae import orthonormalise, random_orthonormal
 
@@ -721,7 +721,7 @@ def run_analyses(lm, layer: int, saes: dict, baseline_name: str, cache, contexts
 
     sweep = {}
     for name, sae in saes.items():
-        mode = "batchtopk" if sae.cfg.arch in evals.BATCH_TOPK_ARCHS else "threshold"
+        mode = archs.get(sae.cfg.arch).primary_inference
         sweep[int(sae.cfg.rank)] = int((firing_density(sae, x, mode) > 0.1).sum())
     results["rank_selection"] = asdict(select_rank(values, sweep))
     timings["structure_s"] = time.perf_counter() - clock - timings["activations_s"]
@@ -732,7 +732,7 @@ def run_analyses(lm, layer: int, saes: dict, baseline_name: str, cache, contexts
         hybrid = saes[primary]
         n_ce = max(1, min(cfg.analysis_ce_tokens, cfg.ce_tokens) // contexts.shape[1])
         base = saes[baseline_name]
-        mode = "batchtopk" if base.cfg.arch in evals.BATCH_TOPK_ARCHS else "threshold"
+        mode = archs.get(base.cfg.arch).primary_inference
         redundancy, idx = redundancy_scores(base, hybrid, x, baseline_name, primary, cfg.redundancy_factor, mode)
         others = torch.tensor([i for i in range(base.cfg.width) if i not in set(idx.tolist())], dtype=torch.long)
         chosen = others[torch.randperm(others.numel(), generator=torch.Generator().manual_seed(cfg.seed))[:idx.numel()]]

@@ -24,6 +24,7 @@ from __future__ import annotations
 
 import csv
 import hashlib
+import importlib
 import io
 import json
 import random
@@ -244,7 +245,7 @@ def _paragraphs(path: Path) -> Iterator[str]:
 
 def _require_pyarrow() -> None:
     try:
-        import pyarrow.parquet  # noqa: F401
+        importlib.import_module("pyarrow.parquet")
     except ImportError:
         raise CorpusError("reading .parquet corpora needs pyarrow: pip install 'scaffold-sae[parquet]'") from None
 

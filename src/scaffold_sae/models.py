@@ -199,17 +199,16 @@ def load_model(spec: str, device: str | torch.device = "cpu", dtype: torch.dtype
 
     path = Path(spec).expanduser()
     if spec in EMBEDDED:
-        source, kwargs = embedded_dir(spec), {}
+        source = embedded_dir(spec)
     elif path.suffix == ".gguf":
         if not path.is_file():
             raise ModelError(f"GGUF file {path} does not exist")
         source = converted_gguf(path, key=f"gguf-{fetch.sha256_file(path)[:16]}")
-        kwargs = {}
     else:
-        source, kwargs = spec, {}
+        source = spec
     try:
-        tokenizer = AutoTokenizer.from_pretrained(str(source), **kwargs)
-        hf_model = AutoModelForCausalLM.from_pretrained(str(source), dtype=dtype, **kwargs)
+        tokenizer = AutoTokenizer.from_pretrained(str(source))
+        hf_model = AutoModelForCausalLM.from_pretrained(str(source), dtype=dtype)
     except OSError as error:
         offline = os.environ.get("HF_HUB_OFFLINE") == "1"
         raise ModelError(f"cannot load model {spec!r}: not an embedded model ({', '.join(EMBEDDED)}), a local "

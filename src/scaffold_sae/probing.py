@@ -38,7 +38,7 @@ from typing import Callable, Mapping
 import numpy as np
 import torch
 
-from scaffold_sae import evals, fetch
+from scaffold_sae import archs, evals, fetch
 from scaffold_sae.report import Figure, Section, Series, Table
 
 
@@ -140,7 +140,8 @@ class Pooled:
 
 
 def inference_mode(sae) -> str:
-    return "batchtopk" if getattr(sae.cfg, "arch", "") in evals.BATCH_TOPK_ARCHS else "threshold"
+    spec = archs.find(getattr(sae.cfg, "arch", None))
+    return spec.primary_inference if spec is not None else "threshold"
 
 
 @torch.no_grad()
@@ -442,7 +443,7 @@ def probing_sections(result: dict) -> list[Section]:
                caption="Active latents per token while pooling (matched L0)")
     settings = Table(["setting", "value"], [[k, ", ".join(map(str, v)) if isinstance(v, list) else v]
                                             for k, v in result["config"].items()], caption="Probing settings")
-    figures = [Figure(f"Sparse probing accuracy vs k (mean over datasets)",
+    figures = [Figure("Sparse probing accuracy vs k (mean over datasets)",
                       [Series(feat, ks, [next(r[-1] for r in rows if r[0] == feat and r[2] == k) for k in ks])
                        for feat in names], xlabel="k", ylabel="accuracy")] if rows else []
     sections = [Section("Sparse probing", "SAEBench sparse probing on real labelled text at matched L0 (batch top-k "

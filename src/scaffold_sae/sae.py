@@ -21,11 +21,9 @@ from typing import NamedTuple
 import torch
 from torch import Tensor, nn
 
-from . import kernels
+from . import archs, kernels
 from .kernels import ActiveSet
 
-ARCHS = ("batchtopk", "matryoshka", "topk", "relu")
-LOAD_ONLY_ARCHS = ("jumprelu",)
 SCAFFOLD_INITS = ("pca", "random")
 ENCODER_INPUTS = ("x", "residual")
 
@@ -39,8 +37,9 @@ class SAEConfig:
     """One hybrid SAE: the sparse dictionary, its sparsity rule and the scaffold."""
 
     arch: str = "batchtopk"
-    """Sparse dictionary: batchtopk | matryoshka (BatchTopK with nested prefix losses) | topk |
-    relu (ReLU + L1).  ``jumprelu`` is load-only (SAEs read from SAELens files)."""
+    """Sparse dictionary, a name in the scaffold_sae.archs registry: batchtopk | matryoshka (BatchTopK
+    with nested prefix losses) | topk | relu (ReLU + L1).  ``jumprelu`` is load-only (SAEs read from
+    SAELens files)."""
     d_in: int = 0
     """Input width d (0 = take it from the activation cache)."""
     width: int = 4608
@@ -73,15 +72,15 @@ class SAEConfig:
             self.matryoshka_widths = tuple(int(w) for w in self.matryoshka_widths)
 
     def validate(self, trainable: bool = True) -> "SAEConfig":
-        archs = ARCHS if trainable else ARCHS + LOAD_ONLY_ARCHS
-        _choice("arch", self.arch, archs)
+        _choice("arch", self.arch, tuple(archs.names(load_only=not trainable)))
+        arch = archs.get(self.arch)
         _choice("scaffold_init", self.scaffold_init, SCAFFOLD_INITS)
         _choice("encoder_input", self.encoder_input, ENCODER_INPUTS)
         if self.d_in < 1:
             raise ConfigError(f"d_in={self.d_in} is invalid: d_in must be a positive integer")
         if self.width < 1:
             raise ConfigError(f"width={self.width} is invalid: width must be a positive integer")
-        if self.arch in ("batchtopk", "matryoshka", "topk") and not 1 <= self.k <= self.width:
+        if arch.uses_k and not 1 <= self.k <= self.width:
             raise ConfigError(f"k={self.k} is invalid: k must be in 1..width ({self.width}) for arch "
                               f"{self.arch}")
         if not 0 <= self.rank < self.d_in:
@@ -90,11 +89,9 @@ class SAEConfig:
             raise ConfigError(f"aux_k={self.aux_k} is invalid: aux_k must be >= 0 (0 disables AuxK)")
         if self.l1_coeff < 0 or self.aux_coeff < 0 or self.scaffold_lr_mult < 0:
             raise ConfigError("l1_coeff, aux_coeff and scaffold_lr_mult must be >= 0")
-        if self.arch == "matryoshka":
-            widths = self.prefix_widths()
-            if (list(widths) != sorted(set(widths)) or widths[-1] != self.width or widths[0] < 1):
-                raise ConfigError(f"matryoshka_widths={list(widths)} is invalid: strictly increasing "
-                                  f"positive widths ending at width ({self.width})")
+        problem = arch.check(self)
+        if problem:
+            raise ConfigError(problem)
         return self
 
     def prefix_widths(self) -> tuple[int, ...]:
@@ -143,7 +140,7 @@ class StepLoss:
 
 
 class HybridSAE(nn.Module):
-    """Sparse dictionary (batchtopk | matryoshka | topk | relu) plus a rank-r scaffold."""
+    """Sparse dictionary (a registered architecture, see scaffold_sae.archs) plus a rank-r scaffold."""
 
     def __init__(self, cfg: SAEConfig, generator: torch.Generator | None = None):
         super().__init__()
@@ -176,6 +173,10 @@ class HybridSAE(nn.Module):
     def rank(self) -> int:
         return self.cfg.rank
 
+    @property
+    def architecture(self) -> archs.Architecture:
+        return archs.get(self.cfg.arch)
+
     def scaffold_parameters(self) -> list[nn.Parameter]:
         return [self.U] + ([] if self.V_free is None else [self.V_free])
 
@@ -201,10 +202,9 @@ class HybridSAE(nn.Module):
         return torch.addmm(self.b_enc, self._encoder_input(x - self.b_dec), self.encoder_weight.t())
 
     def encode(self, x: Tensor, batch_topk: bool = False) -> Tensor:
-        """Sparse codes f [B, m].  BatchTopK / Matryoshka use the JumpReLU threshold at inference
-        unless ``batch_topk`` asks for a top-k over this batch."""
-        pre = self.pre_activations(x)
-        return self._codes_from_pre(pre, batch_topk)
+        """Sparse codes f [B, m] by the architecture's inference rule (BatchTopK / Matryoshka: the
+        JumpReLU threshold, unless ``batch_topk`` asks for a top-k over this batch)."""
+        return self.architecture.codes(self, self.pre_activations(x), batch_topk)
 
     def decode(self, codes: Tensor, x: Tensor | None = None) -> Tensor:
         """b_dec + W_dec^T f, plus the scaffold term when the input ``x`` is given."""
@@ -218,7 +218,7 @@ class HybridSAE(nn.Module):
         scaf = self._scaffold_term(x_cent)
         x_in = x_cent - scaf if self.cfg.encoder_input == "residual" else x_cent
         pre = torch.addmm(self.b_enc, x_in, self.encoder_weight.t())
-        codes = self._codes_from_pre(pre, batch_topk)
+        codes = self.architecture.codes(self, pre, batch_topk)
         sparse_out = codes @ self.W_dec
         return SAEOutput(self.b_dec + scaf + sparse_out, codes, scaf, sparse_out)
 
@@ -232,27 +232,11 @@ class HybridSAE(nn.Module):
             return x_cent - self._scaffold_term(x_cent)
         return x_cent
 
-    def _codes_from_pre(self, pre: Tensor, batch_topk: bool) -> Tensor:
-        arch = self.cfg.arch
-        if arch == "relu":
-            return pre.relu()
-        if arch == "topk":
-            active = kernels.row_topk(pre, self.cfg.k)
-        elif batch_topk and arch != "jumprelu":
-            active, _ = kernels.batch_topk(pre, self.cfg.k)
-        else:
-            keep = (pre > self.threshold) & (pre > 0)
-            return pre * keep
-        codes = torch.zeros_like(pre)
-        codes[active.row, active.col] = pre[active.row, active.col]
-        return codes
-
     # ---------------------------------------------------------------- training forward
     def select(self, pre: Tensor) -> tuple[ActiveSet, float]:
-        """Training-time active set for a batch of pre-activations (k-sparse archs)."""
-        if self.cfg.arch == "topk":
-            return kernels.row_topk(pre, self.cfg.k), 0.0
-        return kernels.batch_topk(pre, self.cfg.k)
+        """Training-time active set and batch threshold for a batch of pre-activations (k-sparse
+        archs); data-parallel training replaces it on the instance by a global selection."""
+        return self.architecture.select(pre, self.cfg)
 
     def loss(self, x: Tensor, dead: Tensor | None = None, fast: bool = True) -> StepLoss:
         """Training loss on a (scaled) batch.  ``dead`` [m] bool marks latents for AuxK.
@@ -265,30 +249,15 @@ class HybridSAE(nn.Module):
         scaf = self._scaffold_term(x_cent)
         x_in = x_cent - scaf if cfg.encoder_input == "residual" and self.rank > 0 else x_cent
         zero = x.new_zeros(())
-        l1 = zero
-        if cfg.arch == "relu":
-            pre = torch.addmm(self.b_enc, x_in, self.encoder_weight.t())
-            codes = pre.relu()
-            sparse_out = codes @ self.W_dec
-            with torch.no_grad():
-                row, col = (codes > 0).nonzero(as_tuple=True)
-                active = kernels.active_from_coo(row, col, n, cfg.width)
-            l1 = cfg.l1_coeff * (codes * self.W_dec.norm(dim=1)).sum() / n
-            batch_thr = 0.0
-        else:
-            with torch.no_grad():
-                pre = torch.addmm(self.b_enc, x_in, self.encoder_weight.t())
-                active, batch_thr = self.select(pre)
-            vals = kernels.gather_active(x_in, self.encoder_weight, self.b_enc, pre, active, fast)
-            if cfg.arch == "matryoshka":
-                mse_levels, sparse_out = self._matryoshka(vals, active, x, scaf, fast)
-            else:
-                sparse_out = kernels.sparse_decode(vals, self.W_dec, active, fast)
+        arch = self.architecture
+        step = arch.sparse_step(self, x, x_in, scaf, fast)
+        sparse_out, pre, active = step.sparse_out, step.pre, step.active
         x_hat = sparse_out + scaf + self.b_dec if self.rank else sparse_out + self.b_dec
         err = x_hat - x
-        mse = mse_levels if cfg.arch == "matryoshka" else torch.dot(err.flatten(), err.flatten()) / (n * d)
+        mse = step.mse if step.mse is not None else torch.dot(err.flatten(), err.flatten()) / (n * d)
+        l1 = step.l1 if step.l1 is not None else zero
         aux = zero
-        if dead is not None and cfg.arch != "relu" and cfg.effective_aux_k > 0 and bool(dead.any()):
+        if dead is not None and arch.uses_aux_k and cfg.effective_aux_k > 0 and bool(dead.any()):
             aux = cfg.aux_coeff * self._aux_loss(x, x_hat, x_in, pre, dead, fast)
         with torch.no_grad():
             flat, xc = err.detach().flatten(), x_cent.detach()
@@ -296,28 +265,7 @@ class HybridSAE(nn.Module):
             total_var = torch.dot(xc.flatten(), xc.flatten()) - n * torch.dot(mean, mean)
             fvu = float(torch.dot(flat, flat) / total_var.clamp_min(1e-12))
         return StepLoss(loss=mse + aux + l1, mse=mse, aux=aux, l1=l1, fvu=fvu,
-                        l0=active.nnz / n, active=active, batch_threshold=batch_thr, x_hat=x_hat)
-
-    def _matryoshka(self, vals: Tensor, active: ActiveSet, x: Tensor, scaf: Tensor,
-                    fast: bool) -> tuple[Tensor, Tensor]:
-        """Mean over nested prefixes of the prefix reconstruction MSE, and the full sparse term.
-
-        Each latent group [w_{i-1}, w_i) is decoded once; prefix reconstructions are running sums.
-        """
-        n, d = x.shape
-        resid = self.b_dec + scaf - x
-        sparse_out = torch.zeros_like(x)
-        losses = []
-        lo = 0
-        for hi in self.cfg.prefix_widths():
-            keep = (active.col >= lo) & (active.col < hi)
-            out = kernels.sparse_decode(vals[keep], self.W_dec, active.subset(keep), fast)
-            resid = resid + out
-            sparse_out = sparse_out + out
-            flat = resid.flatten()
-            losses.append(torch.dot(flat, flat) / (n * d))
-            lo = hi
-        return torch.stack(losses).mean(), sparse_out
+                        l0=active.nnz / n, active=active, batch_threshold=step.batch_threshold, x_hat=x_hat)
 
     def _aux_loss(self, x: Tensor, x_hat: Tensor, x_in: Tensor, pre: Tensor, dead: Tensor,
                   fast: bool) -> Tensor:

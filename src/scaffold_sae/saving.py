@@ -28,6 +28,7 @@ from typing import Iterator
 import torch
 from safetensors.torch import load_file, save
 
+from . import archs
 from .fetch import _umask, atomic_write_bytes, atomic_write_text
 from .sae import SAEConfig, HybridSAE
 
@@ -36,9 +37,6 @@ OUR_CONFIG = "scaffold_sae.json"
 SAELENS_WEIGHTS = "sae_weights.safetensors"
 SPARSIFY_WEIGHTS = "sae.safetensors"
 SCAFFOLD_WEIGHTS = "scaffold.safetensors"
-
-SAELENS_ARCH = {"batchtopk": "jumprelu", "matryoshka": "jumprelu", "jumprelu": "jumprelu",
-                "topk": "topk", "relu": "standard"}
 
 
 class SAEFormatError(ValueError):
@@ -65,7 +63,7 @@ def save_sae(sae: HybridSAE, path: str | Path, metadata: dict | None = None,
             "b_enc": sae.b_enc.detach().contiguous(),
             "b_dec": sae.b_dec.detach().contiguous(),
         }
-        if SAELENS_ARCH[cfg.arch] == "jumprelu":
+        if archs.get(cfg.arch).saelens_name == "jumprelu":  # SAELens's JumpReLU needs its threshold
             tensors["threshold"] = sae.threshold.detach().contiguous()
         scaffold = {"U": sae.U.detach().contiguous(), "V": sae.V.detach().contiguous()}
         if cfg.encoder_input == "residual" and cfg.rank > 0:
@@ -116,7 +114,7 @@ def _saelens_cfg(cfg: SAEConfig, meta: dict) -> dict:
         "sae_lens_training_version": None,
     }
     out = {
-        "architecture": SAELENS_ARCH[cfg.arch],
+        "architecture": archs.get(cfg.arch).saelens_name,
         "d_in": cfg.d_in,
         "d_sae": cfg.width,
         "dtype": "float32",
@@ -126,7 +124,7 @@ def _saelens_cfg(cfg: SAEConfig, meta: dict) -> dict:
         "reshape_activations": "none",
         "metadata": metadata,
     }
-    if cfg.arch == "topk":
+    if out["architecture"] == "topk":
         out["k"] = cfg.k
     # flat copies for SAELens < 6 and SAEBench readers that look at the top level
     out.update({key: value for key, value in metadata.items() if key not in out})
@@ -200,17 +198,17 @@ def _load_saelens(path: Path) -> HybridSAE:
         raise SAEFormatError(f"{path}: normalize_activations={norm!r} is not supported; only 'none' "
                              "(fold the scaling into the weights first)")
     arch = cfg_json.get("architecture", "standard")
-    mapping = {"jumprelu": "jumprelu", "standard": "relu", "topk": "topk", "batchtopk": "jumprelu"}
+    mapping = {imported: name for name in archs.names(load_only=True) for imported in archs.get(name).saelens_imports}
     if arch not in mapping:
         raise SAEFormatError(f"{path}: SAELens architecture {arch!r} is not supported; allowed: "
                              f"{', '.join(mapping)}")
     w_enc = weights["W_enc"]
     d_in, width = w_enc.shape
     k = int(cfg_json.get("k") or 1)
-    if arch == "topk" and "k" not in cfg_json:
-        raise SAEFormatError(f"{path}: topk SAE without k in cfg.json")
-    if mapping[arch] == "jumprelu" and "threshold" not in weights:
-        raise SAEFormatError(f"{path}: jumprelu SAE without a threshold tensor")
+    if archs.get(mapping[arch]).uses_k and "k" not in cfg_json:
+        raise SAEFormatError(f"{path}: {arch} SAE without k in cfg.json")
+    if archs.get(mapping[arch]).saelens_name == "jumprelu" and "threshold" not in weights:
+        raise SAEFormatError(f"{path}: {arch} SAE without a threshold tensor")
     cfg = SAEConfig(arch=mapping[arch], d_in=d_in, width=width, k=min(k, width), rank=0)
     b_dec = weights["b_dec"]
     if not cfg_json.get("apply_b_dec_to_input", True):

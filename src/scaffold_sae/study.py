@@ -15,7 +15,7 @@ from pathlib import Path
 
 import torch
 
-from scaffold_sae import evals, faults
+from scaffold_sae import archs, evals, faults
 from scaffold_sae.cache import ActivationCache, harvest
 from scaffold_sae.corpus import load_corpus, pack_contexts
 from scaffold_sae.faults import OutputLock
@@ -180,7 +180,7 @@ def _run_study(cfg: StudyConfig, out_dir: str | Path, progress: bool) -> dict:
                                                    progress=progress)
         timings["analyses_s"] = time.perf_counter() - clock
 
-    primary = "batchtopk" if cfg.arch in evals.BATCH_TOPK_ARCHS else "threshold"
+    primary = archs.get(cfg.arch).primary_inference
     return {
         "title": f"scaffold-sae study: {cfg.model} layer {layer}",
         "config": resolved,
@@ -236,7 +236,7 @@ def evaluate_all(sae_dirs: dict[str, Path], lm, layer: int, contexts: torch.Tens
     if pending:
         saes = {n: load_sae(d).to(cfg.device) for n, d in pending.items()}
         n_ce = max(1, cfg.ce_tokens // cfg.ctx_len)
-        modes = ["batchtopk", "threshold"] if cfg.arch in evals.BATCH_TOPK_ARCHS else ["threshold"]
+        modes = list(archs.get(cfg.arch).inference_modes)
         mean = evals.mean_activation(lm, layer, contexts[:n_ce], cfg.harvest_batch_size, progress, cfg.sink_factor)
         runs = {f"{name}@{mode}": sae for name, sae in saes.items() for mode in modes}
         results = evals.evaluate_many(runs, lm, layer, contexts, ce_contexts=n_ce,

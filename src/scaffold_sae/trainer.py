@@ -1,10 +1,10 @@
 """Lockstep trainer: several hybrid SAEs learn from the same batches in one pass over a cache.
 
-Per step and per SAE: loss -> backward -> project decoder grads -> ``grad_hook`` (the point where
-data-parallel training all-reduces gradients) -> clip -> Adam -> unit-norm decoder / orthonormal
-scaffold.  Inputs are scaled to mean norm sqrt(d) (estimated on a sample) and the scale is folded
-into the saved weights.  Checkpoints (models, optimisers, counters, RNG, step = data position) are
-written atomically; rerunning the same call resumes and ends with the same weights.
+Per step and per SAE: loss -> backward -> project decoder grads -> all-reduce (data-parallel
+training only) -> clip -> Adam -> unit-norm decoder / orthonormal scaffold.  Inputs are scaled to
+mean norm sqrt(d) (estimated on a sample) and the scale is folded into the saved weights.
+Checkpoints (models, optimisers, counters, RNG, step = data position) are written atomically;
+rerunning the same call resumes and ends with the same weights.
 """
 
 from __future__ import annotations
@@ -21,7 +21,7 @@ from typing import TYPE_CHECKING, Callable, Iterator, Protocol
 import torch
 from torch import Tensor
 
-from . import faults
+from . import archs, faults
 from .faults import OutputLock, check_space
 from .fetch import atomic_write_bytes
 from .saving import save_sae, state_bytes
@@ -330,12 +330,10 @@ def _metadata(source: object) -> dict:
 
 def train_saes(cache: ActivationSource, cfgs: list[SAEConfig], train_cfg: TrainConfig,
                out_dir: str | Path, *, rank: int = 0, world_size: int = 1,
-               grad_hook: Callable[[HybridSAE], None] | None = None,
                on_step: Callable[[int, list[SAEState]], None] | None = None,
                comm: "Comm | None" = None) -> list[Path]:
     """Train ``cfgs`` in lockstep on ``cache``; returns one saved SAE directory per config.
 
-    ``grad_hook(sae)`` runs between backward and the optimiser step (e.g. an all-reduce);
     ``on_step(step, states)`` runs after every completed step (tests use it to interrupt).
     ``comm`` (scaffold_sae.distributed.Comm) makes this one rank of a data-parallel run.
     """
@@ -348,13 +346,13 @@ def train_saes(cache: ActivationSource, cfgs: list[SAEConfig], train_cfg: TrainC
     elif rank == 0:
         lock.__enter__()
     try:
-        return _train_saes(cache, cfgs, train_cfg, Path(out_dir), rank, world_size, grad_hook, on_step, comm)
+        return _train_saes(cache, cfgs, train_cfg, Path(out_dir), rank, world_size, on_step, comm)
     finally:
         if rank == 0:
             lock.__exit__()
 
 
-def _train_saes(cache, cfgs, train_cfg, out_dir, rank, world_size, grad_hook, on_step, comm) -> list[Path]:
+def _train_saes(cache, cfgs, train_cfg, out_dir, rank, world_size, on_step, comm) -> list[Path]:
     from .distributed import resolve_device
     device = comm.device if comm is not None else resolve_device(train_cfg.device)
     if not cfgs:
@@ -421,7 +419,7 @@ def _train_saes(cache, cfgs, train_cfg, out_dir, rank, world_size, grad_hook, on
                 x = x * scale
             factor = schedule(step, total_steps, warmup, train_cfg.lr_decay_frac)
             for st in states:
-                _train_step(st, x, factor, dead_tokens, train_cfg, grad_hook, comm)
+                _train_step(st, x, factor, dead_tokens, train_cfg, comm)
             done = step + 1
             if done % train_cfg.log_every == 0 or done == total_steps:
                 if comm is not None:
@@ -459,7 +457,7 @@ def _train_saes(cache, cfgs, train_cfg, out_dir, rank, world_size, grad_hook, on
         sae, cfg = st.sae, st.sae.cfg
         summary = {"steps": total_steps, "tokens": total_steps * train_cfg.batch_size * world_size,
                    "input_scale": scale, "train_config": asdict(train_cfg), "ema_threshold": st.ema_threshold}
-        if cfg.arch in ("batchtopk", "matryoshka"):
+        if sae.architecture.calibrates_threshold:
             if train_cfg.threshold_method == "ema" and st.ema_threshold > 0:
                 thr = st.ema_threshold
             else:
@@ -496,7 +494,7 @@ def _sample(cache: ActivationSource, n: int, seed: int) -> Tensor:
 
 
 def _train_step(st: SAEState, x: Tensor, factor: float, dead_tokens: int, train_cfg: TrainConfig,
-                grad_hook: Callable[[HybridSAE], None] | None, comm: "Comm | None" = None) -> None:
+                comm: "Comm | None" = None) -> None:
     sae = st.sae
     for group in st.optim.param_groups:
         group["lr"] = st.base_lr * group["lr_mult"] * factor
@@ -505,8 +503,6 @@ def _train_step(st: SAEState, x: Tensor, factor: float, dead_tokens: int, train_
     out = sae.loss(x, dead=dead, fast=train_cfg.fast)
     out.loss.backward()
     sae.project_decoder_grad()
-    if grad_hook is not None:
-        grad_hook(sae)
     if comm is not None:
         comm.all_reduce_grads(sae)
     if train_cfg.grad_clip > 0:
@@ -703,7 +699,7 @@ def load_config_file(path: str | Path) -> dict:
 
 
 _FLAGS = [  # (flag, key, type, help)
-    ("--arch", "arch", str, "sparse dictionary: batchtopk | matryoshka | topk | relu"),
+    ("--arch", "arch", str, f"sparse dictionary: {' | '.join(archs.names())}"),
     ("--width", "width", int, "number of sparse latents m"),
     ("--k", "k", int, "active latents per token"),
     ("--ranks", "ranks", str, "comma-separated scaffold ranks, one SAE each (e.g. 0,8,24)"),
