@@ -3,6 +3,7 @@
 
 from __future__ import annotations
 
+import re
 import shlex
 from pathlib import Path
 
@@ -160,3 +161,127 @@ def test_repair_refuses_overwrite_and_a_missing_cache(tiny_lm, tiny_corpus, tmp_
     with pytest.raises(CacheError, match="pass one of them"):
         harvest(tiny_lm, 1, str(tiny_corpus), 700, tmp_path / "none", progress=False, repair=True,
                 overwrite=True, **SETTINGS)
+
+
+# -------------------------------------------------------------------------------------------- checkpoints
+
+
+def synthetic_source():
+    import torch
+
+    from scaffold_sae.trainer import TensorSource
+
+    g = torch.Generator().manual_seed(0)
+    codes = (torch.rand(2048, 64, generator=g) < 0.05).float() * torch.rand(2048, 64, generator=g)
+    return TensorSource(codes @ torch.randn(64, 16, generator=g) + 3.0)
+
+
+def tiny_train(**kw):
+    from scaffold_sae.trainer import TrainConfig
+
+    return TrainConfig(**{**dict(tokens=128 * 8, batch_size=128, log_every=4, progress=False, checkpoint_every=3,
+                                 init_sample_tokens=512, threshold_sample_tokens=512, lr=3e-3), **kw})
+
+
+
+def sae_configs():
+    from scaffold_sae.sae import SAEConfig
+
+    return [SAEConfig(arch="batchtopk", width=32, k=4, rank=0), SAEConfig(arch="topk", width=32, k=4, rank=2)]
+
+
+class Stop(Exception):
+    pass
+
+
+def interrupted_run(out: Path) -> Path:
+    from scaffold_sae.trainer import CHECKPOINT, train_saes
+
+    def stop(step, states):
+        if step == 4:
+            raise Stop
+
+    with pytest.raises(Stop):
+        train_saes(synthetic_source(), sae_configs(), tiny_train(), out, on_step=stop)
+    return out / CHECKPOINT
+
+
+@pytest.mark.parametrize("where,reason", [(-100, r"sha256 mismatch"), (3, r"no valid scaffold-sae checksum header"),
+                                          (40, r"sha256 mismatch")])
+def test_a_flipped_checkpoint_byte_stops_the_resume(tmp_path, where, reason):
+    from scaffold_sae.trainer import CheckpointError, train_saes
+
+    checkpoint = interrupted_run(tmp_path / "run")
+    flip(checkpoint, where if where >= 0 else checkpoint.stat().st_size + where)
+    with pytest.raises(CheckpointError) as caught:
+        train_saes(synthetic_source(), sae_configs(), tiny_train(), tmp_path / "run")
+    message = str(caught.value)
+    assert f"checkpoint {checkpoint} is corrupted" in message and "\n" not in message
+    assert re.search(reason, message)
+    assert "delete it to restart training from scratch" in message
+    checkpoint.unlink()  # the advice works: a fresh start
+    assert len(train_saes(synthetic_source(), sae_configs(), tiny_train(), tmp_path / "run")) == 2
+
+
+def test_an_intact_checkpoint_resumes(tmp_path):
+    from scaffold_sae.trainer import train_saes
+
+    checkpoint = interrupted_run(tmp_path / "run")
+    assert checkpoint.read_bytes().startswith(b"scaffold-sae checkpoint sha256:")
+    train_saes(synthetic_source(), sae_configs(), tiny_train(), tmp_path / "run")
+    assert not checkpoint.exists()
+
+
+# -------------------------------------------------------------------------------------------- saved SAEs
+
+
+@pytest.mark.parametrize("name", ["sae_weights.safetensors", "scaffold.safetensors"])
+@pytest.mark.parametrize("region", ["header", "data"])
+def test_a_flipped_byte_in_a_saved_sae_is_named_with_the_fix(tmp_path, name, region):
+    from scaffold_sae.saving import SAECorruptedError, load_sae
+    from scaffold_sae.trainer import train_saes
+
+    paths = train_saes(synthetic_source(), sae_configs(), tiny_train(checkpoint_every=0), tmp_path / "run")
+    path = paths[1]
+    original = (path / name).read_bytes()
+    _, data_start = read_header(path / name)
+    flip(path / name, 20 if region == "header" else data_start + (len(original) - data_start) // 2)
+    with pytest.raises(SAECorruptedError) as caught:
+        load_sae(path)
+    message = str(caught.value)
+    assert f"{name} of SAE {path} is corrupted" in message and "\n" not in message
+    assert "re-run the `scaffold-sae train` command" in message
+
+    train_saes(synthetic_source(), sae_configs(), tiny_train(checkpoint_every=0), tmp_path / "run")  # the fix
+    assert (path / name).read_bytes() == original
+    load_sae(path)
+
+
+def test_eval_cli_reports_a_corrupted_sae_in_one_line(tmp_path, capsys):
+    from scaffold_sae.cli import main
+    from scaffold_sae.sae import HybridSAE, SAEConfig
+    from scaffold_sae.saving import save_sae
+
+    path = save_sae(HybridSAE(SAEConfig(arch="topk", d_in=8, width=16, k=2, rank=1)), tmp_path / "sae")
+    flip(path / "sae_weights.safetensors", -1 + (path / "sae_weights.safetensors").stat().st_size)
+    with pytest.raises(SystemExit) as caught:
+        main(["eval", "--sae", str(path), "--model", "tiny", "--layer", "0"])
+    assert caught.value.code == 2
+    errors = [line for line in capsys.readouterr().err.splitlines() if line.startswith("error:")]
+    assert len(errors) == 1 and "sae_weights.safetensors of SAE" in errors[0]
+
+
+def test_sae_dirs_without_checksums_still_load(tmp_path):
+    import json
+
+    from scaffold_sae.sae import HybridSAE, SAEConfig
+    from scaffold_sae.saving import load_sae, save_sae
+
+    path = save_sae(HybridSAE(SAEConfig(arch="topk", d_in=8, width=16, k=2, rank=1)), tmp_path / "sae")
+    ours = json.loads((path / "scaffold_sae.json").read_text())
+    assert set(ours["sha256"]) == {"sae_weights.safetensors", "scaffold.safetensors"}
+    del ours["sha256"]  # written before checksums were recorded
+    (path / "scaffold_sae.json").write_text(json.dumps(ours))
+    load_sae(path)
+    (path / "scaffold_sae.json").unlink()  # a plain SAELens directory
+    load_sae(path)
