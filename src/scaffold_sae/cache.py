@@ -109,7 +109,8 @@ class ShardRecord:
 
 def harvest(model, layer: int, corpus_spec: str, n_tokens: int, out_dir, ctx_len: int = 256, batch_size: int = 8,
             split: str = "train", dtype: str = "float32", shard_rows: int = 32_768, sink_factor: float = 10.0,
-            seed: int = 0, overwrite: bool = False, progress: bool = True, repair: bool = False) -> "ActivationCache":
+            seed: int = 0, overwrite: bool = False, progress: bool = True,
+            repair: bool = False) -> "ActivationCache":
     """Cache the residual stream after block `layer` of `model` on `n_tokens` kept tokens of a corpus.
 
     Resumes an interrupted harvest of the same settings in `out_dir`; returns the opened (verified) cache.
@@ -480,7 +481,8 @@ def read_header(path: Path) -> tuple[dict, int]:
 def verify_shard(root: Path, shard: dict, manifest: dict, full: bool = True) -> None:
     """Size, header (names, shapes, dtypes) and, if `full`, sha256 and finiteness of one listed shard."""
     path = root / shard["file"]
-    fix = f"rerun the harvest that made it with --repair to re-harvest only the bad shards: `{repair_command(root, manifest)}`"
+    fix = (f"rerun the harvest that made it with --repair to re-harvest only the bad shards: "
+           f"`{repair_command(root, manifest)}`")
     if not path.is_file():
         raise CacheError(f"shard {shard['file']} of {root} is missing: {fix}")
     size = path.stat().st_size
