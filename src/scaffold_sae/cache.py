@@ -24,6 +24,7 @@ import argparse
 import hashlib
 import itertools
 import json
+import shlex
 import shutil
 import struct
 import sys
@@ -110,14 +111,17 @@ class ShardRecord:
 
 def harvest(model, layer: int, corpus_spec: str, n_tokens: int, out_dir, ctx_len: int = 256, batch_size: int = 8,
             split: str = "train", dtype: str = "float32", shard_rows: int = 32_768, sink_factor: float = 10.0,
-            seed: int = 0, overwrite: bool = False, progress: bool = True) -> "ActivationCache":
+            seed: int = 0, overwrite: bool = False, progress: bool = True,
+            repair: bool = False) -> "ActivationCache":
     """Cache the residual stream after block `layer` of `model` on `n_tokens` kept tokens of a corpus.
 
     Resumes an interrupted harvest of the same settings in `out_dir`; returns the opened (verified) cache.
+    `repair` first re-harvests only the listed shards that are missing or fail their checksum (see
+    Harvester.repair).
     """
     cfg = HarvestConfig(layer=layer, corpus=corpus_spec, n_tokens=n_tokens, ctx_len=ctx_len, batch_size=batch_size,
                         split=split, dtype=dtype, shard_rows=shard_rows, sink_factor=sink_factor, seed=seed)
-    return Harvester(model, cfg, Path(out_dir)).run(overwrite=overwrite, progress=progress)
+    return Harvester(model, cfg, Path(out_dir)).run(overwrite=overwrite, progress=progress, repair=repair)
 
 
 class Harvester:
@@ -141,19 +145,24 @@ class Harvester:
                 "batch_size": cfg.batch_size, "shard_rows": cfg.shard_rows, "bos_id": self.bos,
                 **({"slice": [cfg.slice_rank, cfg.slice_count]} if cfg.slice_count > 1 else {})}
 
-    def run(self, overwrite: bool = False, progress: bool = True) -> "ActivationCache":
+    def run(self, overwrite: bool = False, progress: bool = True, repair: bool = False) -> "ActivationCache":
         if self.out.exists() and not self.out.is_dir():
             raise CacheError(f"{self.out} is a file, not a directory; use another --out")
         created = not self.out.exists()
         try:
             with OutputLock(self.out, "harvest"):
-                return self._run(overwrite, progress)
+                return self._run(overwrite, progress, repair)
         except BaseException:
             if created and self.out.is_dir() and [p.name for p in self.out.iterdir()] == [LOCK_NAME]:
                 shutil.rmtree(self.out, ignore_errors=True)  # nothing worth resuming: leave nothing behind
             raise
 
-    def _run(self, overwrite: bool, progress: bool) -> "ActivationCache":
+    def _run(self, overwrite: bool, progress: bool, repair: bool) -> "ActivationCache":
+        if repair:
+            if overwrite:
+                raise CacheError("--repair keeps the good shards and --overwrite discards them: pass one of them")
+            if self.repair()["complete"]:
+                return ActivationCache.open(self.out, verify="fast")  # every shard was just verified
         existing = None if overwrite else self._existing()
         if existing is not None and existing["complete"]:
             try:
@@ -311,6 +320,72 @@ class Harvester:
         self._save_manifest(manifest)
         return manifest
 
+    def repair(self) -> dict:
+        """Verify every listed shard and re-harvest only those missing or corrupted, each atomically and
+        bit-identical to the original (its contexts are a deterministic range of the context stream).
+
+        Good shards are neither read by the model nor rewritten. Prints what it repaired (or that nothing
+        needed it) and returns the manifest.
+        """
+        manifest = self._existing()
+        if manifest is None:
+            raise CacheError(f"{self.out} holds no activation cache to repair: drop --repair to harvest one")
+        bad = []
+        for shard in manifest["shards"]:
+            try:
+                verify_shard(self.out, shard, manifest, full=True)
+            except CacheError as error:
+                bad.append(shard)
+                print(error.args[0].split(":")[0], file=sys.stderr)
+        if not bad:
+            print(f"nothing to repair: all {len(manifest['shards'])} shards of {self.out} verified",
+                  file=sys.stderr)
+            return manifest
+        corpus = load_corpus(self.cfg.corpus)
+        for shard in bad:
+            self._reharvest(corpus, manifest, shard)
+            first, last = shard["contexts"]
+            print(f"repaired {shard['file']} (contexts {first}..{last - 1}, {shard['rows']} rows)", file=sys.stderr)
+        return manifest
+
+    def _reharvest(self, corpus, manifest: dict, shard: dict) -> None:
+        """Recompute one listed shard from its context range; writes it only if it matches the manifest."""
+        cfg = self.cfg
+        rank, count = ((shard["slice"], manifest["slices"]["world_size"]) if "slice" in shard
+                       else (cfg.slice_rank, cfg.slice_count))
+        contexts = iter_contexts(self.model.tokenizer, corpus, cfg.ctx_len, cfg.split, cfg.seed, self.bos)
+        first, last = shard["contexts"]
+        contexts = itertools.islice(slice_contexts(contexts, cfg.batch_size, rank, count), first, last)
+        buffer = []
+        while batch := list(itertools.islice(contexts, cfg.batch_size)):  # the harvest's own batches
+            buffer.append(self._kept_rows(torch.tensor(batch, dtype=torch.long))[:3])
+        parts = [torch.cat([b[i] for b in buffer])[:shard["rows"]] for i in range(3)] if buffer else []
+        data = encode_shard(*parts) if parts else b""
+        digest = hashlib.sha256(data).hexdigest()
+        if digest != shard["sha256"]:
+            raise CacheError(f"re-harvesting shard {shard['file']} of {self.out} gave different bytes than the "
+                             f"original (sha256 {digest[:12]}... != manifest {shard['sha256'][:12]}...): the "
+                             f"corpus, the model dtype or the device differ from the original harvest; rerun "
+                             f"--repair with the original --device and --lm-dtype, or harvest again with --overwrite")
+        try:
+            atomic_write_bytes(self.out / shard["file"], data)
+        except OSError as error:
+            raise self._write_error(error, shard["file"]) from None
+
+
+def repair_command(root: Path, manifest: dict) -> str:
+    """The `scaffold-sae harvest ... --repair` command line that re-harvests the bad shards of a cache."""
+    d = HarvestConfig(layer=0)
+    flags = [("--model", manifest.get("model")), ("--layer", manifest.get("layer")),
+             ("--corpus", manifest.get("corpus")), ("--tokens", manifest.get("n_tokens")), ("--out", root)]
+    optional = [("--ctx-len", "ctx_len", d.ctx_len), ("--batch-size", "batch_size", d.batch_size),
+                ("--dtype", "dtype", d.dtype), ("--split", "split", d.split),
+                ("--sink-factor", "sink_factor", d.sink_factor), ("--shard-rows", "shard_rows", d.shard_rows),
+                ("--seed", "seed", d.seed)]
+    flags += [(flag, manifest[key]) for flag, key, default in optional if manifest.get(key, default) != default]
+    return " ".join(["scaffold-sae harvest", *(f"{flag} {shlex.quote(str(value))}" for flag, value in flags),
+                     "--repair"])
+
 
 def slice_contexts(contexts: Iterator[list[int]], batch_size: int, rank: int, count: int) -> Iterator[list[int]]:
     """The contexts of slice `rank` of `count`: those whose batch index (batch_size per batch) is rank mod count."""
@@ -394,15 +469,19 @@ def shard_name(index: int) -> str:
 def write_shard(path: Path, activations: torch.Tensor, token_ids: torch.Tensor,
                 positions: torch.Tensor | None = None) -> tuple[int, str]:
     """Write one shard atomically (temp file, fsync, rename, fsync dir); returns (bytes, sha256)."""
+    data = encode_shard(activations, token_ids, positions)
+    atomic_write_bytes(Path(path), data)
+    return len(data), hashlib.sha256(data).hexdigest()
+
+
+def encode_shard(activations: torch.Tensor, token_ids: torch.Tensor, positions: torch.Tensor | None = None) -> bytes:
+    """The bytes of one shard file (safetensors; identical tensors give identical bytes)."""
     from safetensors.torch import save
 
     if positions is None:
         positions = torch.zeros(len(token_ids), dtype=torch.int32)
-    tensors = {"activations": activations.contiguous(), "token_ids": token_ids.to(torch.int64).contiguous(),
-               "positions": positions.to(torch.int32).contiguous()}
-    data = save(tensors)
-    atomic_write_bytes(Path(path), data)
-    return len(data), hashlib.sha256(data).hexdigest()
+    return save({"activations": activations.contiguous(), "token_ids": token_ids.to(torch.int64).contiguous(),
+                 "positions": positions.to(torch.int32).contiguous()})
 
 
 def read_header(path: Path) -> tuple[dict, int]:
@@ -423,7 +502,8 @@ def read_header(path: Path) -> tuple[dict, int]:
 def verify_shard(root: Path, shard: dict, manifest: dict, full: bool = True) -> None:
     """Size, header (names, shapes, dtypes) and, if `full`, sha256 and finiteness of one listed shard."""
     path = root / shard["file"]
-    fix = f"rerun the harvest that made {root} to recompute it (or pass --overwrite)"
+    fix = (f"rerun the harvest that made it with --repair to re-harvest only the bad shards: "
+           f"`{repair_command(root, manifest)}`")
     if not path.is_file():
         raise CacheError(f"shard {shard['file']} of {root} is missing: {fix}")
     size = path.stat().st_size
@@ -433,6 +513,9 @@ def verify_shard(root: Path, shard: dict, manifest: dict, full: bool = True) -> 
     try:
         header, data_start = read_header(path)
         acts, tokens = header["activations"], header["token_ids"]
+        if not isinstance(acts, dict) or not isinstance(tokens, dict):
+            raise ValueError("tensor entries are not objects")
+        begin, end = (int(offset) for offset in acts["data_offsets"])
     except (ValueError, KeyError, TypeError) as error:
         raise CacheError(f"shard {shard['file']} of {root} has a corrupt header ({error}): {fix}") from None
     rows, d, dtype = shard["rows"], manifest["d_model"], DTYPES[manifest["dtype"]][1]
@@ -441,8 +524,7 @@ def verify_shard(root: Path, shard: dict, manifest: dict, full: bool = True) -> 
                          f"{acts.get('dtype')}, expected [{rows}, {d}] {dtype}: {fix}")
     if not full:
         return
-    digest, finite = _hash_and_check(path, data_start + acts["data_offsets"][0], data_start + acts["data_offsets"][1],
-                                     DTYPES[manifest["dtype"]][2])
+    digest, finite = _hash_and_check(path, data_start + begin, data_start + end, DTYPES[manifest["dtype"]][2])
     if digest != shard["sha256"]:
         raise CacheError(f"shard {shard['file']} of {root} is corrupted (sha256 {digest[:12]}... != manifest "
                          f"{shard['sha256'][:12]}...): {fix}")
@@ -684,6 +766,8 @@ def register_harvest(subparsers) -> None:
     p.add_argument("--nproc", type=int, default=None, help="harvest as N slices in N local processes (runs "
                    "torch.distributed.run; or start `torchrun ... -m scaffold_sae harvest` yourself)")
     p.add_argument("--overwrite", action="store_true", help="replace a cache of other settings in --out")
+    p.add_argument("--repair", action="store_true", help="verify every shard of the cache in --out and re-harvest "
+                   "only the missing or corrupted ones, bit-identical (pass the flags of the original harvest)")
     p.set_defaults(func=_harvest_command)
 
 
@@ -702,10 +786,14 @@ def _harvest_command(args: argparse.Namespace) -> int:
     from scaffold_sae.models import load_model
 
     nproc = getattr(args, "nproc", None) or 1
+    repair = getattr(args, "repair", False)
+    if repair and distributed.launched_by_torchrun():
+        raise CacheError("run `scaffold-sae harvest --repair` as one process, not under torchrun: it re-harvests "
+                         "only the bad shards")
     if distributed.launched_by_torchrun():
         distributed.run_harvest_ranked(args)
         return 0
-    if nproc > 1:
+    if nproc > 1 and not repair:  # a repair runs in this one process
         distributed.launch("harvest", distributed.cli_argv(args), nproc)
         return 0
     device = distributed.resolve_device(args.device)
@@ -714,7 +802,8 @@ def _harvest_command(args: argparse.Namespace) -> int:
         args.batch_size = auto_lm_batch(model, args.layer, args.ctx_len)
     cache = harvest(model, args.layer, args.corpus, args.tokens, args.out, ctx_len=args.ctx_len,
                     batch_size=args.batch_size, split=args.split, dtype=args.dtype, shard_rows=args.shard_rows,
-                    sink_factor=args.sink_factor, seed=args.seed, overwrite=args.overwrite)
+                    sink_factor=args.sink_factor, seed=args.seed, overwrite=args.overwrite,
+                    repair=repair)
     print(cache.summary())
     return 0
 

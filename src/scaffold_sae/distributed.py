@@ -454,7 +454,7 @@ def harvest_slices(model, cfg, out_dir, comm: Comm | None = None, world_size: in
     if (out / MANIFEST).exists():
         old = _read_manifest(out)
         if old.get("complete") and (old.get("slices") or {}).get("world_size") == n:
-            return ActivationCache.open(out, verify="fast")
+            return ActivationCache.open(out, verify="full" if comm is None or comm.rank == 0 else "fast")
         if not old.get("slices"):
             raise CacheError(f"{out} already holds an activation cache harvested without slices; use another --out")
     ranks = [comm.rank] if comm is not None else list(range(n))

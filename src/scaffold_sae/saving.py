@@ -5,7 +5,8 @@ Our directory for one SAE:
     cfg.json                  SAELens config (architecture jumprelu | topk | standard)
     sae_weights.safetensors   W_enc [d_in, d_sae], W_dec [d_sae, d_in], b_enc, b_dec, threshold
     scaffold.safetensors      U [d_in, r], V [d_in, r] (and W_enc_unfolded, see below)
-    scaffold_sae.json         our full SAEConfig plus training summary; SAELens ignores both extras
+    scaffold_sae.json         our full SAEConfig, training summary and the sha256 of both weight files
+                              (checked by load_sae); SAELens ignores both extras
 
 The sparse part alone is a valid SAELens SAE on raw activations: input scaling is folded in at
 save, and for ``encoder_input="residual"`` the scaffold projection is folded into W_enc
@@ -15,6 +16,7 @@ then belongs to SAELens's reconstruction error.
 
 from __future__ import annotations
 
+import hashlib
 import io
 import json
 import os
@@ -43,6 +45,10 @@ class SAEFormatError(ValueError):
     """A directory that is not a readable SAE; the message says what was expected."""
 
 
+class SAECorruptedError(SAEFormatError):
+    """A weight file of our SAE directory whose sha256 differs from the one recorded at save time."""
+
+
 def save_sae(sae: HybridSAE, path: str | Path, metadata: dict | None = None,
              summary: dict | None = None) -> Path:
     """Write ``sae`` (working on raw activations) to directory ``path``; returns ``path``.
@@ -69,11 +75,13 @@ def save_sae(sae: HybridSAE, path: str | Path, metadata: dict | None = None,
         if cfg.encoder_input == "residual" and cfg.rank > 0:
             scaffold["W_enc_unfolded"] = sae.encoder_weight.detach().t().contiguous()
     meta = dict(metadata or {})
+    files = {SAELENS_WEIGHTS: save(tensors), SCAFFOLD_WEIGHTS: save(scaffold)}
     ours = {"format": "scaffold-sae", "format_version": FORMAT_VERSION, "sae_config": asdict(cfg),
-            "metadata": meta, "summary": summary or {}}
+            "metadata": meta, "summary": summary or {},
+            "sha256": {name: hashlib.sha256(data).hexdigest() for name, data in files.items()}}
     with _replacing_dir(path) as tmp:
-        atomic_write_bytes(tmp / SAELENS_WEIGHTS, save(tensors))
-        atomic_write_bytes(tmp / SCAFFOLD_WEIGHTS, save(scaffold))
+        for name, data in files.items():
+            atomic_write_bytes(tmp / name, data)
         atomic_write_text(tmp / "cfg.json", json.dumps(_saelens_cfg(cfg, meta), indent=2))
         atomic_write_text(tmp / OUR_CONFIG, json.dumps(ours, indent=2))
     return path
@@ -177,8 +185,21 @@ def _build(cfg: SAEConfig, w_enc_dm: torch.Tensor, w_dec: torch.Tensor, b_enc: t
     return sae.eval()
 
 
+def verify_sae_files(path: Path, ours: dict) -> None:
+    """Check the weight files of our SAE directory against the sha256 recorded in scaffold_sae.json."""
+    for name, want in (ours.get("sha256") or {}).items():
+        file = path / name
+        fix = (f"re-run the `scaffold-sae train` command that wrote {path} to train and save it again (in a "
+               f"study: delete {path} and rerun the study), or restore {name} from a backup")
+        if not file.is_file():
+            raise SAECorruptedError(f"{name} of SAE {path} is missing: {fix}")
+        if hashlib.sha256(file.read_bytes()).hexdigest() != want:
+            raise SAECorruptedError(f"{name} of SAE {path} is corrupted (sha256 differs from {OUR_CONFIG}): {fix}")
+
+
 def _load_ours(path: Path) -> HybridSAE:
     ours = _read_json(path / OUR_CONFIG)
+    verify_sae_files(path, ours)
     cfg = _config_from_dict(ours["sae_config"])
     weights = load_file(str(path / SAELENS_WEIGHTS))
     scaffold = load_file(str(path / SCAFFOLD_WEIGHTS)) if (path / SCAFFOLD_WEIGHTS).is_file() else {}

@@ -3,13 +3,15 @@
 Per step and per SAE: loss -> backward -> project decoder grads -> all-reduce (data-parallel
 training only) -> clip -> Adam -> unit-norm decoder / orthonormal scaffold.  Inputs are scaled to
 mean norm sqrt(d) (estimated on a sample) and the scale is folded into the saved weights.
-Checkpoints (models, optimisers, counters, RNG, step = data position) are written atomically;
-rerunning the same call resumes and ends with the same weights.
+Checkpoints (models, optimisers, counters, RNG, step = data position) are written atomically behind a
+sha256 header, verified on resume; rerunning the same call resumes and ends with the same weights.
 """
 
 from __future__ import annotations
 
 import argparse
+import hashlib
+import io
 import json
 import math
 import os
@@ -33,6 +35,8 @@ if TYPE_CHECKING:
 B_DEC_INITS = ("geometric_median", "mean", "zeros")
 THRESHOLD_METHODS = ("sample", "ema")
 CHECKPOINT = "checkpoint.pt"
+CHECKPOINT_MAGIC = b"scaffold-sae checkpoint sha256:"
+"""A checkpoint file is this, the sha256 hex digest of the payload, a newline, then the torch.save payload."""
 LOG = "train_log.jsonl"
 
 
@@ -570,12 +574,37 @@ def _save_checkpoint(path: Path, key: str, step: int, scale: float, states: list
                  for st in states],
     }
     with _explain_full_disk(path, need):
-        atomic_write_bytes(path, state_bytes(payload))
+        atomic_write_bytes(path, seal_checkpoint(state_bytes(payload)))
+
+
+class CheckpointError(RuntimeError):
+    """A checkpoint whose bytes fail their checksum."""
+
+
+def seal_checkpoint(payload: bytes) -> bytes:
+    """The checkpoint file: CHECKPOINT_MAGIC, the payload's sha256 hex digest, a newline, the payload."""
+    return CHECKPOINT_MAGIC + hashlib.sha256(payload).hexdigest().encode() + b"\n" + payload
+
+
+def open_checkpoint(path: Path) -> bytes:
+    """The payload of a checkpoint file, after checking its sha256; one-line CheckpointError otherwise."""
+    raw = Path(path).read_bytes()
+    fix = ("delete it to restart training from scratch, or restore it from a backup (this directory keeps only "
+           "this one checkpoint)")
+    start = len(CHECKPOINT_MAGIC) + 65
+    if not raw.startswith(CHECKPOINT_MAGIC) or raw[start - 1:start] != b"\n":
+        raise CheckpointError(f"checkpoint {path} is corrupted (no valid scaffold-sae checksum header; or it was "
+                              f"written by an older scaffold-sae): {fix}")
+    payload = raw[start:]
+    if hashlib.sha256(payload).hexdigest().encode() != raw[len(CHECKPOINT_MAGIC):start - 1]:
+        raise CheckpointError(f"checkpoint {path} is corrupted (sha256 mismatch): {fix}")
+    return payload
 
 
 def _load_checkpoint(path: Path, key: str, states: list[SAEState]) -> tuple[int, float]:
+    payload = open_checkpoint(path)
     try:
-        payload = torch.load(path, map_location="cpu", weights_only=False)
+        payload = torch.load(io.BytesIO(payload), map_location="cpu", weights_only=False)
     except Exception as error:  # noqa: BLE001 - any unreadable file gets the same advice
         raise RuntimeError(f"cannot read checkpoint {path}: {error}; delete it to start over") from error
     if payload.get("config_key") != key:
