@@ -160,16 +160,15 @@ def run_study(cfg: StudyConfig, out_dir: str | Path, progress: bool = True) -> d
     results = evaluate_all(sae_dirs, lm, layer, contexts, cfg, out / "evals", progress)
     timings["eval_s"] = time.perf_counter() - clock
 
-    analyses, analysis_sections = {}, []
+    analyses = {}
     if cfg.analyses:
-        from scaffold_sae.analysis import run_analyses
-        from scaffold_sae.report import jsonable
+        from scaffold_sae.analyses import run_analyses
 
         clock = time.perf_counter()
         saes = {name: load_sae(path).to(cfg.device) for name, path in sae_dirs.items()}
         baseline = next(name for name, result in results.items() if result["rank"] == 0)
-        analyses, analysis_sections = run_analyses(lm, layer, saes, baseline, cache, contexts, cfg, out=out,
-                                                   progress=progress)
+        results_typed, _ = run_analyses(lm, layer, saes, baseline, cache, contexts, cfg, out=out, progress=progress)
+        analyses = results_typed.to_json()
         timings["analyses_s"] = time.perf_counter() - clock
 
     primary = "batchtopk" if cfg.arch in evals.BATCH_TOPK_ARCHS else "threshold"
@@ -182,7 +181,6 @@ def run_study(cfg: StudyConfig, out_dir: str | Path, progress: bool = True) -> d
         "threshold_evals": {name: result["threshold"] for name, result in results.items()},
         "timings": timings,
         "analyses": analyses,
-        "sections": [jsonable(section) for section in analysis_sections],
     }
 
 
