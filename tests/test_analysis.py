@@ -262,3 +262,35 @@ def test_analyses_on_the_embedded_model_reduced(tmp_path):
     ratios = {o.condition: o.ratio for o in results["causality"].outcomes}
     assert ratios["scaffold:mean"] == pytest.approx(ratios["pca:mean"], rel=1e-3)  # same subspace, same centre
     assert results["probing"].datasets["bbc_topic"].documents == 20
+
+
+def test_registry_lists_the_five_analyses_in_report_order():
+    assert list(analyses.registered()) == ["structure", "causality", "redundancy", "probing", "rank_selection"]
+    for analysis in analyses.registered().values():
+        assert analysis.config() == analysis.config_cls()            # every config field has a default
+    with pytest.raises(analyses.AnalysisError, match="already registered"):
+        analyses.register("structure", structure.StructureConfig, structure.StructureResult, structure.run,
+                          structure.sections)
+    with pytest.raises(analyses.AnalysisError, match="reserved"):
+        analyses.register("settings", structure.StructureConfig, structure.StructureResult, structure.run,
+                          structure.sections)
+
+
+def test_study_fields_reach_the_analysis_configs():
+    cfg = tiny_cfg(outlier_factor=3.0, random_seeds=5, probe_datasets="language")
+    assert analyses.registered()["structure"].config(cfg).outlier_factor == 3.0
+    assert analyses.registered()["causality"].config(cfg).random_seeds == 5
+    assert analyses.registered()["probing"].config(cfg).probe_datasets == "language"
+    assert analyses.registered()["rank_selection"].config(cfg).max_rank == 64  # not a study field: its default
+    settings = runner.analysis_settings(cfg)
+    assert settings["outlier_factor"] == 3.0 and settings["analysis_tokens"] == 256
+
+
+def test_an_unregistered_analysis_keeps_its_json_and_still_reaches_the_report():
+    data = {"n_tokens": 5, "someone_elses": {"score": 0.123456, "per_class": [{"name": "a", "acc": 0.75}]}}
+    results = analyses.AnalysisResults.from_json(data)
+    assert results["someone_elses"] == data["someone_elses"] and results.to_json()["someone_elses"] == data[
+        "someone_elses"]
+    (section,) = results.sections()
+    assert section.title == "Analysis: someone_elses"
+    assert ["score", 0.123456] in section.tables[0].rows and ["per_class[0].acc", 0.75] in section.tables[0].rows

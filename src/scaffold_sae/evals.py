@@ -368,7 +368,8 @@ def mean_activation(lm, layer: int, contexts: torch.Tensor, batch_size: int = 8,
                     sink_factor: float = DEFAULT_SINK_FACTOR) -> torch.Tensor:
     """Mean residual after `layer` over the contexts' evaluated positions (see eval_mask); float64 [d]."""
     total, count = torch.zeros(lm.d_model, dtype=torch.float64), 0
-    for rows in lm_passes.residual_rows(lm, layer, contexts, batch_size, sink_factor, progress, "eval: mean activation"):
+    passes = lm_passes.residual_rows(lm, layer, contexts, batch_size, sink_factor, progress, "eval: mean activation")
+    for rows in passes:
         rows = rows.double().cpu()
         total += rows.sum(0)
         count += rows.shape[0]

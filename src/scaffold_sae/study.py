@@ -167,8 +167,8 @@ def run_study(cfg: StudyConfig, out_dir: str | Path, progress: bool = True) -> d
         clock = time.perf_counter()
         saes = {name: load_sae(path).to(cfg.device) for name, path in sae_dirs.items()}
         baseline = next(name for name, result in results.items() if result["rank"] == 0)
-        results_typed, _ = run_analyses(lm, layer, saes, baseline, cache, contexts, cfg, out=out, progress=progress)
-        analyses = results_typed.to_json()
+        typed, _ = run_analyses(lm, layer, saes, baseline, cache, contexts, cfg, out=out, progress=progress)
+        analyses = typed.to_json()
         timings["analyses_s"] = time.perf_counter() - clock
 
     primary = "batchtopk" if cfg.arch in evals.BATCH_TOPK_ARCHS else "threshold"

@@ -8,9 +8,10 @@ made at position 0.
 
 from scaffold_sae.analyses.base import (Analysis, AnalysisContext, AnalysisError, SharedConfig, from_json,
                                         primary_hybrid, register, registered, to_json, unregister)
-from scaffold_sae.analyses import structure, causality, redundancy, probing, rank_selection  # noqa: F401  (register)
+# importing each analysis module registers it; this order is the run and report order
+from scaffold_sae.analyses import structure, causality, redundancy, probing, rank_selection
 from scaffold_sae.analyses.runner import AnalysisResults, run_analyses, sections_from_json
 
-__all__ = ["Analysis", "AnalysisContext", "AnalysisError", "AnalysisResults", "SharedConfig", "from_json",
-           "primary_hybrid", "register", "registered", "run_analyses", "sections_from_json", "to_json",
-           "unregister"]
+__all__ = ["Analysis", "AnalysisContext", "AnalysisError", "AnalysisResults", "SharedConfig", "causality",
+           "from_json", "primary_hybrid", "probing", "rank_selection", "redundancy", "register", "registered",
+           "run_analyses", "sections_from_json", "structure", "to_json", "unregister"]

@@ -174,7 +174,7 @@ class Analysis:
         return from_json(self.result_cls, data)
 
 
-RESERVED = frozenset({"n_tokens", "settings", "timings"})
+RESERVED = frozenset({"version", "n_tokens", "settings", "timings"})
 """Keys of the analyses JSON that are not analyses."""
 
 _REGISTRY: dict[str, Analysis] = {}

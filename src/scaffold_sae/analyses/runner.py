@@ -20,6 +20,11 @@ from scaffold_sae.report import Section, Table
 from scaffold_sae.subspace import pca
 
 
+VERSION = 2
+"""Layout of the analyses JSON. Version 1 (no "version" key, written before the analyses were a registry) kept the
+structure results as a bare list, and its results.json stored the rendered analysis sections too."""
+
+
 @dataclass
 class AnalysisResults:
     """The typed result of each analysis that ran, with the settings and the seconds they took."""
@@ -39,13 +44,15 @@ class AnalysisResults:
 
     def to_json(self) -> dict[str, Any]:
         """{"n_tokens", one key per analysis, "settings", "timings"} (JSON-safe)."""
-        return to_json({"n_tokens": self.n_tokens, **self.results, "settings": self.settings,
+        return to_json({"version": VERSION, "n_tokens": self.n_tokens, **self.results, "settings": self.settings,
                         "timings": self.timings})
 
     @classmethod
     def from_json(cls, data: Mapping[str, Any], analyses: Mapping[str, Analysis] | None = None) -> "AnalysisResults":
         """Typed results again; an analysis that is not registered keeps its plain JSON value."""
         analyses = registered() if analyses is None else analyses
+        if "version" not in data and isinstance(data.get("structure"), list):
+            data = {**data, "structure": {"saes": data["structure"]}}
         results = {name: analyses[name].from_json(value) if name in analyses else value
                    for name, value in data.items() if name not in RESERVED}
         return cls(n_tokens=int(data.get("n_tokens") or 0), results=results, settings=dict(data.get("settings") or {}),
@@ -68,8 +75,9 @@ class AnalysisResults:
 
 
 def sections_from_json(data: Mapping[str, Any]) -> list[Section]:
-    """The analyses' report sections from the analyses JSON of a results.json (what `scaffold-sae report` draws)."""
-    return AnalysisResults.from_json(data).sections()
+    """The analyses' report sections from the analyses JSON of a results.json (what `scaffold-sae report` draws);
+    none for a version-1 results.json, which stores its analysis sections with the others."""
+    return AnalysisResults.from_json(data).sections() if "version" in data else []
 
 
 def plain_section(name: str, value: Any) -> Section:
