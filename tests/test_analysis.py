@@ -1,4 +1,5 @@
-"""Structure, causality, redundancy and rank selection on planted cases with known answers."""
+"""Structure, causality, redundancy and rank selection on planted cases with known answers; the analysis
+protocol (registry, typed JSON results, report sections)."""
 
 import json
 import math
@@ -7,7 +8,10 @@ from types import SimpleNamespace
 import pytest
 import torch
 
-from scaffold_sae import analysis
+from scaffold_sae import analyses, lm_passes, subspace
+from scaffold_sae.analyses import causality, rank_selection, redundancy, runner, structure
+from scaffold_sae.analyses.codes import feature_ablation_edit
+from scaffold_sae.compare import compare_studies
 from scaffold_sae.report import format_number, write_report
 from scaffold_sae.sae import HybridSAE, SAEConfig, orthonormalise
 
@@ -38,17 +42,17 @@ def test_principal_angles_zero_for_same_span_and_90_for_orthogonal():
     g = torch.Generator().manual_seed(1)
     q = orthonormalise(torch.randn(20, 4, generator=g))
     mixed = q @ torch.randn(4, 4, generator=g)  # same span, not orthonormal
-    assert analysis.principal_angles(mixed, q).max() < 1e-4
+    assert subspace.principal_angles(mixed, q).max() < 1e-4
     eye = torch.eye(20)
-    assert analysis.principal_angles(eye[:, :2], eye[:, 2:4]).tolist() == pytest.approx([90.0, 90.0])
+    assert subspace.principal_angles(eye[:, :2], eye[:, 2:4]).tolist() == pytest.approx([90.0, 90.0])
     tilted = torch.stack([eye[0], (eye[1] + eye[2]) / math.sqrt(2)], 1)
-    assert analysis.principal_angles(eye[:, :2], tilted).tolist() == pytest.approx([0.0, 45.0], abs=1e-6)
+    assert subspace.principal_angles(eye[:, :2], tilted).tolist() == pytest.approx([0.0, 45.0], abs=1e-6)
 
 
 def test_structure_finds_planted_subspace_and_massive_dim():
     x, basis = planted()
     mu = x.mean(0)
-    result = analysis.structure(hybrid_with(basis, 32, b_dec=mu), x, "hybrid", outlier_factor=10.0)
+    result = structure.structure(hybrid_with(basis, 32, b_dec=mu), x, "hybrid", outlier_factor=10.0)
     assert max(result.principal_angles_deg) < 3.0 and result.mean_cos2 > 0.99
     assert result.variance_share_scaffold == pytest.approx(result.variance_share_pca, abs=0.01)
     assert result.variance_share_scaffold > 0.95 and result.scaffold_explained_variance > 0.95
@@ -69,8 +73,8 @@ def test_energy_share_matches_slow_reference():
         o[dims] = row[dims]
         num += float((q.double().t() @ o).pow(2).sum())
         den += float(o.pow(2).sum())
-    assert analysis.energy_share(x, q, dims) == pytest.approx(num / den, rel=1e-9)
-    assert math.isnan(analysis.energy_share(x, q, []))
+    assert subspace.energy_share(x, q, dims) == pytest.approx(num / den, rel=1e-9)
+    assert math.isnan(subspace.energy_share(x, q, []))
 
 
 def test_outlier_rule():
@@ -78,34 +82,34 @@ def test_outlier_rule():
     x[:, 2] = -50.0
     x[:, 6] = 11.0
     x[:, 7] = 9.0
-    dims, mean_abs, median = analysis.outlier_dims(x, factor=10.0)
+    dims, mean_abs, median = subspace.outlier_dims(x, factor=10.0)
     assert dims == [2, 6] and median == 1.0 and float(mean_abs[2]) == 50.0
 
 
 def test_alignment_scores_exact_on_hand_built_decoder():
     eye = torch.eye(6)
     w_dec = torch.stack([eye[0], 2 * eye[1], (eye[0] + eye[2]) / math.sqrt(2), eye[3], (eye[1] + 3 * eye[4])])
-    scores = analysis.alignment_scores(w_dec, eye[:, :2])
+    scores = subspace.alignment_scores(w_dec, eye[:, :2])
     assert scores.tolist() == pytest.approx([1.0, 1.0, 0.5, 0.0, 0.1])
-    idx, threshold = analysis.aligned_features(scores, rank=2, d=6, factor=1.0)  # min(0.5, 2/6)
+    idx, threshold = redundancy.aligned_features(scores, rank=2, d=6, factor=1.0)  # min(0.5, 2/6)
     assert threshold == pytest.approx(1 / 3) and sorted(idx.tolist()) == [0, 1, 2] and idx.tolist()[2] == 2
-    idx, threshold = analysis.aligned_features(scores, rank=2, d=6, factor=10.0)  # capped at 0.5
+    idx, threshold = redundancy.aligned_features(scores, rank=2, d=6, factor=10.0)  # capped at 0.5
     assert threshold == 0.5 and sorted(idx.tolist()) == [0, 1]
 
 
 def test_spectrum_rules():
     ev = torch.tensor([100.0, 100.0, 100.0] + [1.0] * 20)
-    assert analysis.spectrum_knee(ev) == 3
-    assert analysis.participation_ratio(torch.tensor([1.0, 1.0, 1.0, 1.0])) == pytest.approx(4.0)
-    assert analysis.participation_ratio(torch.tensor([1.0, 0.0])) == pytest.approx(1.0)
-    assert analysis.rank_for_share(torch.tensor([5.0, 3.0, 2.0]), 0.8) == 2
-    assert analysis.rank_for_share(torch.tensor([5.0, 3.0, 2.0]), 0.81) == 3
-    assert analysis.sweep_knee([0, 2, 4, 8, 16], [60, 30, 5, 1, 0]) == 4   # 5 <= 0 + 0.1 * 60
-    assert analysis.sweep_knee([0, 8], [60, 0]) is None                   # too few ranks
-    assert analysis.sweep_knee([0, 2, 4], [0, 1, 2]) is None              # no reduction
-    selection = analysis.select_rank(ev, {0: 60, 2: 30, 4: 5, 8: 1})
+    assert subspace.spectrum_knee(ev) == 3
+    assert subspace.participation_ratio(torch.tensor([1.0, 1.0, 1.0, 1.0])) == pytest.approx(4.0)
+    assert subspace.participation_ratio(torch.tensor([1.0, 0.0])) == pytest.approx(1.0)
+    assert subspace.rank_for_share(torch.tensor([5.0, 3.0, 2.0]), 0.8) == 2
+    assert subspace.rank_for_share(torch.tensor([5.0, 3.0, 2.0]), 0.81) == 3
+    assert subspace.sweep_knee([0, 2, 4, 8, 16], [60, 30, 5, 1, 0]) == 4   # 5 <= 0 + 0.1 * 60
+    assert subspace.sweep_knee([0, 8], [60, 0]) is None                   # too few ranks
+    assert subspace.sweep_knee([0, 2, 4], [0, 1, 2]) is None              # no reduction
+    selection = rank_selection.select_rank(ev, {0: 60, 2: 30, 4: 5, 8: 1})
     assert selection.recommended == 4 and "sweep" in selection.rule
-    assert analysis.select_rank(ev).recommended == 3
+    assert rank_selection.select_rank(ev).recommended == 3
 
 
 def test_subspace_edits():
@@ -113,9 +117,9 @@ def test_subspace_edits():
     x = torch.randn(7, 5, generator=g)
     q = orthonormalise(torch.randn(5, 2, generator=g))
     mu = torch.randn(5, generator=g)
-    zero = analysis.subspace_edit(q, q, None)(x)
+    zero = subspace.subspace_edit(q, q, None)(x)
     assert (zero @ q).abs().max() < 1e-5                            # component gone
-    mean = analysis.subspace_edit(q, q, mu)(x)
+    mean = subspace.subspace_edit(q, q, mu)(x)
     assert torch.allclose(mean @ q, (mu @ q).expand(7, 2), atol=1e-5)  # component replaced by the mean's
     assert torch.allclose(mean - mean @ q @ q.t(), x - x @ q @ q.t(), atol=1e-5)  # the rest untouched
 
@@ -124,9 +128,9 @@ def test_feature_ablation_keeps_error_term():
     torch.manual_seed(0)
     sae = HybridSAE(SAEConfig(arch="topk", d_in=8, width=12, k=3, rank=0)).eval()
     x = torch.randn(10, 8)
-    assert torch.equal(analysis.feature_ablation_edit(sae, torch.tensor([], dtype=torch.long), "threshold")(x), x)
+    assert torch.equal(feature_ablation_edit(sae, torch.tensor([], dtype=torch.long), "threshold")(x), x)
     chosen = torch.tensor([1, 4, 7])
-    out = analysis.feature_ablation_edit(sae, chosen, "threshold")(x)
+    out = feature_ablation_edit(sae, chosen, "threshold")(x)
     codes = sae.encode(x)
     reference = x.clone()
     for i in chosen.tolist():
@@ -140,8 +144,8 @@ def test_ablating_nothing_leaves_ce_unchanged_and_real_ablation_changes_it(tiny_
     d = tiny_lm.d_model
     zero = torch.zeros(d, 1)
     q = orthonormalise(torch.randn(d, 8, generator=torch.Generator().manual_seed(1)))
-    ce, count = analysis.ablation_ce(tiny_lm, 0, ids, {"nothing": analysis.subspace_edit(zero, zero, None),
-                                                       "eight_dirs": analysis.subspace_edit(q, q, None)},
+    ce, count = lm_passes.ablation_ce(tiny_lm, 0, ids, {"nothing": subspace.subspace_edit(zero, zero, None),
+                                                       "eight_dirs": subspace.subspace_edit(q, q, None)},
                                      batch_size=1, sink_factor=0)
     assert count == 2 * 10
     clean = float(tiny_lm.token_ce(ids)[:, 1:].mean())
@@ -156,11 +160,11 @@ def test_causality_with_empty_scaffold_is_neutral(tiny_lm):
     ids[:, 0] = 2
     sae = hybrid_with(torch.zeros(d, 2), d)
     mu = torch.zeros(d)
-    result, extra = analysis.causality(tiny_lm, 0, sae, ids, mu, torch.eye(d), seeds=2, sink_factor=0)
+    result = causality.causality(tiny_lm, 0, sae, ids, mu, torch.eye(d), seeds=2, sink_factor=0)
     assert result.ratio("scaffold:remove") == pytest.approx(1.0, rel=1e-6)
     assert result.ratio("scaffold:mean") == pytest.approx(1.0, rel=1e-6)
     assert {o.condition for o in result.outcomes} >= {"pca:zero", "pca:mean", "random:zero", "random:mean"}
-    assert next(o for o in result.outcomes if o.condition == "random:mean").sd is not None and extra == {}
+    assert next(o for o in result.outcomes if o.condition == "random:mean").sd is not None
 
 
 def tiny_cfg(**overrides):
@@ -189,47 +193,48 @@ def test_run_analyses_end_to_end_caches_and_reports_every_number(tiny_lm, tmp_pa
     g = torch.Generator().manual_seed(0)
     ids = torch.randint(4, 100, (8, 16), generator=g)
     ids[:, 0] = 2
-    x = analysis.heldout_activations(tiny_lm, 1, ids, 10_000, sink_factor=10.0)
-    _, _, vectors = analysis.pca(x)
+    x = lm_passes.heldout_activations(tiny_lm, 1, ids, 10_000, sink_factor=10.0)
+    _, _, vectors = subspace.pca(x)
     base = HybridSAE(SAEConfig(arch="batchtopk", d_in=d, width=32, k=4, rank=0)).eval()
     hybrid = hybrid_with(vectors[:, :2].float(), d, width=32)
     hybrid.cfg.k = 4
     saes = {"r0": base, "r2": hybrid}
-    results, sections = analysis.run_analyses(tiny_lm, 1, saes, "r0", None, ids, tiny_cfg(), out=tmp_path,
+    results, sections = analyses.run_analyses(tiny_lm, 1, saes, "r0", None, ids, tiny_cfg(), out=tmp_path,
                                               progress=False)
-    assert results["structure"][0]["mean_cos2"] > 0.999          # U is the top-2 PCs of these very tokens
-    assert results["rank_selection"]["sweep_ranks"] == [0, 2]
-    assert results["causality"]["rank"] == 2 and results["redundancy"]["hybrid"] == "r2"
+    assert results["structure"].saes[0].mean_cos2 > 0.999          # U is the top-2 PCs of these very tokens
+    assert results["rank_selection"].sweep_ranks == [0, 2]
+    assert results["causality"].rank == 2 and results["redundancy"].hybrid == "r2"
     titles = [s.title for s in sections]
     assert titles[:4] == ["Scaffold structure", "Scaffold causality", "Scaffold redundancy in the baseline SAE",
                           "Choosing the rank"]
     paths = write_report({"title": "t", "config": {}, "saes": {}}, tmp_path / "report", sections=sections)
     md = paths.markdown.read_text()
-    for value in numbers(results):
+    for value in numbers(results.to_json()):
         assert format_number(value) in md, f"{value} missing from the report"
     stored = json.loads((tmp_path / "analyses.json").read_text())
-    assert stored["results"] == results
+    assert stored["results"] == results.to_json()
 
     study = {"config": {"model": "tiny", "layer": 1}, "saes": {"r0": {"rank": 0, "dense_10": 7},
-                                                              "r2": {"rank": 2, "dense_10": 1}}, "analyses": results}
-    compared = analysis.compare_studies({"a": study, "b": study})
+                                                              "r2": {"rank": 2, "dense_10": 1}},
+             "analyses": results.to_json()}
+    compared = compare_studies({"a": study, "b": study})
     row = compared.tables[0].rows[0]
     assert len(compared.tables[0].rows) == 2 and row[:6] == ["a", "tiny", 1, 2, 7, 1]
 
-    monkeypatch.setattr(analysis, "heldout_activations", lambda *a, **k: pytest.fail("recomputed"))
-    again, _ = analysis.run_analyses(tiny_lm, 1, saes, "r0", None, ids, tiny_cfg(), out=tmp_path, progress=False)
+    monkeypatch.setattr(runner, "heldout_activations", lambda *a, **k: pytest.fail("recomputed"))
+    again, _ = analyses.run_analyses(tiny_lm, 1, saes, "r0", None, ids, tiny_cfg(), out=tmp_path, progress=False)
     assert again == results
 
 
 def test_clear_errors():
     d = 8
     base = HybridSAE(SAEConfig(arch="batchtopk", d_in=d, width=8, k=2, rank=0))
-    with pytest.raises(analysis.AnalysisError, match="no scaffold"):
-        analysis.structure(base, torch.randn(10, d))
-    with pytest.raises(analysis.AnalysisError, match="no hybrid"):
-        analysis.primary_hybrid({"r0": base}, None)
-    with pytest.raises(analysis.AnalysisError, match="analysis_rank=3"):
-        analysis.primary_hybrid({"r0": base, "r2": hybrid_with(torch.eye(d)[:, :2], d)}, 3)
+    with pytest.raises(analyses.AnalysisError, match="no scaffold"):
+        structure.structure(base, torch.randn(10, d))
+    with pytest.raises(analyses.AnalysisError, match="no hybrid"):
+        analyses.primary_hybrid({"r0": base}, None)
+    with pytest.raises(analyses.AnalysisError, match="analysis_rank=3"):
+        analyses.primary_hybrid({"r0": base, "r2": hybrid_with(torch.eye(d)[:, :2], d)}, 3)
 
 
 @pytest.mark.slow
@@ -240,8 +245,8 @@ def test_analyses_on_the_embedded_model_reduced(tmp_path):
 
     lm = load_model("gemma3-270m")
     ids = pack_contexts(lm.tokenizer, load_corpus("news"), 64, 512, split="heldout", bos_id=lm.bos_token_id)
-    x = analysis.heldout_activations(lm, 9, ids, 512)
-    mu, _, vectors = analysis.pca(x)
+    x = lm_passes.heldout_activations(lm, 9, ids, 512)
+    mu, _, vectors = subspace.pca(x)
     base = HybridSAE(SAEConfig(arch="batchtopk", d_in=lm.d_model, width=64, k=4, rank=0)).eval()
     hybrid = hybrid_with(vectors[:, :8].float(), lm.d_model, width=64, b_dec=mu.float())
     hybrid.cfg.k = 4
@@ -249,11 +254,43 @@ def test_analyses_on_the_embedded_model_reduced(tmp_path):
         base.b_dec.copy_(mu.float())
     cfg = tiny_cfg(analysis_tokens=512, analysis_ce_tokens=128, ce_tokens=128, probe_docs=20, probe_tokens=32,
                    probe_datasets="bbc_topic", ctx_len=64)
-    results, sections = analysis.run_analyses(lm, 9, {"r0": base, "r8": hybrid}, "r0", None, ids, cfg,
+    results, sections = analyses.run_analyses(lm, 9, {"r0": base, "r8": hybrid}, "r0", None, ids, cfg,
                                               out=tmp_path, progress=False)
-    structure = results["structure"][0]
-    assert structure["mean_cos2"] > 0.99 and 163 in structure["outlier_dims"]
-    assert structure["outlier_energy_scaffold_centred"] > 0.9
-    ratios = {o["condition"]: o["ratio"] for o in results["causality"]["outcomes"]}
+    found = results["structure"].saes[0]
+    assert found.mean_cos2 > 0.99 and 163 in found.outlier_dims
+    assert found.outlier_energy_scaffold_centred > 0.9
+    ratios = {o.condition: o.ratio for o in results["causality"].outcomes}
     assert ratios["scaffold:mean"] == pytest.approx(ratios["pca:mean"], rel=1e-3)  # same subspace, same centre
-    assert results["probing"]["datasets"]["bbc_topic"]["documents"] == 20
+    assert results["probing"].datasets["bbc_topic"].documents == 20
+
+
+def test_registry_lists_the_five_analyses_in_report_order():
+    assert list(analyses.registered()) == ["structure", "causality", "redundancy", "probing", "rank_selection"]
+    for analysis in analyses.registered().values():
+        assert analysis.config() == analysis.config_cls()            # every config field has a default
+    with pytest.raises(analyses.AnalysisError, match="already registered"):
+        analyses.register("structure", structure.StructureConfig, structure.StructureResult, structure.run,
+                          structure.sections)
+    with pytest.raises(analyses.AnalysisError, match="reserved"):
+        analyses.register("settings", structure.StructureConfig, structure.StructureResult, structure.run,
+                          structure.sections)
+
+
+def test_study_fields_reach_the_analysis_configs():
+    cfg = tiny_cfg(outlier_factor=3.0, random_seeds=5, probe_datasets="language")
+    assert analyses.registered()["structure"].config(cfg).outlier_factor == 3.0
+    assert analyses.registered()["causality"].config(cfg).random_seeds == 5
+    assert analyses.registered()["probing"].config(cfg).probe_datasets == "language"
+    assert analyses.registered()["rank_selection"].config(cfg).max_rank == 64  # not a study field: its default
+    settings = runner.analysis_settings(cfg)
+    assert settings["outlier_factor"] == 3.0 and settings["analysis_tokens"] == 256
+
+
+def test_an_unregistered_analysis_keeps_its_json_and_still_reaches_the_report():
+    data = {"n_tokens": 5, "someone_elses": {"score": 0.123456, "per_class": [{"name": "a", "acc": 0.75}]}}
+    results = analyses.AnalysisResults.from_json(data)
+    assert results["someone_elses"] == data["someone_elses"] and results.to_json()["someone_elses"] == data[
+        "someone_elses"]
+    (section,) = results.sections()
+    assert section.title == "Analysis: someone_elses"
+    assert ["score", 0.123456] in section.tables[0].rows and ["per_class[0].acc", 0.75] in section.tables[0].rows

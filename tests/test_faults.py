@@ -274,7 +274,7 @@ def test_harvest_on_a_full_disk_fails_with_one_line_leaves_no_partial_shard_and_
     (disk / "filler").unlink()
     monkeypatch.undo()
     resumed = harvest(tiny_lm, 1, str(tiny_corpus), 1000, out, progress=False, **SETTINGS)
-    fresh = harvest(tiny_lm, 1, str(tiny_corpus), 1000, tmp_path / "fresh", progress=False, **SETTINGS)
+    harvest(tiny_lm, 1, str(tiny_corpus), 1000, tmp_path / "fresh", progress=False, **SETTINGS)
     assert resumed.n_rows == 1000 and shard_bytes(out) == shard_bytes(tmp_path / "fresh")
 
 

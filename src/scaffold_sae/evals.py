@@ -22,16 +22,14 @@ import itertools
 import json
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import Any, Iterator, Mapping
+from typing import Any, Mapping
 
 import numpy as np
 import torch
 import torch.nn.functional as F
 
-from scaffold_sae import archs
-
-DEFAULT_SINK_FACTOR = 10.0
-"""Same default as the harvest: tokens with norm above this multiple of the context median are sinks."""
+from scaffold_sae import archs, lm_passes
+from scaffold_sae.lm_passes import DEFAULT_SINK_FACTOR, eval_mask
 
 INFERENCE_MODES = ("threshold", "batchtopk")
 HIST_LOG10_MIN = -7.0
@@ -365,27 +363,13 @@ class CoreEval:
         return {k: v for k, v in asdict(self).items() if not isinstance(v, list)}
 
 
-def eval_mask(lm, resid: torch.Tensor, ids: torch.Tensor, sink_factor: float) -> torch.Tensor:
-    """Positions [B, T] that count in statistics and get spliced: not position 0, not BOS/special tokens, not
-    attention sinks (norm above sink_factor x the context's median) -- the same rule the harvest applies."""
-    from scaffold_sae.cache import keep_mask
-    from scaffold_sae.corpus import resolve_bos
-
-    bos = resolve_bos(lm.tokenizer, lm.bos_token_id) if lm.tokenizer is not None else lm.bos_token_id
-    special = torch.tensor(sorted(set(lm.special_token_ids) - {bos}), dtype=torch.long)
-    keep, _ = keep_mask(resid, ids.to(resid.device), -1 if bos is None else bos, special.to(resid.device),
-                        sink_factor)
-    keep[:, 0] = False
-    return keep
-
-
 def mean_activation(lm, layer: int, contexts: torch.Tensor, batch_size: int = 8, progress: bool = True,
                     sink_factor: float = DEFAULT_SINK_FACTOR) -> torch.Tensor:
     """Mean residual after `layer` over the contexts' evaluated positions (see eval_mask); float64 [d]."""
     total, count = torch.zeros(lm.d_model, dtype=torch.float64), 0
-    for batch in _batches(contexts, batch_size, progress, desc="eval: mean activation"):
-        resid = lm.residual(batch, layer)
-        rows = resid[eval_mask(lm, resid, batch, sink_factor)].double().cpu()
+    passes = lm_passes.residual_rows(lm, layer, contexts, batch_size, sink_factor, progress, "eval: mean activation")
+    for rows in passes:
+        rows = rows.double().cpu()
         total += rows.sum(0)
         count += rows.shape[0]
     if not count:
@@ -438,24 +422,17 @@ def evaluate_many(saes: Mapping[str, Any], lm, layer: int, contexts: torch.Tenso
     desc = f"eval {len(saes)} SAE{'s' if len(saes) > 1 else ''} at layer {layer}"
 
     with torch.no_grad():
-        ce_part = _batches(contexts[:n_ce], batch_size, progress, desc=f"{desc} (CE)")
-        rest = _batches(contexts[n_ce:], batch_size, progress, desc=desc) if n_ce < contexts.shape[0] else ()
+        ce_part = lm_passes.batches(contexts[:n_ce], batch_size, progress, desc=f"{desc} (CE)")
+        rest = lm_passes.batches(contexts[n_ce:], batch_size, progress, desc=desc) if n_ce < contexts.shape[0] else ()
         for batch in itertools.chain(ce_part, rest):
-            captured: list[torch.Tensor] = []
-
-            def capture(resid: torch.Tensor) -> torch.Tensor:
-                captured.append(resid)
-                return resid
-
             do_ce = seen < n_ce
             if do_ce:
-                clean_logits = lm.logits(batch, layer=layer, edit=capture)
-                resid = captured[0]
+                clean_logits, resid = lm_passes.clean_pass(lm, batch, layer)
             else:
                 resid = lm.residual(batch, layer)
             seen += batch.shape[0]
             keep = eval_mask(lm, resid, batch, sink_factor)
-            b, t, _ = resid.shape
+            b = resid.shape[0]
             if do_ce:
                 targets = batch.to(clean_logits.device)[:, 2:]
                 clean_logp = F.log_softmax(clean_logits[:, 1:-1].float(), dim=-1)
@@ -464,16 +441,15 @@ def evaluate_many(saes: Mapping[str, Any], lm, layer: int, contexts: torch.Tenso
                 splice.add_ce("clean", -clean_logp.gather(-1, targets.unsqueeze(-1)))
 
             def spliced(condition: str, replacement: torch.Tensor) -> None:
-                edited = torch.where(keep.unsqueeze(-1), replacement, resid)
-                logits = lm.logits(batch, layer=layer, edit=lambda _r: edited)
+                logits = lm_passes.run_from(lm, batch, layer, lm_passes.splice(resid, keep, replacement))
                 for row in range(b):  # row by row: temporaries stay [T, V] even for 256k vocabularies
                     log_q = F.log_softmax(logits[row, 1:-1].float(), dim=-1)
                     splice.add_ce(condition, -log_q.gather(-1, targets[row].unsqueeze(-1)))
                     splice.add_kl(condition, (clean_logp[row].exp() * (clean_logp[row] - log_q)).sum(-1))
 
             if do_ce:
-                spliced("zero", torch.zeros_like(resid))
-                spliced("mean", mean_resid.to(resid.device, resid.dtype).expand(b, t, d))
+                spliced("zero", torch.zeros_like(resid[keep]))
+                spliced("mean", mean_resid.to(resid.device, resid.dtype).expand(int(keep.sum()), d))
             x = resid[keep]
             for name, sae in saes.items():
                 param = next(iter(sae.parameters()), None)
@@ -483,9 +459,7 @@ def evaluate_many(saes: Mapping[str, Any], lm, layer: int, contexts: torch.Tenso
                 sparse_only = None if out.scaffold is None else out.x_hat - out.scaffold
                 recon[name].update(x, x_hat, out.codes, sparse_only)
                 if do_ce:
-                    full = resid.clone()
-                    full[keep] = x_hat
-                    spliced(f"sae:{name}", full)
+                    spliced(f"sae:{name}", x_hat)
             if do_ce:
                 del clean_logp
 
@@ -522,18 +496,6 @@ def _core_eval(sae, lm, layer: int, contexts: torch.Tensor, inference: str, reco
         kl_score_zero=kl_score(kl_sae, kl["zero"]), kl_score_mean=kl_score(kl_sae, kl["mean"]),
         density_hist_counts=counts, density_hist_edges=edges, density=[float(v) for v in density],
     )
-
-
-def _batches(contexts: torch.Tensor, batch_size: int, progress: bool, desc: str) -> Iterator[torch.Tensor]:
-    from tqdm.auto import tqdm
-
-    if batch_size < 1:
-        raise EvalError(f"batch_size must be >= 1, got {batch_size}")
-    with tqdm(total=int(contexts.shape[0]), desc=desc, unit="ctx", disable=not progress, leave=False) as bar:
-        for start in range(0, contexts.shape[0], batch_size):
-            batch = contexts[start:start + batch_size]
-            yield batch
-            bar.update(batch.shape[0])
 
 
 # ----------------------------------------------------------------------------------------------------------

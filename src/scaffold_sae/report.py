@@ -5,11 +5,13 @@ A study is a JSON-serialisable dict:
     {"title": str (optional),
      "config": {...},                                   # whatever produced the numbers (nested dicts allowed)
      "saes": {name: CoreEval as dict, ...},              # each with at least rank, arch, inference and metrics
-     "sections": [Section as dict, ...]}                 # optional extra analyses (structure, causality, ...)
+     "analyses": {name: analysis result as JSON, ...},   # optional (scaffold_sae.analyses)
+     "sections": [Section as dict, ...]}                 # optional extra sections
 
 Built-in sections (configuration, rank sweep with plots, density histograms, every core number) are derived
-from "config" and "saes"; extra sections are appended unchanged, so a later analysis adds a `Section`
-(title, text, tables, figures) without touching the writer. Every figure is drawn from data kept in the JSON
+from "config" and "saes"; then each analysis draws its own sections from its typed result (rebuilt from
+"analyses"); extra sections are appended unchanged, so anything else adds a `Section` (title, text, tables,
+figures) without touching the writer. Every figure is drawn from data kept in the JSON
 and is followed by its data table, so the JSON alone regenerates the whole report (`scaffold-sae report`).
 
 Every number of results.json appears, formatted by `format_number`, in report.md and report.html, except the
@@ -184,11 +186,16 @@ def jsonable(value: Any) -> Any:
 
 
 def build_sections(study: dict[str, Any]) -> list[Section]:
-    """Built-in sections from study['config'] and study['saes'], then study['sections'] in order."""
+    """Built-in sections from study['config'] and study['saes'], the analyses' sections from study['analyses'],
+    then study['sections'] in order."""
     saes: dict[str, dict[str, Any]] = study.get("saes", {})
     sections = [config_section(study.get("config", {}))]
     if saes:
         sections += [sweep_section(saes), density_section(saes), all_numbers_section(saes)]
+    if study.get("analyses"):
+        from scaffold_sae.analyses import sections_from_json  # the layer above: each analysis draws its sections
+
+        sections += sections_from_json(study["analyses"])
     sections += [Section.from_dict(s) if isinstance(s, dict) else s for s in study.get("sections", [])]
     return sections
 

@@ -23,6 +23,7 @@ from torch import Tensor, nn
 
 from . import archs, kernels
 from .kernels import ActiveSet
+from .subspace import orthonormalise, pca
 
 SCAFFOLD_INITS = ("pca", "random")
 ENCODER_INPUTS = ("x", "residual")
@@ -308,14 +309,6 @@ class HybridSAE(nn.Module):
         return out
 
 
-def orthonormalise(a: Tensor) -> Tensor:
-    """Q of a QR decomposition with signs fixed so that diag(R) > 0 (continuous in a)."""
-    q, r = torch.linalg.qr(a)
-    signs = torch.sign(torch.diagonal(r))
-    signs[signs == 0] = 1.0
-    return q * signs
-
-
 def random_orthonormal(d: int, r: int, generator: torch.Generator) -> Tensor:
     if r == 0:
         return torch.zeros(d, 0)
@@ -326,10 +319,7 @@ def pca_basis(sample: Tensor, center: Tensor, r: int) -> Tensor:
     """Top-r principal directions [d, r] of ``sample`` around ``center``."""
     if r == 0:
         return torch.zeros(sample.shape[1], 0)
-    xc = (sample - center).double()
-    cov = xc.t() @ xc / max(1, xc.shape[0] - 1)
-    evals, evecs = torch.linalg.eigh(cov)
-    basis = evecs[:, torch.argsort(evals, descending=True)[:r]]
+    basis = pca(sample, center).vectors[:, :r]
     signs = torch.sign(basis.sum(0))
     signs[signs == 0] = 1.0
     return (basis * signs).float().contiguous()

@@ -167,17 +167,16 @@ def _run_study(cfg: StudyConfig, out_dir: str | Path, progress: bool) -> dict:
     results = evaluate_all(sae_dirs, lm, layer, contexts, cfg, out / "evals", progress)
     timings["eval_s"] = time.perf_counter() - clock
 
-    analyses, analysis_sections = {}, []
+    analyses = {}
     if cfg.analyses:
-        from scaffold_sae.analysis import run_analyses
-        from scaffold_sae.report import jsonable
+        from scaffold_sae.analyses import run_analyses
 
         clock = time.perf_counter()
         faults.progress("stage", "analyses")
         saes = {name: load_sae(path).to(cfg.device) for name, path in sae_dirs.items()}
         baseline = next(name for name, result in results.items() if result["rank"] == 0)
-        analyses, analysis_sections = run_analyses(lm, layer, saes, baseline, cache, contexts, cfg, out=out,
-                                                   progress=progress)
+        typed, _ = run_analyses(lm, layer, saes, baseline, cache, contexts, cfg, out=out, progress=progress)
+        analyses = typed.to_json()
         timings["analyses_s"] = time.perf_counter() - clock
 
     primary = archs.get(cfg.arch).primary_inference
@@ -190,7 +189,6 @@ def _run_study(cfg: StudyConfig, out_dir: str | Path, progress: bool) -> dict:
         "threshold_evals": {name: result["threshold"] for name, result in results.items()},
         "timings": timings,
         "analyses": analyses,
-        "sections": [jsonable(section) for section in analysis_sections],
     }
 
 

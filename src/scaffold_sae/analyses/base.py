@@ -1,0 +1,203 @@
+"""The analysis protocol: a registry of analyses, the context they run in, and typed results <-> JSON.
+
+An analysis is one module with a config dataclass (each field documented; a field named like a StudyConfig field
+takes the study's value), a result dataclass, `run(context, config) -> result | None` (None: nothing to analyse,
+e.g. no hybrid SAE) and `sections(result) -> list[Section]`, plus one `register(...)` call. Analyses run, and their
+sections appear, in registration order; a later analysis may read the typed results of earlier ones in
+`context.results`.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import types
+import typing
+from dataclasses import dataclass, field
+from typing import Any, Callable, Mapping
+
+import torch
+
+from scaffold_sae.lm_passes import DEFAULT_SINK_FACTOR
+from scaffold_sae.report import Section, jsonable
+from scaffold_sae.subspace import PCA
+
+
+class AnalysisError(ValueError):
+    """An analysis that cannot run as asked."""
+
+
+# ---------------------------------------------------------------------------------------------- typed JSON
+
+
+def to_json(result: Any) -> Any:
+    """A JSON-safe value from a result dataclass (recursively; NaN/inf -> None)."""
+    return jsonable(result)
+
+
+def from_json(cls: Any, data: Any) -> Any:
+    """Rebuild a value of type `cls` (a dataclass, list[...], dict[str, ...], X | None or a plain type) from the
+    JSON `to_json` wrote."""
+    if data is None:
+        return None
+    origin = typing.get_origin(cls)
+    if origin in (typing.Union, types.UnionType):
+        options = [t for t in typing.get_args(cls) if t is not type(None)]
+        return from_json(options[0], data) if len(options) == 1 else data
+    if origin is list:
+        (item,) = typing.get_args(cls) or (Any,)
+        return [from_json(item, v) for v in data]
+    if origin is dict:
+        _, value = typing.get_args(cls) or (str, Any)
+        return {k: from_json(value, v) for k, v in data.items()}
+    if dataclasses.is_dataclass(cls):
+        hints = typing.get_type_hints(cls)
+        names = {f.name for f in dataclasses.fields(cls) if f.init}
+        return cls(**{k: from_json(hints[k], v) for k, v in data.items() if k in names})
+    return data
+
+
+# ---------------------------------------------------------------------------------------------- the context
+
+
+@dataclass
+class SharedConfig:
+    """The study settings every analysis shares (read from the StudyConfig fields of the same names)."""
+
+    analysis_tokens: int = 8_192
+    """Held-out tokens for the statistics (structure, redundancy, rank selection)."""
+    analysis_ce_tokens: int = 512
+    """Held-out tokens (a prefix of the contexts, at most ce_tokens) for the ablation CEs."""
+    ce_tokens: int = 1_024
+    """The study's spliced-CE tokens; caps analysis_ce_tokens."""
+    analysis_rank: int | None = None
+    """Hybrid rank the costly analyses (causality, redundancy) use; None: the largest rank."""
+    ctx_len: int = 128
+    """Tokens per context."""
+    sink_factor: float = DEFAULT_SINK_FACTOR
+    """Attention sinks (norm above this multiple of the context median) are left out, as in the harvest."""
+    seed: int = 0
+    """Seed of every random choice an analysis makes."""
+    harvest_batch_size: int = 8
+    """Contexts per LM forward (at most 4 for the full forwards of the CE passes)."""
+
+
+def config_from(config_cls: type, study_cfg: Any) -> Any:
+    """A config dataclass whose fields take the values of the study config's fields of the same names (their
+    defaults where the study config has no such field)."""
+    values = {}
+    for f in dataclasses.fields(config_cls):
+        if study_cfg is not None and getattr(study_cfg, f.name, None) is not None:
+            values[f.name] = getattr(study_cfg, f.name)
+    return config_cls(**values)
+
+
+@dataclass
+class AnalysisContext:
+    """What an analysis may use: the model, the SAEs, held-out data (never training tokens) and earlier results."""
+
+    lm: Any
+    layer: int
+    saes: dict[str, Any]
+    """name -> SAE (eval mode); rank 0 is a plain SAE, rank > 0 a hybrid."""
+    baseline: str
+    """Name of the plain SAE the hybrids are compared with."""
+    contexts: torch.Tensor
+    """Held-out token contexts [N, T], each starting with BOS."""
+    activations: torch.Tensor
+    """Held-out residual rows [n, d] (float32, CPU) at the eval_mask positions of the first contexts."""
+    pca: PCA
+    """PCA of `activations` (their mean, eigenvalues, eigenvectors)."""
+    shared: SharedConfig = field(default_factory=SharedConfig)
+    cache: Any = None
+    """The training ActivationCache (not used for statistics)."""
+    study_cfg: Any = None
+    progress: bool = False
+    results: dict[str, Any] = field(default_factory=dict)
+    """Typed results of the analyses that ran before this one."""
+
+    @property
+    def device(self) -> torch.device:
+        return torch.device(getattr(self.lm, "device", "cpu"))
+
+    @property
+    def ce_contexts(self) -> torch.Tensor:
+        """The prefix of the contexts the ablation CEs use."""
+        tokens = min(self.shared.analysis_ce_tokens, self.shared.ce_tokens)
+        return self.contexts[:max(1, tokens // self.contexts.shape[1])]
+
+    @property
+    def ce_batch_size(self) -> int:
+        return max(1, min(4, self.shared.harvest_batch_size))
+
+    def hybrids(self) -> list[str]:
+        """Names of the SAEs with a scaffold, by increasing rank."""
+        return sorted((n for n, s in self.saes.items() if s.cfg.rank > 0), key=lambda n: self.saes[n].cfg.rank)
+
+    def primary_hybrid(self) -> str:
+        return primary_hybrid(self.saes, self.shared.analysis_rank)
+
+
+def primary_hybrid(saes: Mapping[str, Any], rank: int | None) -> str:
+    """The hybrid the costly analyses use: rank `rank` if given, else the largest rank."""
+    hybrids = {name: int(s.cfg.rank) for name, s in saes.items() if int(s.cfg.rank) > 0}
+    if not hybrids:
+        raise AnalysisError("no hybrid SAE (rank > 0) to analyse: include a rank above 0 in --ranks")
+    if rank is None:
+        return max(hybrids, key=hybrids.get)
+    match = [n for n, r in hybrids.items() if r == rank]
+    if not match:
+        raise AnalysisError(f"analysis_rank={rank} is not among the hybrids' ranks {sorted(hybrids.values())}: "
+                            f"pick one of them or leave it unset")
+    return match[0]
+
+
+# ---------------------------------------------------------------------------------------------- the registry
+
+
+@dataclass(frozen=True)
+class Analysis:
+    """One registered analysis."""
+
+    name: str
+    """Key of its result in analyses.json / results.json."""
+    config_cls: type
+    result_cls: type
+    run: Callable[[AnalysisContext, Any], Any]
+    """(context, config) -> result, or None when there is nothing to analyse."""
+    sections: Callable[[Any], list[Section]]
+    """result -> report sections."""
+
+    def config(self, study_cfg: Any = None) -> Any:
+        return config_from(self.config_cls, study_cfg)
+
+    def from_json(self, data: Any) -> Any:
+        return from_json(self.result_cls, data)
+
+
+RESERVED = frozenset({"version", "n_tokens", "settings", "timings"})
+"""Keys of the analyses JSON that are not analyses."""
+
+_REGISTRY: dict[str, Analysis] = {}
+
+
+def register(name: str, config_cls: type, result_cls: type, run: Callable[[AnalysisContext, Any], Any],
+             sections: Callable[[Any], list[Section]]) -> Analysis:
+    """Add an analysis (it runs after, and its sections follow, those registered before it)."""
+    if name in RESERVED:
+        raise AnalysisError(f"{name!r} is reserved in the analyses JSON: name the analysis otherwise")
+    if name in _REGISTRY:
+        raise AnalysisError(f"an analysis named {name!r} is already registered: pick another name or unregister it")
+    for cls in (config_cls, result_cls):
+        if not dataclasses.is_dataclass(cls):
+            raise AnalysisError(f"{cls.__name__} of analysis {name!r} must be a dataclass")
+    _REGISTRY[name] = Analysis(name, config_cls, result_cls, run, sections)
+    return _REGISTRY[name]
+
+
+def unregister(name: str) -> None:
+    _REGISTRY.pop(name, None)
+
+
+def registered() -> dict[str, Analysis]:
+    """name -> Analysis, in registration (run and report) order."""
+    return dict(_REGISTRY)

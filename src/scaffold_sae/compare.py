@@ -1,0 +1,63 @@
+"""`scaffold-sae compare`: the scaffold across studies (e.g. two models), side by side, from their results.json."""
+
+from __future__ import annotations
+
+from typing import Any, Mapping
+
+from scaffold_sae.analyses import AnalysisError, AnalysisResults
+from scaffold_sae.report import Section, Table
+
+
+def compare_studies(studies: Mapping[str, dict]) -> Section:
+    """One side-by-side section from several studies' results (each a results.json dict with 'analyses')."""
+    rows = []
+    for label, study in studies.items():
+        analyses = AnalysisResults.from_json(study.get("analyses") or {})
+        cfg = study.get("config", {})
+        structure = analyses.results.get("structure")
+        s: Any = structure.saes[-1] if structure is not None and structure.saes else None
+        causality = analyses.results.get("causality")
+        ratios = {o.condition: o.ratio for o in causality.outcomes} if causality is not None else {}
+        dense = {v.get("rank"): v.get("dense_10") for v in study.get("saes", {}).values()}
+        red = analyses.results.get("redundancy")
+        rank = s.rank if s is not None else None
+        rows.append([label, cfg.get("model"), cfg.get("layer"), rank, dense.get(0), dense.get(rank),
+                     s.mean_cos2 if s else None, s.variance_share_scaffold if s else None,
+                     ",".join(map(str, s.outlier_dims)) if s else "",
+                     s.outlier_energy_scaffold_uncentred if s else None, ratios.get("scaffold:remove"),
+                     ratios.get("scaffold:mean"), ratios.get("pca:mean"), ratios.get("random:mean"),
+                     red.ratio_aligned_ablated if red is not None else None])
+    table = Table(["study", "model", "layer", "rank", "dense>10% r=0", "dense>10% hybrid", "mean cos^2 vs PCA",
+                   "variance in span(U)", "outlier dims", "outlier energy in span(U)", "CE x scaffold removed",
+                   "CE x scaffold mean-abl.", "CE x PCA mean-abl.", "CE x random mean-abl.",
+                   "CE x aligned features abl."], rows, caption="The scaffold across models")
+    return Section("Across models", "Is the scaffold found in each model, how large is it, how causal, and which "
+                   "outlier dimensions does it hold?", tables=[table])
+
+
+def register_compare(subparsers) -> None:
+    parser = subparsers.add_parser(
+        "compare", help="side-by-side report of several studies (e.g. two models)",
+        description="One report comparing the scaffold across studies: dense latents, structure, causality and "
+                    "redundancy, read from each study's results.json.")
+    parser.add_argument("--results", nargs="+", required=True, metavar="LABEL=PATH",
+                        help="results.json of each study, optionally labelled (gemma=runs/demo/report/results.json)")
+    parser.add_argument("--out", required=True, help="output directory for the comparison report")
+    parser.set_defaults(func=run_compare_command)
+
+
+def run_compare_command(args) -> int:
+    from scaffold_sae.report import load_results, write_report
+
+    studies = {}
+    for item in args.results:
+        label, _, path = item.rpartition("=") if "=" in item else ("", "", item)
+        study = load_results(path)
+        if not study.get("analyses"):
+            raise AnalysisError(f"{path} has no analyses: rerun its study with --analyses true")
+        studies[label or f"{study.get('config', {}).get('model')}-L{study.get('config', {}).get('layer')}"] = study
+    paths = write_report({"title": "scaffold-sae: the scaffold across studies", "config": {
+        label: {"model": s.get("config", {}).get("model"), "layer": s.get("config", {}).get("layer")}
+        for label, s in studies.items()}, "saes": {}}, args.out, sections=[compare_studies(studies)])
+    print(f"wrote {paths.html}\n      {paths.markdown}\n      {paths.json}")
+    return 0

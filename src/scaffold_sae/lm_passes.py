@@ -1,0 +1,137 @@
+"""The language-model passes that evals and the analyses share: held-out residual rows, and forwards with an edited
+residual stream (a reconstruction spliced in, a subspace or some latents ablated).
+
+Conventions (one place): statistics and edits use the positions `eval_mask` keeps (not position 0, not BOS or
+special tokens, not attention sinks); those keep their original activation in every edited forward, and the
+prediction made at position 0 (the same in every condition) is left out of CE.
+"""
+
+from __future__ import annotations
+
+from typing import Callable, Iterator, Mapping
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor
+
+DEFAULT_SINK_FACTOR = 10.0
+"""Same default as the harvest: tokens with norm above this multiple of the context median are sinks."""
+
+Rows = Callable[[Tensor], Tensor]
+"""An edit of activation rows [n, d] -> [n, d] (applied at the eval_mask positions)."""
+
+
+class NoTokensError(ValueError):
+    """Contexts that leave no position to use."""
+
+
+def batches(contexts: Tensor, batch_size: int, progress: bool, desc: str) -> Iterator[Tensor]:
+    """Consecutive batches of contexts [N, T], with an optional progress bar."""
+    from tqdm.auto import tqdm
+
+    if batch_size < 1:
+        raise ValueError(f"batch_size must be >= 1, got {batch_size}")
+    with tqdm(total=int(contexts.shape[0]), desc=desc, unit="ctx", disable=not progress, leave=False) as bar:
+        for start in range(0, contexts.shape[0], batch_size):
+            batch = contexts[start:start + batch_size]
+            yield batch
+            bar.update(batch.shape[0])
+
+
+def eval_mask(lm, resid: Tensor, ids: Tensor, sink_factor: float) -> Tensor:
+    """Positions [B, T] that count in statistics and get edited: not position 0, not BOS/special tokens, not
+    attention sinks (norm above sink_factor x the context's median) -- the same rule the harvest applies."""
+    from scaffold_sae.cache import keep_mask
+    from scaffold_sae.corpus import resolve_bos
+
+    bos = resolve_bos(lm.tokenizer, lm.bos_token_id) if lm.tokenizer is not None else lm.bos_token_id
+    special = torch.tensor(sorted(set(lm.special_token_ids) - {bos}), dtype=torch.long)
+    keep, _ = keep_mask(resid, ids.to(resid.device), -1 if bos is None else bos, special.to(resid.device),
+                        sink_factor)
+    keep[:, 0] = False
+    return keep
+
+
+@torch.no_grad()
+def residual_rows(lm, layer: int, contexts: Tensor, batch_size: int = 8, sink_factor: float = DEFAULT_SINK_FACTOR,
+                  progress: bool = False, desc: str = "activations") -> Iterator[Tensor]:
+    """Per batch of contexts, the residual rows [n, d] after `layer` at the eval_mask positions (model dtype and
+    device); each forward stops after that block."""
+    for batch in batches(contexts, batch_size, progress, desc):
+        resid = lm.residual(batch, layer)
+        yield resid[eval_mask(lm, resid, batch, sink_factor)]
+
+
+def heldout_activations(lm, layer: int, contexts: Tensor, n_tokens: int, batch_size: int = 8,
+                        sink_factor: float = DEFAULT_SINK_FACTOR, progress: bool = False) -> Tensor:
+    """Up to n_tokens residual rows [n, d] (float32, CPU) at the eval_mask positions of the first contexts."""
+    rows, count = [], 0
+    for x in residual_rows(lm, layer, contexts, batch_size, sink_factor, progress, "analysis: activations"):
+        rows.append(x.float().cpu())
+        count += x.shape[0]
+        if count >= n_tokens:
+            break
+    if not count:
+        raise NoTokensError("no held-out tokens to analyse: give contexts with at least 2 positions")
+    return torch.cat(rows)[:n_tokens]
+
+
+@torch.no_grad()
+def clean_pass(lm, batch: Tensor, layer: int) -> tuple[Tensor, Tensor]:
+    """One full forward: (logits [B, T, V], the residual after `layer` [B, T, d])."""
+    captured: list[Tensor] = []
+
+    def capture(resid: Tensor) -> Tensor:
+        captured.append(resid)
+        return resid
+
+    logits = lm.logits(batch, layer=layer, edit=capture)
+    return logits, captured[0]
+
+
+def splice(resid: Tensor, keep: Tensor, rows: Rows | Tensor) -> Tensor:
+    """A copy of resid [B, T, d] whose kept positions are replaced: by rows(resid[keep]) for an edit, or by the
+    given rows [n_kept, d]."""
+    out = resid.clone()
+    out[keep] = (rows(resid[keep]) if callable(rows) else rows).to(resid.dtype)
+    return out
+
+
+@torch.no_grad()
+def run_from(lm, batch: Tensor, layer: int, resid: Tensor) -> Tensor:
+    """Logits [B, T, V] of the model with the residual after `layer` replaced by `resid` [B, T, d]."""
+    return lm.logits(batch, layer=layer, edit=lambda _resid: resid)
+
+
+def next_token_ce(logits: Tensor, ids: Tensor) -> Tensor:
+    """Next-token CE in nats of the predictions made at positions 1..T-2, [B, T-2]."""
+    targets = ids.to(logits.device)[:, 1:]
+    return F.cross_entropy(logits[:, :-1].transpose(1, 2), targets, reduction="none")[:, 1:]
+
+
+@torch.no_grad()
+def ablation_ce(lm, layer: int, contexts: Tensor, edits: Mapping[str, Rows], batch_size: int = 4,
+                sink_factor: float = DEFAULT_SINK_FACTOR, progress: bool = False,
+                clean: bool = True) -> tuple[dict[str, float], int]:
+    """Mean next-token CE (nats) clean and under each edit of the residual rows after `layer` (at the eval_mask
+    positions); one full forward per condition and batch. Returns ({"clean": ce, name: ce, ...}, number of
+    predictions); clean=False skips the clean CE (the residual still comes from one forward that stops at
+    `layer`)."""
+    totals = {**({"clean": 0.0} if clean else {}), **{name: 0.0 for name in edits}}
+    count = 0
+    for batch in batches(contexts, batch_size, progress, desc=f"CE x{len(totals)}"):
+        if clean:
+            logits, resid = clean_pass(lm, batch, layer)
+            ce = next_token_ce(logits, batch)
+            totals["clean"] += float(ce.double().sum())
+            del logits
+        else:
+            resid = lm.residual(batch, layer)
+        count += batch.shape[0] * max(0, batch.shape[1] - 2)
+        keep = eval_mask(lm, resid, batch, sink_factor)
+        for name, rows in edits.items():
+            totals[name] += float(next_token_ce(run_from(lm, batch, layer, splice(resid, keep, rows)),
+                                                batch).double().sum())
+    if not count:
+        raise NoTokensError("no predictions: contexts need at least 3 positions")
+    return {name: total / count for name, total in totals.items()}, count
