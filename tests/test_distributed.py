@@ -56,8 +56,8 @@ def _entry(rank, world, init_file, err_dir, target, args):
         distributed.shutdown()
     except BaseException as error:  # noqa: BLE001 - reported to the parent through a file
         Path(err_dir, f"rank{rank}.err").write_text(f"{type(error).__name__}: {error}\n{traceback.format_exc()}")
-        sys.stdout.flush()
-        os._exit(1)
+        distributed.end_rank_process(1)
+    distributed.end_rank_process(0)  # as a CLI rank ends: no C++ static teardown after a clean shutdown
 
 
 def run_ranks(tmp_path: Path, target, *args, world: int = 2) -> tuple[list[int], dict[int, str]]:
