@@ -306,15 +306,15 @@ def test_cli_argv_round_trip():
 
 
 def test_devices_policy_on_cpu():
-    from scaffold_sae.devices import DeviceError, lm_batch_for_memory, lm_dtype
+    from scaffold_sae.devices import DeviceError, lm_batch_for_memory, lm_dtype, resolve_device
 
     assert lm_dtype("auto", "cpu") == torch.float32
     with pytest.raises(DeviceError, match="--lm-dtype float32"):
         lm_dtype("bfloat16", "cpu")
-    assert distributed.resolve_device("cpu") == torch.device("cpu")
+    assert resolve_device("cpu") == torch.device("cpu")
     if not torch.cuda.is_available():
-        assert distributed.resolve_device("auto") == torch.device("cpu")
-        with pytest.raises(distributed.DistributedError, match="--device cpu"):
-            distributed.resolve_device("cuda")
+        assert resolve_device("auto") == torch.device("cpu")
+        with pytest.raises(DeviceError, match="--device cpu"):
+            resolve_device("cuda")
     small = lm_batch_for_memory(8 * 2**30, 1024, 2304, 13)
     assert 1 <= small < lm_batch_for_memory(80 * 2**30, 1024, 2304, 13) <= 256

@@ -37,6 +37,7 @@ import numpy as np
 import torch
 
 from scaffold_sae.corpus import iter_contexts, load_corpus, resolve_bos
+from scaffold_sae.devices import auto_lm_batch, lm_dtype, resolve_device
 from scaffold_sae import faults
 from scaffold_sae.faults import LOCK_NAME, OutputLock, check_space
 from scaffold_sae.fetch import atomic_write_bytes
@@ -782,7 +783,6 @@ def register_cache_info(subparsers) -> None:
 
 def _harvest_command(args: argparse.Namespace) -> int:
     from scaffold_sae import distributed
-    from scaffold_sae.devices import auto_lm_batch, lm_dtype
     from scaffold_sae.models import load_model
 
     nproc = getattr(args, "nproc", None) or 1
@@ -796,7 +796,7 @@ def _harvest_command(args: argparse.Namespace) -> int:
     if nproc > 1 and not repair:  # a repair runs in this one process
         distributed.launch("harvest", distributed.cli_argv(args), nproc)
         return 0
-    device = distributed.resolve_device(args.device)
+    device = resolve_device(args.device)
     model = load_model(args.model, device=device, dtype=lm_dtype(getattr(args, "lm_dtype", "auto"), device))
     if args.batch_size == 0:  # memory-aware: as many contexts as fit on the GPU (8 on the CPU)
         args.batch_size = auto_lm_batch(model, args.layer, args.ctx_len)

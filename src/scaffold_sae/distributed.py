@@ -39,6 +39,7 @@ import torch.distributed as dist
 from torch import Tensor
 
 from . import kernels
+from .devices import resolve_device
 
 DEFAULT_TIMEOUT_S = 600.0
 """Default timeout of every collective (seconds); a rank that never answers fails the others."""
@@ -55,23 +56,6 @@ class DistributedError(RuntimeError):
 def launched_by_torchrun() -> bool:
     """True inside a process started by torchrun / torch.distributed.run with more than one rank."""
     return int(os.environ.get("WORLD_SIZE", "1")) > 1 and "RANK" in os.environ
-
-
-def resolve_device(device: str = "auto", local_rank: int = 0) -> torch.device:
-    """``auto`` -> this rank's GPU when CUDA is available, else the CPU; ``cuda`` -> cuda:local_rank."""
-    if device not in ("auto", "cpu", "cuda") and not device.startswith("cuda:"):
-        raise DistributedError(f"device={device!r} is invalid: use auto, cpu, cuda or cuda:N")
-    if device == "auto":
-        device = "cuda" if torch.cuda.is_available() else "cpu"
-    if device.startswith("cuda"):
-        if not torch.cuda.is_available():
-            raise DistributedError("device cuda was asked for but torch sees no GPU: use --device cpu")
-        if device == "cuda":
-            device = f"cuda:{local_rank % torch.cuda.device_count()}"
-        torch.cuda.set_device(torch.device(device))
-        from .devices import enable_fast_fp32
-        enable_fast_fp32(device)
-    return torch.device(device)
 
 
 def _timeout() -> float:
@@ -542,5 +526,5 @@ def run_harvest_ranked(args) -> None:
 
 
 __all__ = ["Comm", "DistributedError", "init", "init_from_env", "shutdown", "launched_by_torchrun",
-           "resolve_device", "end_rank_process", "distributed_batch_topk", "train_distributed", "launch", "harvest_slices",
+           "end_rank_process", "distributed_batch_topk", "train_distributed", "launch", "harvest_slices",
            "merge_slices", "slice_quota", "cli_argv"]

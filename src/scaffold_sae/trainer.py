@@ -25,6 +25,7 @@ from torch import Tensor
 
 from . import archs, faults
 from .faults import OutputLock, check_space
+from .devices import resolve_device
 from .fetch import atomic_write_bytes
 from .saving import save_sae, state_bytes
 from .sae import ConfigError, HybridSAE, SAEConfig, _choice, geometric_median, lr_for_width, pca_basis
@@ -357,7 +358,6 @@ def train_saes(cache: ActivationSource, cfgs: list[SAEConfig], train_cfg: TrainC
 
 
 def _train_saes(cache, cfgs, train_cfg, out_dir, rank, world_size, on_step, comm) -> list[Path]:
-    from .distributed import resolve_device
     device = comm.device if comm is not None else resolve_device(train_cfg.device)
     if not cfgs:
         raise ConfigError("no SAE configs given: pass at least one (e.g. --ranks 0)")
