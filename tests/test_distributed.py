@@ -22,7 +22,7 @@ import torch.multiprocessing as mp
 
 from helpers import assert_same, make_hf_model, make_tokenizer, synthetic
 from scaffold_sae import distributed
-from scaffold_sae.cache import ActivationCache, HarvestConfig, Harvester
+from scaffold_sae.cache import ActivationCache, HarvestConfig, Harvester, harvest_slices, slice_quota
 from scaffold_sae.kernels import batch_topk
 from scaffold_sae.sae import SAEConfig
 from scaffold_sae.trainer import TensorSource, TrainConfig, train_saes
@@ -209,7 +209,7 @@ def _harvest_target(comm, corpus, out_dir):
     from scaffold_sae.models import from_hf_model
 
     lm = from_hf_model(make_hf_model(), make_tokenizer(), spec="tiny-llama")
-    distributed.harvest_slices(lm, HarvestConfig(corpus=corpus, **HARVEST), out_dir, comm=comm, progress=False)
+    harvest_slices(lm, HarvestConfig(corpus=corpus, **HARVEST), out_dir, comm=comm, progress=False)
 
 
 def _without_time(manifest: dict) -> dict:
@@ -219,7 +219,7 @@ def _without_time(manifest: dict) -> dict:
 def test_two_rank_harvest_equals_one_process_harvest_of_the_same_slices(tiny_lm, tiny_corpus, tmp_path):
     codes, errors = run_ranks(tmp_path, _harvest_target, str(tiny_corpus), str(tmp_path / "two"))
     assert codes == [0, 0], errors
-    one = distributed.harvest_slices(tiny_lm, HarvestConfig(corpus=str(tiny_corpus), **HARVEST), tmp_path / "one",
+    one = harvest_slices(tiny_lm, HarvestConfig(corpus=str(tiny_corpus), **HARVEST), tmp_path / "one",
                                      world_size=2, progress=False)
     two = ActivationCache.open(tmp_path / "two")  # full verification of the merged shards
     m1, m2 = _without_time(one.manifest), _without_time(two.manifest)
@@ -236,7 +236,7 @@ def test_two_rank_harvest_equals_one_process_harvest_of_the_same_slices(tiny_lm,
                                                        slice_rank=1, slice_count=2), tmp_path / "s1").run(progress=False)
     assert torch.equal(sub.token_ids(), two.token_ids()[rows[0]:])
     # and a harvest into a complete sliced cache is reused, not recomputed
-    again = distributed.harvest_slices(None, HarvestConfig(corpus=str(tiny_corpus), **HARVEST), tmp_path / "two",
+    again = harvest_slices(None, HarvestConfig(corpus=str(tiny_corpus), **HARVEST), tmp_path / "two",
                                        world_size=2)
     assert again.n_rows == 900
 
@@ -248,7 +248,7 @@ def test_slices_partition_the_context_stream():
     parts = [list(slice_contexts(iter(stream), 4, r, 3)) for r in range(3)]
     assert parts[0] == [[i] for i in (0, 1, 2, 3, 12, 13, 14, 15)]
     assert sorted(sum(parts, [])) == stream
-    assert [distributed.slice_quota(10, r, 3) for r in range(3)] == [4, 3, 3]
+    assert [slice_quota(10, r, 3) for r in range(3)] == [4, 3, 3]
 
 
 # ------------------------------------------------------------------------------ CLI (torch.distributed.run)
@@ -271,7 +271,7 @@ def test_cli_nproc_2_harvest_and_train_match_one_process(tiny_lm, tiny_corpus, t
     assert res.returncode == 0, res.stderr[-3000:]
     from scaffold_sae.models import load_model
 
-    one = distributed.harvest_slices(load_model(str(model_dir)), HarvestConfig(
+    one = harvest_slices(load_model(str(model_dir)), HarvestConfig(
         layer=1, corpus=str(tiny_corpus), n_tokens=2048, ctx_len=32, batch_size=4, shard_rows=300, sink_factor=1.3),
         tmp_path / "cache1", world_size=2, progress=False)
     assert _without_time(one.manifest) == _without_time(ActivationCache.open(tmp_path / "cache").manifest)
