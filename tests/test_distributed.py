@@ -25,7 +25,7 @@ from scaffold_sae import distributed
 from scaffold_sae.cache import ActivationCache, HarvestConfig, Harvester, harvest_slices, slice_quota
 from scaffold_sae.kernels import batch_topk
 from scaffold_sae.sae import SAEConfig
-from scaffold_sae.trainer import TensorSource, TrainConfig, train_saes
+from scaffold_sae.trainer import TensorSource, TrainConfig, train_distributed, train_saes
 
 TIMEOUT = 120  # seconds for any multi-process run: a hang fails the test instead of blocking the suite
 CFGS = [SAEConfig(arch="batchtopk", width=48, k=4, rank=0),
@@ -87,7 +87,7 @@ def _train_target(comm, data, cfgs, train_cfg, out_dir, kill_at):
     def on_step(step, states):
         if kill_at and comm.rank == 1 and step == kill_at:
             os._exit(3)  # a rank dies without any goodbye
-    distributed.train_distributed(TensorSource(data), cfgs, train_cfg, out_dir, comm, on_step=on_step)
+    train_distributed(TensorSource(data), cfgs, train_cfg, out_dir, comm, on_step=on_step)
 
 
 def sae_dirs(out: Path) -> list[Path]:
@@ -136,7 +136,7 @@ def _record_dead_target(comm, data, cfgs, train_cfg, out_dir):
 
     def on_step(step, states):
         seen.append((states[0].since_fired >= train_cfg.dead_tokens).nonzero().flatten().tolist())
-    distributed.train_distributed(TensorSource(data), cfgs, train_cfg, out_dir, comm, on_step=on_step)
+    train_distributed(TensorSource(data), cfgs, train_cfg, out_dir, comm, on_step=on_step)
     Path(out_dir, f"dead{comm.rank}.json").write_text(json.dumps(seen))
 
 

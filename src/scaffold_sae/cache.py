@@ -40,6 +40,7 @@ import torch
 from scaffold_sae.corpus import iter_contexts, load_corpus, resolve_bos
 from scaffold_sae.devices import auto_lm_batch, lm_dtype, resolve_device
 from scaffold_sae import distributed, faults
+from scaffold_sae.comm import Communicator
 from scaffold_sae.faults import LOCK_NAME, OutputLock, check_space
 from scaffold_sae.fetch import atomic_write_bytes
 
@@ -750,7 +751,7 @@ def slice_quota(n_tokens: int, rank: int, world_size: int) -> int:
     return n_tokens // world_size + (1 if rank < n_tokens % world_size else 0)
 
 
-def harvest_slices(model, cfg: HarvestConfig, out_dir, comm: "distributed.Comm | None" = None, world_size: int | None = None,
+def harvest_slices(model, cfg: HarvestConfig, out_dir, comm: Communicator | None = None, world_size: int | None = None,
                    progress: bool = True) -> ActivationCache:
     """Harvest ``cfg`` as ``world_size`` slices into ``out_dir``.
 

@@ -26,7 +26,6 @@ import gc
 import os
 import subprocess
 import sys
-from pathlib import Path
 from typing import Callable, NoReturn, Sequence
 
 import torch
@@ -127,7 +126,8 @@ def end_rank_process(code: int) -> NoReturn:
 
 
 class Comm:
-    """The collectives the trainer and the harvester need (all ranks call each one in the same order)."""
+    """One rank of a torch.distributed process group (a scaffold_sae.comm.Communicator): the collectives
+    the trainer and the harvester need (all ranks call each one in the same order)."""
 
     def __init__(self, rank: int, world_size: int, device: torch.device | str = "cpu"):
         self.rank = rank
@@ -326,23 +326,7 @@ def _local_cut(pre: Tensor, k: int) -> float:
 # ------------------------------------------------------------------------------------ training
 
 
-def train_distributed(cache, cfgs, train_cfg, out_dir, comm: Comm,
-                      on_step: Callable | None = None) -> list[Path]:
-    """``train_saes`` as one rank of a data-parallel run (every rank calls it with the same arguments)."""
-    from .trainer import train_saes
-
-    try:
-        return train_saes(cache, cfgs, train_cfg, out_dir, rank=comm.rank, world_size=comm.world_size,
-                          on_step=on_step, comm=comm)
-    except RuntimeError as error:
-        if isinstance(error, DistributedError) or not _is_peer_failure(error):
-            raise
-        raise DistributedError(f"rank {comm.rank}: another rank stopped or timed out "
-                               f"({str(error).splitlines()[0][:200]}); rerun the same command to resume from "
-                               "the last checkpoint") from error
-
-
-def _is_peer_failure(error: BaseException) -> bool:
+def is_peer_failure(error: BaseException) -> bool:
     if isinstance(error, getattr(dist, "DistError", ())):
         return True
     text = str(error)
@@ -385,24 +369,6 @@ def launch(command: str, argv: list[str], nproc: int) -> None:
                                "failing rank's error is above); rerun the same command to resume")
 
 
-def run_train_ranked(values: dict, cfgs, train_cfg) -> list[Path]:
-    """The body of ``scaffold-sae train`` on one torchrun rank."""
-    from .cache import ActivationCache
-
-    comm = init_from_env(values.get("device") or "auto")
-    try:
-        if values.get("threads"):
-            torch.set_num_threads(int(values["threads"]))
-        cache = ActivationCache.open(values["cache"], verify="full" if comm.rank == 0 else "fast")
-        train_cfg.device = str(comm.device)
-        paths = train_distributed(cache, cfgs, train_cfg, values["out"], comm)
-    except BaseException:
-        shutdown(sync=False)
-        raise
-    shutdown()
-    return paths if comm.rank == 0 else []
-
-
 __all__ = ["Comm", "DistributedError", "init", "init_from_env", "shutdown", "launched_by_torchrun",
-           "end_rank_process", "distributed_batch_topk", "train_distributed", "launch",
-           "cli_argv"]
+           "end_rank_process", "distributed_batch_topk", "launch", "cli_argv",
+           "is_peer_failure"]
