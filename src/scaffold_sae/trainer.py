@@ -355,7 +355,41 @@ def train_saes(cache: ActivationSource, cfgs: list[SAEConfig], train_cfg: TrainC
 
 
 def _train_saes(cache, cfgs, train_cfg, out_dir, on_step, comm: Communicator) -> list[Path]:
-    device, process_rank, world_size = comm.device, comm.rank, comm.world_size
+    run = _setup(cache, cfgs, train_cfg, out_dir, comm)
+    _loop(run, on_step)
+    return _finalise(run)
+
+
+@dataclass
+class _Run:
+    """A run after set-up or resume: what the training loop and the final save share."""
+
+    cache: ActivationSource
+    train_cfg: TrainConfig
+    comm: Communicator
+    out_dir: Path
+    names: list[str]
+    states: list[SAEState]
+    start: int
+    """First step to run (0, or the checkpoint's step on resume)."""
+    total_steps: int
+    warmup: int
+    dead_tokens: int
+    key: str
+    """The configuration key a checkpoint must match."""
+    scale: float
+    """Input scale (folded into the saved weights)."""
+    need: int
+    """Bytes a checkpoint and the saved SAEs need on disk."""
+
+    @property
+    def ckpt_path(self) -> Path:
+        return self.out_dir / CHECKPOINT
+
+
+def _setup(cache, cfgs, train_cfg: TrainConfig, out_dir, comm: Communicator) -> _Run:
+    """Build the SAEs and optimisers, then resume from the checkpoint or initialise from a sample."""
+    device, world_size = comm.device, comm.world_size
     if not cfgs:
         raise ConfigError("no SAE configs given: pass at least one (e.g. --ranks 0)")
     cfgs = resolve_configs(cfgs, int(cache.d_model))
@@ -383,7 +417,7 @@ def _train_saes(cache, cfgs, train_cfg, out_dir, on_step, comm: Communicator) ->
         states.append(SAEState(name, sae, optim, base_lr, torch.zeros(cfg.width, dtype=torch.long, device=device)))
     # a checkpoint holds weights and two Adam moments; saving adds the SAEs and a temp copy of one file
     need = sum(p.numel() for st in states for p in st.sae.parameters()) * 4 * 5
-    if process_rank == 0:
+    if comm.rank == 0:
         check_space(out_dir, need)
 
     start = 0
@@ -399,16 +433,24 @@ def _train_saes(cache, cfgs, train_cfg, out_dir, on_step, comm: Communicator) ->
                 st.sae.set_scaffold(pca_basis(scaled, b_dec, st.sae.cfg.rank))
     del sample
     scale = comm.setup(states, start, scale)
+    return _Run(cache, train_cfg, comm, out_dir, names, states, start, total_steps, warmup, dead_tokens, key,
+                scale, need)
 
-    loggers = _Loggers(out_dir, train_cfg, start, process_rank)
+
+def _loop(run: _Run, on_step) -> None:
+    """The training steps from ``run.start``, with logging, progress and periodic checkpoints."""
+    train_cfg, comm, states, total_steps = run.train_cfg, run.comm, run.states, run.total_steps
+    device, process_rank, world_size, scale = comm.device, comm.rank, comm.world_size, run.scale
+    start = run.start
+    loggers = _Loggers(run.out_dir, train_cfg, start, process_rank)
     bar = None
     if train_cfg.progress and process_rank == 0:
         from tqdm.auto import tqdm
         bar = tqdm(total=total_steps * train_cfg.batch_size * world_size,
                    initial=start * train_cfg.batch_size * world_size,
                    unit="tok", unit_scale=True, desc="train", dynamic_ncols=True)
-    labels = short_labels(names)
-    batches = cache.batches(train_cfg.batch_size, seed=train_cfg.seed, skip=start, rank=process_rank,
+    labels = short_labels(run.names)
+    batches = run.cache.batches(train_cfg.batch_size, seed=train_cfg.seed, skip=start, rank=process_rank,
                             world_size=world_size)
     for st in states:
         st.reset_window()
@@ -417,9 +459,9 @@ def _train_saes(cache, cfgs, train_cfg, out_dir, on_step, comm: Communicator) ->
             x = next(batches).to(device, torch.float32, non_blocking=True)
             if scale != 1.0:
                 x = x * scale
-            factor = schedule(step, total_steps, warmup, train_cfg.lr_decay_frac)
+            factor = schedule(step, total_steps, run.warmup, train_cfg.lr_decay_frac)
             for st in states:
-                _train_step(st, x, factor, dead_tokens, train_cfg, comm)
+                _train_step(st, x, factor, run.dead_tokens, train_cfg, comm)
             done = step + 1
             if done % train_cfg.log_every == 0 or done == total_steps:
                 for st in states:
@@ -435,7 +477,7 @@ def _train_saes(cache, cfgs, train_cfg, out_dir, on_step, comm: Communicator) ->
             if (train_cfg.checkpoint_every and done % train_cfg.checkpoint_every == 0
                     and done < total_steps):
                 # rank 0 writes; the others wait for its success flag
-                comm.on_rank0(lambda: _save_checkpoint(ckpt_path, key, done, scale, states, need),
+                comm.on_rank0(lambda: _save_checkpoint(run.ckpt_path, run.key, done, scale, states, run.need),
                               "writing the checkpoint")
             faults.progress("step", done)
             if on_step is not None:
@@ -446,10 +488,15 @@ def _train_saes(cache, cfgs, train_cfg, out_dir, on_step, comm: Communicator) ->
         loggers.close()
         comm.teardown(states)
 
+
+def _finalise(run: _Run) -> list[Path]:
+    """Calibrate thresholds, save every SAE (rank 0) and drop the checkpoint; returns the SAE directories."""
+    cache, train_cfg, comm, scale, need = run.cache, run.train_cfg, run.comm, run.scale, run.need
+    device, world_size, total_steps = comm.device, comm.world_size, run.total_steps
     paths = []
     thr_sample = (_sample(cache, train_cfg.threshold_sample_tokens, train_cfg.seed + 1) * scale).to(device)
     meta = _metadata(cache)
-    for st in states:
+    for st in run.states:
         sae, cfg = st.sae, st.sae.cfg
         summary = {"steps": total_steps, "tokens": total_steps * train_cfg.batch_size * world_size,
                    "input_scale": scale, "train_config": asdict(train_cfg), "ema_threshold": st.ema_threshold}
@@ -462,14 +509,14 @@ def _train_saes(cache, cfgs, train_cfg, out_dir, on_step, comm: Communicator) ->
                 sae.threshold.fill_(thr)
             summary["threshold_scaled"] = thr
         summary["inference_l0_sample"] = inference_l0(sae, thr_sample)
-        path = out_dir / st.name
+        path = run.out_dir / st.name
 
         def save(sae=sae, path=path, summary=summary) -> None:
             with _explain_full_disk(path, need):
                 save_sae(sae.folded(scale).cpu(), path, metadata=meta, summary=summary)
         comm.on_rank0(save, f"saving {st.name}")
         paths.append(path)
-    comm.on_rank0(lambda: _drop_checkpoint(ckpt_path, train_cfg), "removing the checkpoint")
+    comm.on_rank0(lambda: _drop_checkpoint(run.ckpt_path, train_cfg), "removing the checkpoint")
     return paths
 
 
