@@ -45,7 +45,7 @@ def _rank(rank: int, world: int, init_file: str, result_file: str, opts: dict) -
     stamps: list[float] = []
     comm = distributed.init(rank, world, f"file://{init_file}", "cpu", timeout_s=600) if world > 1 else None
     out = tempfile.mkdtemp(prefix="bench_dist_")
-    train_saes(source, sae_cfgs, cfg, out, rank=rank, world_size=world, comm=comm,
+    train_saes(source, sae_cfgs, cfg, out, comm=comm,
                on_step=lambda step, states: stamps.append(time.perf_counter()))
     allreduce_ms = None
     if comm is not None:

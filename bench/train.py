@@ -55,6 +55,7 @@ def ours_step_fn(d: int, m: int, k: int, rank: int, batch: int, fast: bool = Tru
     import torch
 
     from scaffold_sae.sae import HybridSAE, SAEConfig
+    from scaffold_sae.comm import LocalComm
     from scaffold_sae.trainer import SAEState, TrainConfig, _train_step
 
     sae = HybridSAE(SAEConfig(arch="batchtopk", d_in=d, width=m, k=k, rank=rank), torch.Generator().manual_seed(0))
@@ -65,7 +66,7 @@ def ours_step_fn(d: int, m: int, k: int, rank: int, batch: int, fast: bool = Tru
     cfg = TrainConfig(tokens=10**9, batch_size=batch, fast=fast)
 
     def step(x):
-        _train_step(state, x, 1.0, 10**9, cfg, None)
+        _train_step(state, x, 1.0, 10**9, cfg, LocalComm())
     return step
 
 

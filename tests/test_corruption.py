@@ -116,8 +116,7 @@ def test_repair_reharvests_only_the_bad_shards_bit_identically(tiny_lm, tiny_cor
 
 
 def test_repair_of_a_sliced_harvest(tiny_lm, tiny_corpus, tmp_path, monkeypatch):
-    from scaffold_sae.cache import HarvestConfig
-    from scaffold_sae.distributed import harvest_slices
+    from scaffold_sae.cache import HarvestConfig, harvest_slices
 
     cfg = HarvestConfig(layer=1, corpus=str(tiny_corpus), n_tokens=900, **SETTINGS)
     out = tmp_path / "sliced"

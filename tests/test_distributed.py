@@ -22,10 +22,10 @@ import torch.multiprocessing as mp
 
 from helpers import assert_same, make_hf_model, make_tokenizer, synthetic
 from scaffold_sae import distributed
-from scaffold_sae.cache import ActivationCache, HarvestConfig, Harvester
+from scaffold_sae.cache import ActivationCache, HarvestConfig, Harvester, harvest_slices, slice_quota
 from scaffold_sae.kernels import batch_topk
 from scaffold_sae.sae import SAEConfig
-from scaffold_sae.trainer import TensorSource, TrainConfig, train_saes
+from scaffold_sae.trainer import TensorSource, TrainConfig, train_distributed, train_saes
 
 TIMEOUT = 120  # seconds for any multi-process run: a hang fails the test instead of blocking the suite
 CFGS = [SAEConfig(arch="batchtopk", width=48, k=4, rank=0),
@@ -87,7 +87,7 @@ def _train_target(comm, data, cfgs, train_cfg, out_dir, kill_at):
     def on_step(step, states):
         if kill_at and comm.rank == 1 and step == kill_at:
             os._exit(3)  # a rank dies without any goodbye
-    distributed.train_distributed(TensorSource(data), cfgs, train_cfg, out_dir, comm, on_step=on_step)
+    train_distributed(TensorSource(data), cfgs, train_cfg, out_dir, comm, on_step=on_step)
 
 
 def sae_dirs(out: Path) -> list[Path]:
@@ -136,7 +136,7 @@ def _record_dead_target(comm, data, cfgs, train_cfg, out_dir):
 
     def on_step(step, states):
         seen.append((states[0].since_fired >= train_cfg.dead_tokens).nonzero().flatten().tolist())
-    distributed.train_distributed(TensorSource(data), cfgs, train_cfg, out_dir, comm, on_step=on_step)
+    train_distributed(TensorSource(data), cfgs, train_cfg, out_dir, comm, on_step=on_step)
     Path(out_dir, f"dead{comm.rank}.json").write_text(json.dumps(seen))
 
 
@@ -209,7 +209,7 @@ def _harvest_target(comm, corpus, out_dir):
     from scaffold_sae.models import from_hf_model
 
     lm = from_hf_model(make_hf_model(), make_tokenizer(), spec="tiny-llama")
-    distributed.harvest_slices(lm, HarvestConfig(corpus=corpus, **HARVEST), out_dir, comm=comm, progress=False)
+    harvest_slices(lm, HarvestConfig(corpus=corpus, **HARVEST), out_dir, comm=comm, progress=False)
 
 
 def _without_time(manifest: dict) -> dict:
@@ -219,7 +219,7 @@ def _without_time(manifest: dict) -> dict:
 def test_two_rank_harvest_equals_one_process_harvest_of_the_same_slices(tiny_lm, tiny_corpus, tmp_path):
     codes, errors = run_ranks(tmp_path, _harvest_target, str(tiny_corpus), str(tmp_path / "two"))
     assert codes == [0, 0], errors
-    one = distributed.harvest_slices(tiny_lm, HarvestConfig(corpus=str(tiny_corpus), **HARVEST), tmp_path / "one",
+    one = harvest_slices(tiny_lm, HarvestConfig(corpus=str(tiny_corpus), **HARVEST), tmp_path / "one",
                                      world_size=2, progress=False)
     two = ActivationCache.open(tmp_path / "two")  # full verification of the merged shards
     m1, m2 = _without_time(one.manifest), _without_time(two.manifest)
@@ -236,7 +236,7 @@ def test_two_rank_harvest_equals_one_process_harvest_of_the_same_slices(tiny_lm,
                                                        slice_rank=1, slice_count=2), tmp_path / "s1").run(progress=False)
     assert torch.equal(sub.token_ids(), two.token_ids()[rows[0]:])
     # and a harvest into a complete sliced cache is reused, not recomputed
-    again = distributed.harvest_slices(None, HarvestConfig(corpus=str(tiny_corpus), **HARVEST), tmp_path / "two",
+    again = harvest_slices(None, HarvestConfig(corpus=str(tiny_corpus), **HARVEST), tmp_path / "two",
                                        world_size=2)
     assert again.n_rows == 900
 
@@ -248,7 +248,7 @@ def test_slices_partition_the_context_stream():
     parts = [list(slice_contexts(iter(stream), 4, r, 3)) for r in range(3)]
     assert parts[0] == [[i] for i in (0, 1, 2, 3, 12, 13, 14, 15)]
     assert sorted(sum(parts, [])) == stream
-    assert [distributed.slice_quota(10, r, 3) for r in range(3)] == [4, 3, 3]
+    assert [slice_quota(10, r, 3) for r in range(3)] == [4, 3, 3]
 
 
 # ------------------------------------------------------------------------------ CLI (torch.distributed.run)
@@ -271,7 +271,7 @@ def test_cli_nproc_2_harvest_and_train_match_one_process(tiny_lm, tiny_corpus, t
     assert res.returncode == 0, res.stderr[-3000:]
     from scaffold_sae.models import load_model
 
-    one = distributed.harvest_slices(load_model(str(model_dir)), HarvestConfig(
+    one = harvest_slices(load_model(str(model_dir)), HarvestConfig(
         layer=1, corpus=str(tiny_corpus), n_tokens=2048, ctx_len=32, batch_size=4, shard_rows=300, sink_factor=1.3),
         tmp_path / "cache1", world_size=2, progress=False)
     assert _without_time(one.manifest) == _without_time(ActivationCache.open(tmp_path / "cache").manifest)
@@ -306,15 +306,15 @@ def test_cli_argv_round_trip():
 
 
 def test_devices_policy_on_cpu():
-    from scaffold_sae.devices import DeviceError, lm_batch_for_memory, lm_dtype
+    from scaffold_sae.devices import DeviceError, lm_batch_for_memory, lm_dtype, resolve_device
 
     assert lm_dtype("auto", "cpu") == torch.float32
     with pytest.raises(DeviceError, match="--lm-dtype float32"):
         lm_dtype("bfloat16", "cpu")
-    assert distributed.resolve_device("cpu") == torch.device("cpu")
+    assert resolve_device("cpu") == torch.device("cpu")
     if not torch.cuda.is_available():
-        assert distributed.resolve_device("auto") == torch.device("cpu")
-        with pytest.raises(distributed.DistributedError, match="--device cpu"):
-            distributed.resolve_device("cuda")
+        assert resolve_device("auto") == torch.device("cpu")
+        with pytest.raises(DeviceError, match="--device cpu"):
+            resolve_device("cuda")
     small = lm_batch_for_memory(8 * 2**30, 1024, 2304, 13)
     assert 1 <= small < lm_batch_for_memory(80 * 2**30, 1024, 2304, 13) <= 256

@@ -24,12 +24,13 @@ import argparse
 import hashlib
 import itertools
 import json
+import os
 import shlex
 import shutil
 import struct
 import sys
 import time
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, replace
 from pathlib import Path
 from typing import Iterator
 
@@ -37,7 +38,9 @@ import numpy as np
 import torch
 
 from scaffold_sae.corpus import iter_contexts, load_corpus, resolve_bos
-from scaffold_sae import faults
+from scaffold_sae.devices import auto_lm_batch, lm_dtype, resolve_device
+from scaffold_sae import distributed, faults
+from scaffold_sae.comm import Communicator
 from scaffold_sae.faults import LOCK_NAME, OutputLock, check_space
 from scaffold_sae.fetch import atomic_write_bytes
 
@@ -85,7 +88,7 @@ class HarvestConfig:
     seed: int = 0
     """Seed of the document order."""
     slice_rank: int = 0
-    """Distributed harvest: this slice's index (see scaffold_sae.distributed.harvest_slices)."""
+    """Distributed harvest: this slice's index (see harvest_slices)."""
     slice_count: int = 1
     """Distributed harvest: number of slices; slice r takes the batches of contexts numbered r mod slice_count."""
 
@@ -736,6 +739,97 @@ def _windows(order, rows: list[int], window_rows: int) -> Iterator[list[int]]:
         yield window
 
 
+# -------------------------------------------------------------------------------------------- sliced harvest
+
+
+def slice_dir(out_dir: Path, rank: int, world_size: int) -> Path:
+    return Path(out_dir) / f".slice_{rank:03d}_of_{world_size:03d}"
+
+
+def slice_quota(n_tokens: int, rank: int, world_size: int) -> int:
+    """Rows slice ``rank`` harvests: an equal share, the first n_tokens % W slices one more."""
+    return n_tokens // world_size + (1 if rank < n_tokens % world_size else 0)
+
+
+def harvest_slices(model, cfg: HarvestConfig, out_dir, comm: Communicator | None = None, world_size: int | None = None,
+                   progress: bool = True) -> ActivationCache:
+    """Harvest ``cfg`` as ``world_size`` slices into ``out_dir``.
+
+    Slice r of W holds the contexts whose batch index is r mod W, up to its share of the rows, in
+    ``out/.slice_RRR_of_WWW`` (a complete, resumable cache of its own); the slices' shards are then
+    linked, in slice order, into ``out`` under global shard names with one manifest recording the
+    slices.  With ``comm`` each rank harvests its own slice (world_size = comm.world_size) and rank 0
+    merges; without it this process harvests every slice in turn, giving the same files.  Returns the
+    opened cache.
+    """
+    out = Path(out_dir)
+    n = comm.world_size if comm is not None else int(world_size or 1)
+    if n < 1:
+        raise CacheError(f"world_size={n} is invalid: use a positive number of slices")
+    if cfg.n_tokens < n:
+        raise CacheError(f"n_tokens={cfg.n_tokens} is fewer than the {n} slices: harvest more tokens")
+    if (out / MANIFEST).exists():
+        old = _read_manifest(out)
+        if old.get("complete") and (old.get("slices") or {}).get("world_size") == n:
+            return ActivationCache.open(out, verify="full" if comm is None or comm.rank == 0 else "fast")
+        if not old.get("slices"):
+            raise CacheError(f"{out} already holds an activation cache harvested without slices; use another --out")
+    ranks = [comm.rank] if comm is not None else list(range(n))
+    for rank in ranks:
+        sub = replace(cfg, n_tokens=slice_quota(cfg.n_tokens, rank, n), slice_rank=rank, slice_count=n)
+        Harvester(model, sub, slice_dir(out, rank, n)).run(progress=progress and rank == 0)
+    if comm is not None:
+        comm.barrier()  # every slice is complete before rank 0 merges them
+        comm.on_rank0(lambda: merge_slices(out, cfg.n_tokens, n), "merging the harvest slices")
+    else:
+        merge_slices(out, cfg.n_tokens, n)
+    return ActivationCache.open(out, verify="fast")
+
+
+def merge_slices(out_dir: Path, n_tokens: int, world_size: int) -> dict:
+    """Link the complete slice caches' shards into ``out_dir`` in rank order and write its manifest."""
+    out = Path(out_dir)
+    subs = []
+    for rank in range(world_size):
+        manifest = _read_manifest(slice_dir(out, rank, world_size))
+        if not manifest.get("complete"):
+            raise CacheError(f"slice {rank} of {out} is unfinished: rerun the same harvest to resume it")
+        subs.append(manifest)
+    shards, slices = [], []
+    for rank, manifest in enumerate(subs):
+        first = len(shards)
+        for shard in manifest["shards"]:
+            name = shard_name(len(shards))
+            src, dst = slice_dir(out, rank, world_size) / shard["file"], out / name
+            dst.unlink(missing_ok=True)
+            try:
+                os.link(src, dst)
+            except OSError:
+                shutil.copyfile(src, dst)
+            shards.append({**shard, "file": name, "slice": rank})
+        slices.append({"rank": rank, "n_tokens": manifest["n_tokens"], "n_rows": manifest["n_rows"],
+                       "n_contexts": manifest["n_contexts"], "shards": [first, len(shards)],
+                       "corpus_exhausted": manifest["corpus_exhausted"]})
+    merged = {key: value for key, value in subs[0].items() if key != "slice"}
+    merged.update({
+        "n_tokens": n_tokens, "shards": shards, "complete": True,
+        "corpus_exhausted": any(m["corpus_exhausted"] for m in subs),
+        "n_rows": sum(m["n_rows"] for m in subs), "n_contexts": sum(m["n_contexts"] for m in subs),
+        "tokens_seen": sum(m["tokens_seen"] for m in subs),
+        "excluded": {r: sum(m["excluded"][r] for m in subs) for r in EXCLUSION_RULES},
+        "surplus": sum(m["surplus"] for m in subs),
+        "slices": {"world_size": world_size,
+                   "rule": "slice r holds the contexts whose batch index (batch_size contexts per batch, in "
+                           "the deterministic context stream) is r mod world_size, up to its n_tokens rows; "
+                           "shards are listed in slice order",
+                   "ranks": slices},
+    })
+    atomic_write_bytes(out / MANIFEST, (json.dumps(merged, indent=1) + "\n").encode())
+    for rank in range(world_size):
+        shutil.rmtree(slice_dir(out, rank, world_size), ignore_errors=True)
+    return merged
+
+
 # --------------------------------------------------------------------------------------------------- CLI
 
 
@@ -781,8 +875,6 @@ def register_cache_info(subparsers) -> None:
 
 
 def _harvest_command(args: argparse.Namespace) -> int:
-    from scaffold_sae import distributed
-    from scaffold_sae.devices import auto_lm_batch, lm_dtype
     from scaffold_sae.models import load_model
 
     nproc = getattr(args, "nproc", None) or 1
@@ -791,12 +883,12 @@ def _harvest_command(args: argparse.Namespace) -> int:
         raise CacheError("run `scaffold-sae harvest --repair` as one process, not under torchrun: it re-harvests "
                          "only the bad shards")
     if distributed.launched_by_torchrun():
-        distributed.run_harvest_ranked(args)
+        _harvest_ranked(args)
         return 0
     if nproc > 1 and not repair:  # a repair runs in this one process
         distributed.launch("harvest", distributed.cli_argv(args), nproc)
         return 0
-    device = distributed.resolve_device(args.device)
+    device = resolve_device(args.device)
     model = load_model(args.model, device=device, dtype=lm_dtype(getattr(args, "lm_dtype", "auto"), device))
     if args.batch_size == 0:  # memory-aware: as many contexts as fit on the GPU (8 on the CPU)
         args.batch_size = auto_lm_batch(model, args.layer, args.ctx_len)
@@ -812,3 +904,25 @@ def _cache_info_command(args: argparse.Namespace) -> int:
     cache = ActivationCache.open(args.path, verify=args.verify, allow_incomplete=True)
     print(cache.summary())
     return 0
+
+
+def _harvest_ranked(args: argparse.Namespace) -> None:
+    """The body of ``scaffold-sae harvest`` on one torchrun rank: this rank's slice, then rank 0 merges."""
+    from scaffold_sae.models import load_model
+
+    comm = distributed.init_from_env(getattr(args, "device", None) or "auto")
+    try:
+        model = load_model(args.model, device=comm.device, dtype=lm_dtype(getattr(args, "lm_dtype", "auto"),
+                                                                          comm.device))
+        if args.batch_size == 0:  # every rank must use the same batch (it defines the slices)
+            args.batch_size = comm.min_int(auto_lm_batch(model, args.layer, args.ctx_len))
+        cfg = HarvestConfig(layer=args.layer, corpus=args.corpus, n_tokens=args.tokens, ctx_len=args.ctx_len,
+                            batch_size=args.batch_size, split=args.split, dtype=args.dtype,
+                            shard_rows=args.shard_rows, sink_factor=args.sink_factor, seed=args.seed)
+        cache = harvest_slices(model, cfg, args.out, comm=comm)
+        if comm.rank == 0:
+            print(cache.summary())
+    except BaseException:
+        distributed.shutdown(sync=False)
+        raise
+    distributed.shutdown()

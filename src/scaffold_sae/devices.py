@@ -41,6 +41,22 @@ def enable_fast_fp32(device: torch.device | str) -> None:
         torch.backends.cudnn.allow_tf32 = True
 
 
+def resolve_device(device: str = "auto", local_rank: int = 0) -> torch.device:
+    """``auto`` -> this rank's GPU when CUDA is available, else the CPU; ``cuda`` -> cuda:local_rank."""
+    if device not in ("auto", "cpu", "cuda") and not device.startswith("cuda:"):
+        raise DeviceError(f"device={device!r} is invalid: use auto, cpu, cuda or cuda:N")
+    if device == "auto":
+        device = "cuda" if torch.cuda.is_available() else "cpu"
+    if device.startswith("cuda"):
+        if not torch.cuda.is_available():
+            raise DeviceError("device cuda was asked for but torch sees no GPU: use --device cpu")
+        if device == "cuda":
+            device = f"cuda:{local_rank % torch.cuda.device_count()}"
+        torch.cuda.set_device(torch.device(device))
+        enable_fast_fp32(device)
+    return torch.device(device)
+
+
 def free_memory(device: torch.device | str) -> int:
     """Free bytes on a CUDA device (0 for the CPU: callers keep their default)."""
     device = torch.device(device)
@@ -93,5 +109,5 @@ def auto_lm_batch(model, layer: int, ctx_len: int, default: int = 8) -> int:
     return probe_lm_batch(model, layer, ctx_len, est)
 
 
-__all__ = ["lm_dtype", "enable_fast_fp32", "free_memory", "lm_batch_for_memory", "probe_lm_batch",
-           "auto_lm_batch", "DeviceError"]
+__all__ = ["lm_dtype", "resolve_device", "enable_fast_fp32", "free_memory", "lm_batch_for_memory",
+           "probe_lm_batch", "auto_lm_batch", "DeviceError"]

@@ -1,4 +1,4 @@
-"""Data-parallel training and sliced harvesting over torch.distributed (gloo on CPU, NCCL on GPUs).
+"""Process groups for data-parallel training and sliced harvesting over torch.distributed (gloo on CPU, NCCL on GPUs).
 
 Training (``train_saes(..., comm=Comm)``): every rank builds the same SAEs (same seed, same init
 sample; parameters are then broadcast from rank 0 so heterogeneous nodes agree bit for bit), reads
@@ -10,11 +10,8 @@ pre-activations of the *global* batch, found exactly from each rank's local thre
 values between the smallest and largest local thresholds).  Rank 0 alone writes checkpoints and the
 saved SAEs; every other rank waits for rank 0's success flag, so a failed write fails every rank.
 
-Harvesting (:func:`harvest_slices`): rank r of W harvests the contexts whose batch index is
-congruent to r mod W, up to its share of the rows, into ``out/.slice_RRR_of_WWW`` (a complete,
-resumable cache of its own); rank 0 then links the slices' shards, in rank order, into ``out`` under
-global shard names and writes one manifest recording the slices.  A one-process harvest of the same
-W slices (``harvest_slices(..., world_size=W)``) produces the same files.
+Harvesting (``scaffold_sae.cache.harvest_slices(..., comm=Comm)``): rank r of W harvests its slice of the
+contexts and rank 0 merges the slices (see that function).
 
 Launching: ``torchrun --nproc_per_node N -m scaffold_sae train ...`` (or ``--nproc N``, which runs
 ``torch.distributed.run --standalone`` for you).  Known limits: AuxK normalises by the per-rank
@@ -27,11 +24,8 @@ from __future__ import annotations
 import datetime
 import gc
 import os
-import shutil
 import subprocess
 import sys
-from dataclasses import replace
-from pathlib import Path
 from typing import Callable, NoReturn, Sequence
 
 import torch
@@ -39,6 +33,7 @@ import torch.distributed as dist
 from torch import Tensor
 
 from . import kernels
+from .devices import resolve_device
 
 DEFAULT_TIMEOUT_S = 600.0
 """Default timeout of every collective (seconds); a rank that never answers fails the others."""
@@ -55,23 +50,6 @@ class DistributedError(RuntimeError):
 def launched_by_torchrun() -> bool:
     """True inside a process started by torchrun / torch.distributed.run with more than one rank."""
     return int(os.environ.get("WORLD_SIZE", "1")) > 1 and "RANK" in os.environ
-
-
-def resolve_device(device: str = "auto", local_rank: int = 0) -> torch.device:
-    """``auto`` -> this rank's GPU when CUDA is available, else the CPU; ``cuda`` -> cuda:local_rank."""
-    if device not in ("auto", "cpu", "cuda") and not device.startswith("cuda:"):
-        raise DistributedError(f"device={device!r} is invalid: use auto, cpu, cuda or cuda:N")
-    if device == "auto":
-        device = "cuda" if torch.cuda.is_available() else "cpu"
-    if device.startswith("cuda"):
-        if not torch.cuda.is_available():
-            raise DistributedError("device cuda was asked for but torch sees no GPU: use --device cpu")
-        if device == "cuda":
-            device = f"cuda:{local_rank % torch.cuda.device_count()}"
-        torch.cuda.set_device(torch.device(device))
-        from .devices import enable_fast_fp32
-        enable_fast_fp32(device)
-    return torch.device(device)
 
 
 def _timeout() -> float:
@@ -148,7 +126,8 @@ def end_rank_process(code: int) -> NoReturn:
 
 
 class Comm:
-    """The collectives the trainer and the harvester need (all ranks call each one in the same order)."""
+    """One rank of a torch.distributed process group (a scaffold_sae.comm.Communicator): the collectives
+    the trainer and the harvester need (all ranks call each one in the same order)."""
 
     def __init__(self, rank: int, world_size: int, device: torch.device | str = "cpu"):
         self.rank = rank
@@ -347,23 +326,7 @@ def _local_cut(pre: Tensor, k: int) -> float:
 # ------------------------------------------------------------------------------------ training
 
 
-def train_distributed(cache, cfgs, train_cfg, out_dir, comm: Comm,
-                      on_step: Callable | None = None) -> list[Path]:
-    """``train_saes`` as one rank of a data-parallel run (every rank calls it with the same arguments)."""
-    from .trainer import train_saes
-
-    try:
-        return train_saes(cache, cfgs, train_cfg, out_dir, rank=comm.rank, world_size=comm.world_size,
-                          on_step=on_step, comm=comm)
-    except RuntimeError as error:
-        if isinstance(error, DistributedError) or not _is_peer_failure(error):
-            raise
-        raise DistributedError(f"rank {comm.rank}: another rank stopped or timed out "
-                               f"({str(error).splitlines()[0][:200]}); rerun the same command to resume from "
-                               "the last checkpoint") from error
-
-
-def _is_peer_failure(error: BaseException) -> bool:
+def is_peer_failure(error: BaseException) -> bool:
     if isinstance(error, getattr(dist, "DistError", ())):
         return True
     text = str(error)
@@ -406,141 +369,6 @@ def launch(command: str, argv: list[str], nproc: int) -> None:
                                "failing rank's error is above); rerun the same command to resume")
 
 
-def run_train_ranked(values: dict, cfgs, train_cfg) -> list[Path]:
-    """The body of ``scaffold-sae train`` on one torchrun rank."""
-    from .cache import ActivationCache
-
-    comm = init_from_env(values.get("device") or "auto")
-    try:
-        if values.get("threads"):
-            torch.set_num_threads(int(values["threads"]))
-        cache = ActivationCache.open(values["cache"], verify="full" if comm.rank == 0 else "fast")
-        train_cfg.device = str(comm.device)
-        paths = train_distributed(cache, cfgs, train_cfg, values["out"], comm)
-    except BaseException:
-        shutdown(sync=False)
-        raise
-    shutdown()
-    return paths if comm.rank == 0 else []
-
-
-# ------------------------------------------------------------------------------------ harvesting
-
-
-def slice_dir(out_dir: Path, rank: int, world_size: int) -> Path:
-    return Path(out_dir) / f".slice_{rank:03d}_of_{world_size:03d}"
-
-
-def slice_quota(n_tokens: int, rank: int, world_size: int) -> int:
-    """Rows slice ``rank`` harvests: an equal share, the first n_tokens % W slices one more."""
-    return n_tokens // world_size + (1 if rank < n_tokens % world_size else 0)
-
-
-def harvest_slices(model, cfg, out_dir, comm: Comm | None = None, world_size: int | None = None,
-                   progress: bool = True):
-    """Harvest ``cfg`` (a cache.HarvestConfig) as ``world_size`` slices into ``out_dir``.
-
-    With ``comm`` each rank harvests its own slice (world_size = comm.world_size); without it this
-    process harvests every slice in turn, giving the same files.  Returns the opened cache.
-    """
-    from .cache import ActivationCache, CacheError, Harvester, _read_manifest, MANIFEST
-
-    out = Path(out_dir)
-    n = comm.world_size if comm is not None else int(world_size or 1)
-    if n < 1:
-        raise DistributedError(f"world_size={n} is invalid: use a positive number of slices")
-    if cfg.n_tokens < n:
-        raise CacheError(f"n_tokens={cfg.n_tokens} is fewer than the {n} slices: harvest more tokens")
-    if (out / MANIFEST).exists():
-        old = _read_manifest(out)
-        if old.get("complete") and (old.get("slices") or {}).get("world_size") == n:
-            return ActivationCache.open(out, verify="full" if comm is None or comm.rank == 0 else "fast")
-        if not old.get("slices"):
-            raise CacheError(f"{out} already holds an activation cache harvested without slices; use another --out")
-    ranks = [comm.rank] if comm is not None else list(range(n))
-    for rank in ranks:
-        sub = replace(cfg, n_tokens=slice_quota(cfg.n_tokens, rank, n), slice_rank=rank, slice_count=n)
-        Harvester(model, sub, slice_dir(out, rank, n)).run(progress=progress and rank == 0)
-    if comm is not None:
-        comm.barrier()  # every slice is complete before rank 0 merges them
-        comm.on_rank0(lambda: merge_slices(out, cfg.n_tokens, n), "merging the harvest slices")
-    else:
-        merge_slices(out, cfg.n_tokens, n)
-    return ActivationCache.open(out, verify="fast")
-
-
-def merge_slices(out_dir: Path, n_tokens: int, world_size: int) -> dict:
-    """Link the complete slice caches' shards into ``out_dir`` in rank order and write its manifest."""
-    from .cache import EXCLUSION_RULES, MANIFEST, CacheError, _read_manifest, shard_name
-    from .fetch import atomic_write_bytes
-    import json
-
-    out = Path(out_dir)
-    subs = []
-    for rank in range(world_size):
-        manifest = _read_manifest(slice_dir(out, rank, world_size))
-        if not manifest.get("complete"):
-            raise CacheError(f"slice {rank} of {out} is unfinished: rerun the same harvest to resume it")
-        subs.append(manifest)
-    shards, slices = [], []
-    for rank, manifest in enumerate(subs):
-        first = len(shards)
-        for shard in manifest["shards"]:
-            name = shard_name(len(shards))
-            src, dst = slice_dir(out, rank, world_size) / shard["file"], out / name
-            dst.unlink(missing_ok=True)
-            try:
-                os.link(src, dst)
-            except OSError:
-                shutil.copyfile(src, dst)
-            shards.append({**shard, "file": name, "slice": rank})
-        slices.append({"rank": rank, "n_tokens": manifest["n_tokens"], "n_rows": manifest["n_rows"],
-                       "n_contexts": manifest["n_contexts"], "shards": [first, len(shards)],
-                       "corpus_exhausted": manifest["corpus_exhausted"]})
-    merged = {key: value for key, value in subs[0].items() if key != "slice"}
-    merged.update({
-        "n_tokens": n_tokens, "shards": shards, "complete": True,
-        "corpus_exhausted": any(m["corpus_exhausted"] for m in subs),
-        "n_rows": sum(m["n_rows"] for m in subs), "n_contexts": sum(m["n_contexts"] for m in subs),
-        "tokens_seen": sum(m["tokens_seen"] for m in subs),
-        "excluded": {r: sum(m["excluded"][r] for m in subs) for r in EXCLUSION_RULES},
-        "surplus": sum(m["surplus"] for m in subs),
-        "slices": {"world_size": world_size,
-                   "rule": "slice r holds the contexts whose batch index (batch_size contexts per batch, in "
-                           "the deterministic context stream) is r mod world_size, up to its n_tokens rows; "
-                           "shards are listed in slice order",
-                   "ranks": slices},
-    })
-    atomic_write_bytes(out / MANIFEST, (json.dumps(merged, indent=1) + "\n").encode())
-    for rank in range(world_size):
-        shutil.rmtree(slice_dir(out, rank, world_size), ignore_errors=True)
-    return merged
-
-
-def run_harvest_ranked(args) -> None:
-    """The body of ``scaffold-sae harvest`` on one torchrun rank."""
-    from .cache import HarvestConfig
-    from .devices import auto_lm_batch, lm_dtype
-    from .models import load_model
-
-    comm = init_from_env(getattr(args, "device", None) or "auto")
-    try:
-        model = load_model(args.model, device=comm.device, dtype=lm_dtype(getattr(args, "lm_dtype", "auto"),
-                                                                          comm.device))
-        if args.batch_size == 0:  # every rank must use the same batch (it defines the slices)
-            args.batch_size = comm.min_int(auto_lm_batch(model, args.layer, args.ctx_len))
-        cfg = HarvestConfig(layer=args.layer, corpus=args.corpus, n_tokens=args.tokens, ctx_len=args.ctx_len,
-                            batch_size=args.batch_size, split=args.split, dtype=args.dtype,
-                            shard_rows=args.shard_rows, sink_factor=args.sink_factor, seed=args.seed)
-        cache = harvest_slices(model, cfg, args.out, comm=comm)
-        if comm.rank == 0:
-            print(cache.summary())
-    except BaseException:
-        shutdown(sync=False)
-        raise
-    shutdown()
-
-
 __all__ = ["Comm", "DistributedError", "init", "init_from_env", "shutdown", "launched_by_torchrun",
-           "resolve_device", "end_rank_process", "distributed_batch_topk", "train_distributed", "launch", "harvest_slices",
-           "merge_slices", "slice_quota", "cli_argv"]
+           "end_rank_process", "distributed_batch_topk", "launch", "cli_argv",
+           "is_peer_failure"]

@@ -18,6 +18,7 @@ import torch
 from scaffold_sae import archs, evals, faults
 from scaffold_sae.cache import ActivationCache, harvest
 from scaffold_sae.corpus import load_corpus, pack_contexts
+from scaffold_sae.devices import resolve_device
 from scaffold_sae.faults import OutputLock
 from scaffold_sae.fetch import atomic_write_text
 from scaffold_sae.models import EMBEDDED, load_model
@@ -134,8 +135,6 @@ def run_study(cfg: StudyConfig, out_dir: str | Path, progress: bool = True) -> d
 
 
 def _run_study(cfg: StudyConfig, out_dir: str | Path, progress: bool) -> dict:
-    from scaffold_sae.distributed import resolve_device
-
     cfg = replace(cfg.validate(), device=str(resolve_device(cfg.device)))
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)

@@ -18,19 +18,20 @@ import os
 from contextlib import contextmanager
 from dataclasses import asdict, dataclass, field, fields
 from pathlib import Path
-from typing import TYPE_CHECKING, Callable, Iterator, Protocol
+from typing import Callable, Iterator, Protocol
 
 import torch
 from torch import Tensor
 
-from . import archs, faults
+from . import archs, distributed, faults
+from .cache import ActivationCache
+from .comm import Communicator, LocalComm
 from .faults import OutputLock, check_space
+from .devices import resolve_device
 from .fetch import atomic_write_bytes
 from .saving import save_sae, state_bytes
 from .sae import ConfigError, HybridSAE, SAEConfig, _choice, geometric_median, lr_for_width, pca_basis
 
-if TYPE_CHECKING:
-    from .distributed import Comm
 
 B_DEC_INITS = ("geometric_median", "mean", "zeros")
 THRESHOLD_METHODS = ("sample", "ema")
@@ -271,9 +272,9 @@ def _config_key(cfgs: list[SAEConfig], train_cfg: TrainConfig, world_size: int) 
 
 
 class _Loggers:
-    def __init__(self, out_dir: Path, train_cfg: TrainConfig, start_step: int, rank: int):
+    def __init__(self, out_dir: Path, train_cfg: TrainConfig, start_step: int, process_rank: int):
         self.path = out_dir / LOG
-        self.active = rank == 0
+        self.active = process_rank == 0
         self.wandb = self.tb = None
         if not self.active:
             return
@@ -333,32 +334,62 @@ def _metadata(source: object) -> dict:
 
 
 def train_saes(cache: ActivationSource, cfgs: list[SAEConfig], train_cfg: TrainConfig,
-               out_dir: str | Path, *, rank: int = 0, world_size: int = 1,
-               on_step: Callable[[int, list[SAEState]], None] | None = None,
-               comm: "Comm | None" = None) -> list[Path]:
+               out_dir: str | Path, *, on_step: Callable[[int, list[SAEState]], None] | None = None,
+               comm: Communicator | None = None) -> list[Path]:
     """Train ``cfgs`` in lockstep on ``cache``; returns one saved SAE directory per config.
 
     ``on_step(step, states)`` runs after every completed step (tests use it to interrupt).
-    ``comm`` (scaffold_sae.distributed.Comm) makes this one rank of a data-parallel run.
+    ``comm`` (scaffold_sae.distributed.Comm) makes this one rank of a data-parallel run; None trains
+    in this one process on ``train_cfg.device``.
     """
     train_cfg.validate()
-    if comm is not None:
-        rank, world_size = comm.rank, comm.world_size
+    if comm is None:
+        comm = LocalComm(resolve_device(train_cfg.device))
     lock = OutputLock(out_dir, "train")
-    if comm is not None:  # rank 0 holds the lock; every rank fails when it cannot
-        comm.on_rank0(lock.__enter__, f"locking {out_dir}")
-    elif rank == 0:
-        lock.__enter__()
+    comm.on_rank0(lock.__enter__, f"locking {out_dir}")  # every rank fails when rank 0 cannot lock
     try:
-        return _train_saes(cache, cfgs, train_cfg, Path(out_dir), rank, world_size, on_step, comm)
+        return _train_saes(cache, cfgs, train_cfg, Path(out_dir), on_step, comm)
     finally:
-        if rank == 0:
+        if comm.rank == 0:
             lock.__exit__()
 
 
-def _train_saes(cache, cfgs, train_cfg, out_dir, rank, world_size, on_step, comm) -> list[Path]:
-    from .distributed import resolve_device
-    device = comm.device if comm is not None else resolve_device(train_cfg.device)
+def _train_saes(cache, cfgs, train_cfg, out_dir, on_step, comm: Communicator) -> list[Path]:
+    run = _setup(cache, cfgs, train_cfg, out_dir, comm)
+    _loop(run, on_step)
+    return _finalise(run)
+
+
+@dataclass
+class _Run:
+    """A run after set-up or resume: what the training loop and the final save share."""
+
+    cache: ActivationSource
+    train_cfg: TrainConfig
+    comm: Communicator
+    out_dir: Path
+    names: list[str]
+    states: list[SAEState]
+    start: int
+    """First step to run (0, or the checkpoint's step on resume)."""
+    total_steps: int
+    warmup: int
+    dead_tokens: int
+    key: str
+    """The configuration key a checkpoint must match."""
+    scale: float
+    """Input scale (folded into the saved weights)."""
+    need: int
+    """Bytes a checkpoint and the saved SAEs need on disk."""
+
+    @property
+    def ckpt_path(self) -> Path:
+        return self.out_dir / CHECKPOINT
+
+
+def _setup(cache, cfgs, train_cfg: TrainConfig, out_dir, comm: Communicator) -> _Run:
+    """Build the SAEs and optimisers, then resume from the checkpoint or initialise from a sample."""
+    device, world_size = comm.device, comm.world_size
     if not cfgs:
         raise ConfigError("no SAE configs given: pass at least one (e.g. --ranks 0)")
     cfgs = resolve_configs(cfgs, int(cache.d_model))
@@ -386,7 +417,7 @@ def _train_saes(cache, cfgs, train_cfg, out_dir, rank, world_size, on_step, comm
         states.append(SAEState(name, sae, optim, base_lr, torch.zeros(cfg.width, dtype=torch.long, device=device)))
     # a checkpoint holds weights and two Adam moments; saving adds the SAEs and a temp copy of one file
     need = sum(p.numel() for st in states for p in st.sae.parameters()) * 4 * 5
-    if rank == 0:
+    if comm.rank == 0:
         check_space(out_dir, need)
 
     start = 0
@@ -401,18 +432,25 @@ def _train_saes(cache, cfgs, train_cfg, out_dir, rank, world_size, on_step, comm
             if st.sae.cfg.rank > 0 and st.sae.cfg.scaffold_init == "pca":
                 st.sae.set_scaffold(pca_basis(scaled, b_dec, st.sae.cfg.rank))
     del sample
-    if comm is not None:
-        scale = comm.setup(states, start, scale)
+    scale = comm.setup(states, start, scale)
+    return _Run(cache, train_cfg, comm, out_dir, names, states, start, total_steps, warmup, dead_tokens, key,
+                scale, need)
 
-    loggers = _Loggers(out_dir, train_cfg, start, rank)
+
+def _loop(run: _Run, on_step) -> None:
+    """The training steps from ``run.start``, with logging, progress and periodic checkpoints."""
+    train_cfg, comm, states, total_steps = run.train_cfg, run.comm, run.states, run.total_steps
+    device, process_rank, world_size, scale = comm.device, comm.rank, comm.world_size, run.scale
+    start = run.start
+    loggers = _Loggers(run.out_dir, train_cfg, start, process_rank)
     bar = None
-    if train_cfg.progress and rank == 0:
+    if train_cfg.progress and process_rank == 0:
         from tqdm.auto import tqdm
         bar = tqdm(total=total_steps * train_cfg.batch_size * world_size,
                    initial=start * train_cfg.batch_size * world_size,
                    unit="tok", unit_scale=True, desc="train", dynamic_ncols=True)
-    labels = short_labels(names)
-    batches = cache.batches(train_cfg.batch_size, seed=train_cfg.seed, skip=start, rank=rank,
+    labels = short_labels(run.names)
+    batches = run.cache.batches(train_cfg.batch_size, seed=train_cfg.seed, skip=start, rank=process_rank,
                             world_size=world_size)
     for st in states:
         st.reset_window()
@@ -421,14 +459,13 @@ def _train_saes(cache, cfgs, train_cfg, out_dir, rank, world_size, on_step, comm
             x = next(batches).to(device, torch.float32, non_blocking=True)
             if scale != 1.0:
                 x = x * scale
-            factor = schedule(step, total_steps, warmup, train_cfg.lr_decay_frac)
+            factor = schedule(step, total_steps, run.warmup, train_cfg.lr_decay_frac)
             for st in states:
-                _train_step(st, x, factor, dead_tokens, train_cfg, comm)
+                _train_step(st, x, factor, run.dead_tokens, train_cfg, comm)
             done = step + 1
             if done % train_cfg.log_every == 0 or done == total_steps:
-                if comm is not None:
-                    for st in states:
-                        comm.reduce_window(st.window)
+                for st in states:
+                    comm.reduce_window(st.window)
                 records = [_window_record(st, done, train_cfg, world_size, factor) for st in states]
                 loggers.write(records)
                 if bar is not None:
@@ -439,11 +476,9 @@ def _train_saes(cache, cfgs, train_cfg, out_dir, rank, world_size, on_step, comm
                 bar.update(train_cfg.batch_size * world_size)
             if (train_cfg.checkpoint_every and done % train_cfg.checkpoint_every == 0
                     and done < total_steps):
-                if comm is not None:  # rank 0 writes; the others wait for its success flag
-                    comm.on_rank0(lambda: _save_checkpoint(ckpt_path, key, done, scale, states, need),
-                                  "writing the checkpoint")
-                elif rank == 0:
-                    _save_checkpoint(ckpt_path, key, done, scale, states, need)
+                # rank 0 writes; the others wait for its success flag
+                comm.on_rank0(lambda: _save_checkpoint(run.ckpt_path, run.key, done, scale, states, run.need),
+                              "writing the checkpoint")
             faults.progress("step", done)
             if on_step is not None:
                 on_step(done, states)
@@ -451,13 +486,17 @@ def _train_saes(cache, cfgs, train_cfg, out_dir, rank, world_size, on_step, comm
         if bar is not None:
             bar.close()
         loggers.close()
-        if comm is not None:
-            comm.teardown(states)
+        comm.teardown(states)
 
+
+def _finalise(run: _Run) -> list[Path]:
+    """Calibrate thresholds, save every SAE (rank 0) and drop the checkpoint; returns the SAE directories."""
+    cache, train_cfg, comm, scale, need = run.cache, run.train_cfg, run.comm, run.scale, run.need
+    device, world_size, total_steps = comm.device, comm.world_size, run.total_steps
     paths = []
     thr_sample = (_sample(cache, train_cfg.threshold_sample_tokens, train_cfg.seed + 1) * scale).to(device)
     meta = _metadata(cache)
-    for st in states:
+    for st in run.states:
         sae, cfg = st.sae, st.sae.cfg
         summary = {"steps": total_steps, "tokens": total_steps * train_cfg.batch_size * world_size,
                    "input_scale": scale, "train_config": asdict(train_cfg), "ema_threshold": st.ema_threshold}
@@ -470,21 +509,44 @@ def _train_saes(cache, cfgs, train_cfg, out_dir, rank, world_size, on_step, comm
                 sae.threshold.fill_(thr)
             summary["threshold_scaled"] = thr
         summary["inference_l0_sample"] = inference_l0(sae, thr_sample)
-        path = out_dir / st.name
+        path = run.out_dir / st.name
 
         def save(sae=sae, path=path, summary=summary) -> None:
             with _explain_full_disk(path, need):
                 save_sae(sae.folded(scale).cpu(), path, metadata=meta, summary=summary)
-        if comm is not None:
-            comm.on_rank0(save, f"saving {st.name}")
-        elif rank == 0:
-            save()
+        comm.on_rank0(save, f"saving {st.name}")
         paths.append(path)
-    if comm is not None:
-        comm.on_rank0(lambda: _drop_checkpoint(ckpt_path, train_cfg), "removing the checkpoint")
-    elif rank == 0:
-        _drop_checkpoint(ckpt_path, train_cfg)
+    comm.on_rank0(lambda: _drop_checkpoint(run.ckpt_path, train_cfg), "removing the checkpoint")
     return paths
+
+
+def train_distributed(cache, cfgs, train_cfg, out_dir, comm: distributed.Comm,
+                      on_step: Callable | None = None) -> list[Path]:
+    """``train_saes`` as one rank of a data-parallel run (every rank calls it with the same arguments)."""
+    try:
+        return train_saes(cache, cfgs, train_cfg, out_dir, on_step=on_step, comm=comm)
+    except RuntimeError as error:
+        if isinstance(error, distributed.DistributedError) or not distributed.is_peer_failure(error):
+            raise
+        raise distributed.DistributedError(f"rank {comm.rank}: another rank stopped or timed out "
+                               f"({str(error).splitlines()[0][:200]}); rerun the same command to resume from "
+                               "the last checkpoint") from error
+
+
+def _train_ranked(values: dict, cfgs, train_cfg) -> list[Path]:
+    """The body of ``scaffold-sae train`` on one torchrun rank."""
+    comm = distributed.init_from_env(values.get("device") or "auto")
+    try:
+        if values.get("threads"):
+            torch.set_num_threads(int(values["threads"]))
+        cache = ActivationCache.open(values["cache"], verify="full" if comm.rank == 0 else "fast")
+        train_cfg.device = str(comm.device)
+        paths = train_distributed(cache, cfgs, train_cfg, values["out"], comm)
+    except BaseException:
+        distributed.shutdown(sync=False)
+        raise
+    distributed.shutdown()
+    return paths if comm.rank == 0 else []
 
 
 def _drop_checkpoint(ckpt_path: Path, train_cfg: TrainConfig) -> None:
@@ -498,7 +560,7 @@ def _sample(cache: ActivationSource, n: int, seed: int) -> Tensor:
 
 
 def _train_step(st: SAEState, x: Tensor, factor: float, dead_tokens: int, train_cfg: TrainConfig,
-                comm: "Comm | None" = None) -> None:
+                comm: Communicator) -> None:
     sae = st.sae
     for group in st.optim.param_groups:
         group["lr"] = st.base_lr * group["lr_mult"] * factor
@@ -507,18 +569,16 @@ def _train_step(st: SAEState, x: Tensor, factor: float, dead_tokens: int, train_
     out = sae.loss(x, dead=dead, fast=train_cfg.fast)
     out.loss.backward()
     sae.project_decoder_grad()
-    if comm is not None:
-        comm.all_reduce_grads(sae)
+    comm.all_reduce_grads(sae)
     if train_cfg.grad_clip > 0:
         torch.nn.utils.clip_grad_norm_(sae.parameters(), train_cfg.grad_clip)
     st.optim.step()
     sae.apply_constraints()
     with torch.no_grad():
         fires = torch.bincount(out.active.col, minlength=sae.cfg.width)
-        n_tokens = x.shape[0]
-        if comm is not None:  # dead / dense counts over the global batch
-            fires = comm.sum_counts(fires)
-            n_tokens *= comm.world_size
+        # dead / dense counts over the global batch
+        fires = comm.sum_counts(fires)
+        n_tokens = x.shape[0] * comm.world_size
         st.since_fired += n_tokens
         st.since_fired[fires > 0] = 0
         if out.batch_threshold > 0:
@@ -776,7 +836,6 @@ def register_train(subparsers) -> None:
 
 
 def run_train(args: argparse.Namespace) -> list[Path]:
-    from . import distributed
     nproc = getattr(args, "nproc", None)
     if nproc is not None and nproc != 1 and not distributed.launched_by_torchrun():
         distributed.launch("train", distributed.cli_argv(args, negations={"progress": "--no-progress",
@@ -792,13 +851,12 @@ def run_train(args: argparse.Namespace) -> list[Path]:
             raise ConfigError(f"{key} is missing: pass --{key} DIR or set {key} in --config")
     cfgs, train_cfg = configs_from_dict(values)
     if distributed.launched_by_torchrun():  # one rank of torchrun --nproc_per_node N -m scaffold_sae train
-        paths = distributed.run_train_ranked(values, cfgs, train_cfg)
+        paths = _train_ranked(values, cfgs, train_cfg)
         for path in paths:
             print(path)
         return paths
     if values.get("threads"):
         torch.set_num_threads(int(values["threads"]))
-    from .cache import ActivationCache
     cache = ActivationCache.open(values["cache"])
     paths = train_saes(cache, cfgs, train_cfg, values["out"])
     for path in paths:
@@ -806,5 +864,5 @@ def run_train(args: argparse.Namespace) -> list[Path]:
     return paths
 
 
-__all__ = ["TrainConfig", "TensorSource", "train_saes", "register_train", "configs_from_dict",
+__all__ = ["TrainConfig", "TensorSource", "train_saes", "train_distributed", "register_train", "configs_from_dict",
            "estimate_threshold", "schedule", "input_scale"]
