@@ -87,3 +87,18 @@ def test_only_the_cli_module_imports_argparse():
             if any(name.split(".")[0] == "argparse" for name in names):
                 importers.append(str(path.relative_to(SRC)))
     assert importers == ["cli.py"]
+
+
+def test_commands_fail_with_one_line_before_heavy_work(tmp_path, capsys):
+    results = tmp_path / "results.json"
+    results.write_text(json.dumps({"config": {"model": "m", "layer": 1}, "saes": {}}))
+    for argv, message in ((["compare", "--results", f"a={results}", "--out", str(tmp_path / "o")], "has no analyses"),
+                          (["harvest", "--model", "nowhere", "--layer", "0", "--out", str(tmp_path / "c"),
+                            "--dtype", "float64"], "dtype='float64' is invalid: allowed values are float32, float16"),
+                          (["eval", "--sae", str(tmp_path), "--inference", "topk"], "inference='topk' is invalid"),
+                          (["train", "--cache", "c", "--out", "o", "--width", "wide"],
+                           "width='wide' is invalid: expected int")):
+        with pytest.raises(SystemExit) as done:
+            cli.main(argv)
+        err = capsys.readouterr().err.strip()
+        assert done.value.code == 2 and err.count("\n") == 0 and message in err, (argv, err)

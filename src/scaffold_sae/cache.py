@@ -762,8 +762,12 @@ def harvest_with(cfg: HarvestConfig, run: HarvestRun, progress: bool = True) -> 
     """`scaffold-sae harvest` in this one process: load ``run.model`` and harvest ``cfg`` into ``run.out``."""
     from scaffold_sae import distributed
     from scaffold_sae.devices import auto_lm_batch, lm_dtype
+    from scaffold_sae.corpus import SPLITS
     from scaffold_sae.models import load_model
 
+    for name, value, allowed in (("dtype", cfg.dtype, tuple(DTYPES)), ("split", cfg.split, SPLITS)):
+        if value not in allowed:  # before the model loads
+            raise CacheError(f"{name}={value!r} is invalid: allowed values are {', '.join(allowed)}")
     device = distributed.resolve_device(run.device)
     model = load_model(run.model, device=device, dtype=lm_dtype(run.lm_dtype, device))
     batch_size = cfg.batch_size or auto_lm_batch(model, cfg.layer, cfg.ctx_len)  # 0: as many as fit
