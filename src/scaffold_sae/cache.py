@@ -20,7 +20,6 @@ Rows kept: every position except (counted per reason in the manifest)
 
 from __future__ import annotations
 
-import argparse
 import hashlib
 import itertools
 import json
@@ -70,13 +69,14 @@ class HarvestConfig:
     layer: int
     """Block whose output residual stream is cached (0-based)."""
     corpus: str = "news"
-    """Corpus spec (see scaffold_sae.corpus): 'news', a .txt/.jsonl/.parquet file or folder, or 'hf:name'."""
+    """Corpus spec (see scaffold_sae.corpus): 'news' (embedded), a .txt/.jsonl/.parquet file or folder (append
+    #FIELD for another text field), or hf:name[:config][:split]."""
     n_tokens: int = 1_000_000
     """Rows to keep (excluded positions do not count)."""
     ctx_len: int = 256
     """Tokens per context, BOS included."""
     batch_size: int = 8
-    """Contexts per forward pass."""
+    """Contexts per forward pass (`scaffold-sae harvest`: 0 = as many as fit in free GPU memory, 8 on the CPU)."""
     split: str = "train"
     """Document split: 'train' or 'heldout' (a stable 10% of documents training never sees)."""
     dtype: str = "float32"
@@ -830,96 +830,73 @@ def merge_slices(out_dir: Path, n_tokens: int, world_size: int) -> dict:
     return merged
 
 
-# --------------------------------------------------------------------------------------------------- CLI
+# --------------------------------------------------------------------------------------------------- commands
 
 
-def register_harvest(subparsers) -> None:
-    """`scaffold-sae harvest`: cache a layer's activations on a corpus, then print the cache summary."""
-    d = HarvestConfig(layer=0)
-    p = subparsers.add_parser("harvest", help="cache a layer's residual-stream activations on a corpus",
-                              description=register_harvest.__doc__)
-    p.add_argument("--model", required=True, help="smollm2-135m | gemma3-270m | HF hub id | local dir | file.gguf")
-    p.add_argument("--layer", type=int, required=True, help="block whose output is cached (0-based)")
-    p.add_argument("--corpus", default=d.corpus, help="'news' (embedded default), a .txt/.jsonl/.parquet file or "
-                   "folder (append #FIELD for another text field), or hf:name[:config][:split]")
-    p.add_argument("--tokens", type=int, default=d.n_tokens, help="rows (kept tokens) to harvest")
-    p.add_argument("--out", required=True, help="cache directory")
-    p.add_argument("--ctx-len", type=int, default=d.ctx_len, help="tokens per context, BOS included")
-    p.add_argument("--batch-size", type=int, default=d.batch_size, help="contexts per forward pass "
-                   "(0: as many as fit in free GPU memory)")
-    p.add_argument("--dtype", choices=sorted(DTYPES), default=d.dtype, help="storage dtype")
-    p.add_argument("--split", choices=["train", "heldout"], default=d.split,
-                   help="document split (heldout: a stable 10%% of documents training never sees)")
-    p.add_argument("--sink-factor", type=float, default=d.sink_factor,
-                   help="exclude tokens with norm above this multiple of their context's median (0 disables)")
-    p.add_argument("--shard-rows", type=int, default=d.shard_rows, help="rows per shard (about)")
-    p.add_argument("--seed", type=int, default=d.seed, help="seed of the document order")
-    p.add_argument("--device", default="cpu", help="torch device for the model (cpu, cuda, cuda:N, auto)")
-    p.add_argument("--lm-dtype", default="auto", help="model weights dtype: auto (bf16 on CUDA, fp32 on CPU), "
-                   "float32, bfloat16, float16")
-    p.add_argument("--nproc", type=int, default=None, help="harvest as N slices in N local processes (runs "
-                   "torch.distributed.run; or start `torchrun ... -m scaffold_sae harvest` yourself)")
-    p.add_argument("--overwrite", action="store_true", help="replace a cache of other settings in --out")
-    p.add_argument("--repair", action="store_true", help="verify every shard of the cache in --out and re-harvest "
-                   "only the missing or corrupted ones, bit-identical (pass the flags of the original harvest)")
-    p.set_defaults(func=_harvest_command)
+@dataclass
+class HarvestRun:
+    """How `scaffold-sae harvest` runs, beside the HarvestConfig fields."""
+
+    model: str
+    """Language model: smollm2-135m | gemma3-270m | HF hub id | local dir | file.gguf."""
+    out: str
+    """Cache directory."""
+    device: str = "cpu"
+    """torch device for the model: cpu | cuda | cuda:N | auto."""
+    lm_dtype: str = "auto"
+    """Model weights dtype: auto (bf16 on CUDA, fp32 on CPU) | float32 | bfloat16 | float16."""
+    overwrite: bool = False
+    """Replace a cache of other settings in --out."""
+    repair: bool = False
+    """Verify every shard of the cache in --out and re-harvest only the missing or corrupted ones, bit-identical
+    (pass the flags of the original harvest)."""
 
 
-def register_cache_info(subparsers) -> None:
-    """`scaffold-sae cache-info DIR`: verify a cache and print its summary."""
-    p = subparsers.add_parser("cache-info", help="verify an activation cache and print its summary",
-                              description=register_cache_info.__doc__)
-    p.add_argument("path", help="cache directory")
-    p.add_argument("--verify", choices=["full", "fast", "none"], default="full", help="how much to check")
-    p.set_defaults(func=_cache_info_command)
-
-
-def _harvest_command(args: argparse.Namespace) -> int:
+def harvest_with(cfg: HarvestConfig, run: HarvestRun, progress: bool = True) -> "ActivationCache":
+    """`scaffold-sae harvest` in this one process: load ``run.model`` and harvest ``cfg`` into ``run.out``."""
+    from scaffold_sae.corpus import SPLITS
     from scaffold_sae.models import load_model
 
-    nproc = getattr(args, "nproc", None) or 1
-    repair = getattr(args, "repair", False)
-    if repair and distributed.launched_by_torchrun():
-        raise CacheError("run `scaffold-sae harvest --repair` as one process, not under torchrun: it re-harvests "
-                         "only the bad shards")
-    if distributed.launched_by_torchrun():
-        _harvest_ranked(args)
-        return 0
-    if nproc > 1 and not repair:  # a repair runs in this one process
-        distributed.launch("harvest", distributed.cli_argv(args), nproc)
-        return 0
-    device = resolve_device(args.device)
-    model = load_model(args.model, device=device, dtype=lm_dtype(getattr(args, "lm_dtype", "auto"), device))
-    if args.batch_size == 0:  # memory-aware: as many contexts as fit on the GPU (8 on the CPU)
-        args.batch_size = auto_lm_batch(model, args.layer, args.ctx_len)
-    cache = harvest(model, args.layer, args.corpus, args.tokens, args.out, ctx_len=args.ctx_len,
-                    batch_size=args.batch_size, split=args.split, dtype=args.dtype, shard_rows=args.shard_rows,
-                    sink_factor=args.sink_factor, seed=args.seed, overwrite=args.overwrite,
-                    repair=repair)
-    print(cache.summary())
-    return 0
+    for name, value, allowed in (("dtype", cfg.dtype, tuple(DTYPES)), ("split", cfg.split, SPLITS)):
+        if value not in allowed:  # before the model loads
+            raise CacheError(f"{name}={value!r} is invalid: allowed values are {', '.join(allowed)}")
+    device = resolve_device(run.device)
+    model = load_model(run.model, device=device, dtype=lm_dtype(run.lm_dtype, device))
+    batch_size = cfg.batch_size or auto_lm_batch(model, cfg.layer, cfg.ctx_len)  # 0: as many as fit
+    return harvest(model, cfg.layer, cfg.corpus, cfg.n_tokens, run.out, ctx_len=cfg.ctx_len, batch_size=batch_size,
+                   split=cfg.split, dtype=cfg.dtype, shard_rows=cfg.shard_rows, sink_factor=cfg.sink_factor,
+                   seed=cfg.seed, overwrite=run.overwrite, progress=progress, repair=run.repair)
 
 
-def _cache_info_command(args: argparse.Namespace) -> int:
-    cache = ActivationCache.open(args.path, verify=args.verify, allow_incomplete=True)
-    print(cache.summary())
-    return 0
+@dataclass
+class CacheInfoConfig:
+    """`scaffold-sae cache-info DIR`."""
+
+    path: str
+    """Cache directory."""
+    verify: str = "full"
+    """How much to check: full (sizes, headers, sha256 and finiteness of every shard) | fast (sizes and headers)
+    | none."""
 
 
-def _harvest_ranked(args: argparse.Namespace) -> None:
+def cache_info(cfg: CacheInfoConfig) -> str:
+    """Verify a cache (complete or not) and return its summary."""
+    return ActivationCache.open(cfg.path, verify=cfg.verify, allow_incomplete=True).summary()
+
+
+def harvest_ranked(cfg: HarvestConfig, run: HarvestRun) -> None:
     """The body of ``scaffold-sae harvest`` on one torchrun rank: this rank's slice, then rank 0 merges."""
     from scaffold_sae.models import load_model
 
-    comm = distributed.init_from_env(getattr(args, "device", None) or "auto")
+    if run.repair:
+        raise CacheError("run `scaffold-sae harvest --repair` as one process, not under torchrun: it re-harvests "
+                         "only the bad shards")
+    comm = distributed.init_from_env(run.device or "auto")
     try:
-        model = load_model(args.model, device=comm.device, dtype=lm_dtype(getattr(args, "lm_dtype", "auto"),
-                                                                          comm.device))
-        if args.batch_size == 0:  # every rank must use the same batch (it defines the slices)
-            args.batch_size = comm.min_int(auto_lm_batch(model, args.layer, args.ctx_len))
-        cfg = HarvestConfig(layer=args.layer, corpus=args.corpus, n_tokens=args.tokens, ctx_len=args.ctx_len,
-                            batch_size=args.batch_size, split=args.split, dtype=args.dtype,
-                            shard_rows=args.shard_rows, sink_factor=args.sink_factor, seed=args.seed)
-        cache = harvest_slices(model, cfg, args.out, comm=comm)
+        model = load_model(run.model, device=comm.device, dtype=lm_dtype(run.lm_dtype, comm.device))
+        if cfg.batch_size == 0:  # every rank must use the same batch (it defines the slices)
+            cfg = replace(cfg, batch_size=comm.min_int(auto_lm_batch(model, cfg.layer, cfg.ctx_len)))
+        cache = harvest_slices(model, cfg, run.out, comm=comm)
         if comm.rank == 0:
             print(cache.summary())
     except BaseException:

@@ -2,10 +2,11 @@
 
 from __future__ import annotations
 
+from dataclasses import dataclass
 from typing import Any, Mapping
 
 from scaffold_sae.analyses import AnalysisError, AnalysisResults
-from scaffold_sae.report import Section, Table
+from scaffold_sae.report import ReportPaths, Section, Table
 
 
 def compare_studies(studies: Mapping[str, dict]) -> Section:
@@ -35,29 +36,28 @@ def compare_studies(studies: Mapping[str, dict]) -> Section:
                    "outlier dimensions does it hold?", tables=[table])
 
 
-def register_compare(subparsers) -> None:
-    parser = subparsers.add_parser(
-        "compare", help="side-by-side report of several studies (e.g. two models)",
-        description="One report comparing the scaffold across studies: dense latents, structure, causality and "
-                    "redundancy, read from each study's results.json.")
-    parser.add_argument("--results", nargs="+", required=True, metavar="LABEL=PATH",
-                        help="results.json of each study, optionally labelled (gemma=runs/demo/report/results.json)")
-    parser.add_argument("--out", required=True, help="output directory for the comparison report")
-    parser.set_defaults(func=run_compare_command)
+@dataclass
+class CompareConfig:
+    """`scaffold-sae compare`: one report comparing the scaffold across studies (dense latents, structure, causality
+    and redundancy), read from each study's results.json."""
+
+    results: list[str]
+    """results.json of each study, optionally labelled LABEL=PATH (gemma=runs/demo/report/results.json)."""
+    out: str
+    """Output directory for the comparison report."""
 
 
-def run_compare_command(args) -> int:
+def compare_results(cfg: CompareConfig) -> ReportPaths:
+    """Write the side-by-side report of the studies in ``cfg.results`` into ``cfg.out``."""
     from scaffold_sae.report import load_results, write_report
 
     studies = {}
-    for item in args.results:
+    for item in cfg.results:
         label, _, path = item.rpartition("=") if "=" in item else ("", "", item)
         study = load_results(path)
         if not study.get("analyses"):
             raise AnalysisError(f"{path} has no analyses: rerun its study with --analyses true")
         studies[label or f"{study.get('config', {}).get('model')}-L{study.get('config', {}).get('layer')}"] = study
-    paths = write_report({"title": "scaffold-sae: the scaffold across studies", "config": {
+    return write_report({"title": "scaffold-sae: the scaffold across studies", "config": {
         label: {"model": s.get("config", {}).get("model"), "layer": s.get("config", {}).get("layer")}
-        for label, s in studies.items()}, "saes": {}}, args.out, sections=[compare_studies(studies)])
-    print(f"wrote {paths.html}\n      {paths.markdown}\n      {paths.json}")
-    return 0
+        for label, s in studies.items()}, "saes": {}}, cfg.out, sections=[compare_studies(studies)])

@@ -16,7 +16,6 @@ Conventions (one place, used by every number here):
 
 from __future__ import annotations
 
-import argparse
 import inspect
 import itertools
 import json
@@ -503,55 +502,62 @@ def _core_eval(sae, lm, layer: int, contexts: torch.Tensor, inference: str, reco
 # ----------------------------------------------------------------------------------------------------------
 
 
-def register_eval(subparsers) -> argparse.ArgumentParser:
-    parser = subparsers.add_parser(
-        "eval", help="core evaluation of a saved SAE on held-out tokens",
-        description="L0, FVU, cosine, dead/dense latents, density histogram and spliced CE/KL scores of a saved "
-                    "SAE on held-out contexts. Model and layer default to the SAE's saved metadata.")
-    parser.add_argument("--sae", required=True, help="saved SAE (ours, SAELens or sparsify format)")
-    parser.add_argument("--model", default=None, help="model spec (default: from the SAE's metadata)")
-    parser.add_argument("--layer", type=int, default=None, help="residual layer (default: from the SAE's metadata)")
-    parser.add_argument("--corpus", default="news", help="corpus spec; its held-out split is used")
-    parser.add_argument("--tokens", type=int, default=4096, help="held-out tokens to evaluate on (each costs ~4.5 forwards)")
-    parser.add_argument("--ctx-len", type=int, default=128, help="context length (each starts with BOS)")
-    parser.add_argument("--batch-size", type=int, default=4, help="contexts per forward")
-    parser.add_argument("--inference", choices=INFERENCE_MODES, default="threshold",
-                        help="threshold: the SAE's own encoder; batchtopk: batch top-k with its k (matched L0)")
-    parser.add_argument("--device", default="cpu")
-    parser.add_argument("--out", default=None, help="JSON path (default: eval-<inference>.json next to the SAE)")
-    parser.set_defaults(func=run_eval_command)
-    return parser
+@dataclass
+class CoreEvalConfig:
+    """`scaffold-sae eval`: L0, FVU, cosine, dead/dense latents, density histogram and spliced CE/KL scores of a
+    saved SAE on held-out contexts."""
+
+    sae: str
+    """Saved SAE (ours, SAELens or sparsify format)."""
+    model: str | None = None
+    """Model spec (default: from the SAE's metadata)."""
+    layer: int | None = None
+    """Residual layer (default: from the SAE's metadata)."""
+    corpus: str = "news"
+    """Corpus spec; its held-out split is used."""
+    tokens: int = 4096
+    """Held-out tokens to evaluate on (each costs ~4.5 forwards)."""
+    ctx_len: int = 128
+    """Context length (each starts with BOS)."""
+    batch_size: int = 4
+    """Contexts per forward."""
+    inference: str = "threshold"
+    """threshold: the SAE's own encoder; batchtopk: batch top-k with its k (matched L0)."""
+    device: str = "cpu"
+    """torch device for the model and the SAE: cpu | cuda | cuda:N."""
+    out: str | None = None
+    """JSON path (default: eval-<inference>.json next to the SAE)."""
 
 
-def run_eval_command(args: argparse.Namespace) -> int:
+def run_core_eval(cfg: CoreEvalConfig) -> tuple[CoreEval, Path]:
+    """Evaluate a saved SAE as `cfg` says and write the JSON; returns the result and the JSON's path."""
     from scaffold_sae import corpus as corpus_mod
     from scaffold_sae import fetch, models, saving
-    from scaffold_sae.report import format_number, format_summary_table, jsonable
+    from scaffold_sae.report import jsonable
 
-    sae_path = Path(args.sae)
+    if cfg.inference not in INFERENCE_MODES:
+        raise EvalError(f"inference={cfg.inference!r} is invalid: allowed values are {', '.join(INFERENCE_MODES)}")
+    sae_path = Path(cfg.sae)
     if not sae_path.exists():
         raise EvalError(f"SAE path {sae_path} does not exist: pass a directory or file written by save_sae")
-    sae = saving.load_sae(sae_path).to(args.device).eval()
+    sae = saving.load_sae(sae_path).to(cfg.device).eval()
     meta = sae_metadata(sae)
-    model_spec = args.model or meta.get("model")
-    layer = args.layer if args.layer is not None else meta.get("layer")
+    model_spec = cfg.model or meta.get("model")
+    layer = cfg.layer if cfg.layer is not None else meta.get("layer")
     if model_spec is None or layer is None:
         raise EvalError(f"{sae_path} does not record its model and layer: pass --model and --layer")
-    lm = models.load_model(model_spec, device=args.device)
+    lm = models.load_model(model_spec, device=cfg.device)
     lm.check_layer(int(layer))
-    corpus = corpus_mod.load_corpus(args.corpus)
-    contexts = corpus_mod.pack_contexts(lm.tokenizer, corpus, ctx_len=args.ctx_len, n_tokens=args.tokens,
+    corpus = corpus_mod.load_corpus(cfg.corpus)
+    contexts = corpus_mod.pack_contexts(lm.tokenizer, corpus, ctx_len=cfg.ctx_len, n_tokens=cfg.tokens,
                                         split="heldout", bos_id=lm.bos_token_id)
-    result = evaluate(sae, lm, int(layer), contexts, batch_size=args.batch_size, inference=args.inference)
-    print(format_summary_table({sae_path.name: result}))
-    print("\n".join(f"{k:>20}: {format_number(v)}" for k, v in result.scalars().items()))
-    out = Path(args.out) if args.out else (sae_path if sae_path.is_dir() else sae_path.parent) / f"eval-{args.inference}.json"
+    result = evaluate(sae, lm, int(layer), contexts, batch_size=cfg.batch_size, inference=cfg.inference)
+    out = Path(cfg.out) if cfg.out else (sae_path if sae_path.is_dir() else sae_path.parent) / f"eval-{cfg.inference}.json"
     out.parent.mkdir(parents=True, exist_ok=True)
-    payload = {"sae": str(sae_path), "model": model_spec, "layer": int(layer), "corpus": args.corpus,
-               "tokens": args.tokens, "ctx_len": args.ctx_len, "inference": args.inference, "eval": asdict(result)}
+    payload = {"sae": str(sae_path), "model": model_spec, "layer": int(layer), "corpus": cfg.corpus,
+               "tokens": cfg.tokens, "ctx_len": cfg.ctx_len, "inference": cfg.inference, "eval": asdict(result)}
     fetch.atomic_write_text(out, json.dumps(jsonable(payload), indent=1, allow_nan=False) + "\n")
-    print(f"wrote {out}")
-    return 0
+    return result, out
 
 
 def sae_metadata(sae) -> dict[str, Any]:

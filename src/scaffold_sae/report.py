@@ -20,7 +20,6 @@ per-latent density arrays (`density`), which are shown through their histograms.
 
 from __future__ import annotations
 
-import argparse
 import base64
 import html
 import io
@@ -439,18 +438,17 @@ def load_results(path: str | Path) -> dict[str, Any]:
     return data
 
 
-def register_report(subparsers) -> argparse.ArgumentParser:
-    parser = subparsers.add_parser(
-        "report", help="(re)write report.html / report.md / results.json from a results JSON",
-        description="Regenerate the self-contained HTML report, its Markdown twin and results.json from a "
-                    "study's results.json (or one `scaffold-sae eval` JSON).")
-    parser.add_argument("--results", required=True, help="results.json of a study, or an eval JSON")
-    parser.add_argument("--out", required=True, help="output directory")
-    parser.set_defaults(func=run_report_command)
-    return parser
+@dataclass
+class ReportConfig:
+    """`scaffold-sae report`: regenerate the self-contained HTML report, its Markdown twin and results.json from a
+    study's results.json (or one `scaffold-sae eval` JSON)."""
+
+    results: str
+    """results.json of a study, or an eval JSON."""
+    out: str
+    """Output directory."""
 
 
-def run_report_command(args: argparse.Namespace) -> int:
-    paths = write_report(load_results(args.results), args.out)
-    print(f"wrote {paths.html}\n      {paths.markdown}\n      {paths.json}")
-    return 0
+def report_from_results(cfg: ReportConfig) -> ReportPaths:
+    """(Re)write the report of ``cfg.results`` into ``cfg.out``."""
+    return write_report(load_results(cfg.results), cfg.out)

@@ -22,15 +22,12 @@ import torch
 from torch import Tensor, nn
 
 from . import archs, kernels
+from .config import ConfigError
 from .kernels import ActiveSet
 from .subspace import orthonormalise, pca
 
 SCAFFOLD_INITS = ("pca", "random")
 ENCODER_INPUTS = ("x", "residual")
-
-
-class ConfigError(ValueError):
-    """An invalid configuration value; the message names the field and the allowed values."""
 
 
 @dataclass

@@ -7,10 +7,9 @@ and an interrupted one resumes.
 
 from __future__ import annotations
 
-import argparse
 import json
 import time
-from dataclasses import asdict, dataclass, field, fields, replace
+from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 
 import torch
@@ -24,7 +23,7 @@ from scaffold_sae.fetch import atomic_write_text
 from scaffold_sae.models import EMBEDDED, load_model
 from scaffold_sae.sae import ConfigError, SAEConfig
 from scaffold_sae.saving import load_sae
-from scaffold_sae.trainer import TrainConfig, coerce_field, load_config_file, train_saes
+from scaffold_sae.trainer import TrainConfig, train_saes
 
 
 @dataclass
@@ -247,67 +246,22 @@ def evaluate_all(sae_dirs: dict[str, Path], lm, layer: int, contexts: torch.Tens
     return {n: json.loads((out / f"{n}.json").read_text()) for n in sae_dirs}
 
 
-def config_from_args(args: argparse.Namespace, base: StudyConfig) -> StudyConfig:
-    """base <- config file (--config) <- explicit flags."""
-    values = asdict(base)
-    if getattr(args, "config", None):
-        loaded = load_config_file(args.config)
-        unknown = set(loaded) - set(values)
-        if unknown:
-            raise ConfigError(f"unknown study config field(s) {sorted(unknown)} in {args.config}: valid fields are "
-                              f"{', '.join(values)}")
-        values.update(loaded)
-    for f in fields(StudyConfig):
-        flag = getattr(args, f.name, None)
-        if flag is not None:
-            values[f.name] = flag
-        values[f.name] = coerce_field(f.name, values[f.name], f.default, str(f.type))
-    return StudyConfig(**values).validate()
+@dataclass
+class StudyRun:
+    """Where `scaffold-sae study` / `demo` write, beside the StudyConfig fields."""
+
+    out: str | None = None
+    """Output directory (default runs/<model>-L<layer>; runs/demo for the demo)."""
+    progress: bool = True
+    """Show progress bars."""
 
 
-def _add_flags(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("--config", help="YAML or JSON file of StudyConfig fields (flags override it)")
-    parser.add_argument("--out", default=None, help="output directory (default runs/<model>-L<layer>)")
-    parser.add_argument("--no-progress", action="store_true", help="hide progress bars")
-    docs = _field_docs()
-    for f in fields(StudyConfig):  # parsed as text; config_from_args coerces flags and file values alike
-        parser.add_argument(f"--{f.name.replace('_', '-')}", dest=f.name, default=None, help=docs.get(f.name, ""))
-
-
-def _field_docs() -> dict[str, str]:
-    import ast
-    import inspect
-
-    tree = ast.parse(inspect.getsource(StudyConfig))
-    body = tree.body[0].body
-    docs = {}
-    for node, nxt in zip(body, body[1:]):
-        if isinstance(node, ast.AnnAssign) and isinstance(nxt, ast.Expr) and isinstance(nxt.value, ast.Constant):
-            docs[node.target.id] = " ".join(str(nxt.value.value).split()).replace("%", "%%")
-    return docs
-
-
-def register_study(subparsers) -> None:
-    parser = subparsers.add_parser("study", help="run the scaffold study on any model and layer")
-    _add_flags(parser)
-    parser.set_defaults(func=lambda args: _run_cli(args, StudyConfig()))
-
-
-def register_demo(subparsers) -> None:
-    parser = subparsers.add_parser("demo", help="the study on the embedded default model (< 30 min on 2 CPU cores)")
-    _add_flags(parser)
-    parser.set_defaults(func=lambda args: _run_cli(args, DEMO))
-
-
-def _run_cli(args: argparse.Namespace, base: StudyConfig) -> None:
+def study_and_report(cfg: StudyConfig, out: str | Path, progress: bool = True):
+    """Run the study into ``out``, write its report into ``out/report`` and print the summary table; returns the
+    report's paths."""
     from scaffold_sae.report import format_summary_table, write_report
 
-    cfg = config_from_args(args, base)
-    default_out = "runs/demo" if base is DEMO else f"runs/{Path(cfg.model).name}-L{cfg.layer}"
-    out = Path(args.out or default_out)
-    started = time.perf_counter()
-    study = run_study(cfg, out, progress=not args.no_progress)
-    paths = write_report(study, out / "report", sections=[threshold_section(study)])
+    study = run_study(cfg, out, progress=progress)
+    paths = write_report(study, Path(out) / "report", sections=[threshold_section(study)])
     print(format_summary_table(study["saes"]))
-    print(f"\nreport: {paths.html}\n        {paths.markdown}\n        {paths.json}")
-    print(f"total {time.perf_counter() - started:.0f} s")
+    return paths

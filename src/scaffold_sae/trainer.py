@@ -9,7 +9,6 @@ sha256 header, verified on resume; rerunning the same call resumes and ends with
 
 from __future__ import annotations
 
-import argparse
 import hashlib
 import io
 import json
@@ -23,9 +22,10 @@ from typing import Callable, Iterator, Protocol
 import torch
 from torch import Tensor
 
-from . import archs, distributed, faults
+from . import distributed, faults
 from .cache import ActivationCache
 from .comm import Communicator, LocalComm
+from .config import build
 from .faults import OutputLock, check_space
 from .devices import resolve_device
 from .fetch import atomic_write_bytes
@@ -679,52 +679,26 @@ def _load_checkpoint(path: Path, key: str, states: list[SAEState]) -> tuple[int,
     return int(payload["step"]), float(payload["scale"])
 
 
-# ------------------------------------------------------------------------------------------ CLI
+# ------------------------------------------------------------------------------- configs from values
 
 
-def coerce_field(name: str, value: object, default: object, annotation: str) -> object:
-    """A config value (from YAML/JSON or a command-line string) as the dataclass field's type, or ConfigError."""
-    try:
-        if isinstance(value, str) and value.lower() in ("none", "null") and "None" in annotation:
-            return None
-        if ("tuple" in annotation or "list" in annotation) and value is not None:
-            if isinstance(value, str):
-                value = [v for v in value.split(",") if v.strip()]
-            return (list if "list" in annotation else tuple)(int(v) for v in value)
-        if "bool" in annotation:
-            if isinstance(value, str):
-                if value.lower() not in ("true", "false", "1", "0", "yes", "no"):
-                    raise ValueError
-                return value.lower() in ("true", "1", "yes")
-            if not isinstance(value, bool):
-                raise ValueError
-            return value
-        if value is None:
-            if "None" in annotation:
-                return None
-            raise ValueError
-        if annotation.startswith("int"):
-            if isinstance(value, float) and not value.is_integer():
-                raise ValueError
-            return int(float(value)) if isinstance(value, str) else int(value)
-        if annotation.startswith("float"):
-            return float(value)
-        if annotation.startswith("str"):
-            return str(value)
-    except (TypeError, ValueError):
-        raise ConfigError(f"{name}={value!r} is invalid: expected {annotation}") from None
-    return value
+@dataclass
+class TrainRun:
+    """What a `scaffold-sae train` run reads and writes, beside its SAEConfig and TrainConfig fields."""
+
+    cache: str | None = None
+    """Activation cache directory."""
+    out: str | None = None
+    """Output directory (one sub-directory per SAE)."""
+    ranks: list[int] | None = None
+    """Comma-separated scaffold ranks, one SAE each (e.g. 0,8,24); default: one SAE of rank `rank`."""
+    saes: list[dict] | None = None
+    """A list of per-SAE SAEConfig overrides, one SAE each (instead of ranks); config files only."""
+    threads: int | None = None
+    """torch CPU threads (default: torch's own choice)."""
 
 
-def _build_dataclass(cls, values: dict):
-    kwargs = {}
-    for f in fields(cls):
-        if f.name in values:
-            kwargs[f.name] = coerce_field(f.name, values[f.name], f.default, str(f.type))
-    return cls(**kwargs)
-
-
-RUN_KEYS = ("cache", "out", "ranks", "saes", "threads")
+RUN_KEYS = tuple(f.name for f in fields(TrainRun))
 
 
 def configs_from_dict(values: dict) -> tuple[list[SAEConfig], TrainConfig]:
@@ -740,7 +714,7 @@ def configs_from_dict(values: dict) -> tuple[list[SAEConfig], TrainConfig]:
         if key not in allowed:
             raise ConfigError(f"unknown config field {key!r}: allowed fields are {', '.join(sorted(allowed))}")
     base = {k: v for k, v in values.items() if k in sae_fields and v is not None}
-    train = _build_dataclass(TrainConfig, {k: v for k, v in values.items() if k in train_fields})
+    train = build(TrainConfig, {k: v for k, v in values.items() if k in train_fields})
     entries: list[dict] = []
     if values.get("saes"):
         for i, entry in enumerate(values["saes"]):
@@ -761,108 +735,28 @@ def configs_from_dict(values: dict) -> tuple[list[SAEConfig], TrainConfig]:
             except ValueError:
                 raise ConfigError(f"ranks={values['ranks']!r} is invalid: expected integers like 0,8,24") from None
         entries = [{**base, "rank": r} for r in ranks]
-    cfgs = [_build_dataclass(SAEConfig, entry) for entry in entries]
+    cfgs = [build(SAEConfig, entry) for entry in entries]
     for cfg in cfgs:
         # structural checks that do not need d_in (filled from the cache later)
         SAEConfig(**{**asdict(cfg), "d_in": cfg.d_in or max(cfg.rank + 1, 1)}).validate()
     return cfgs, train.validate()
 
 
-def load_config_file(path: str | Path) -> dict:
-    path = Path(path)
-    try:
-        text = path.read_text()
-    except OSError as error:
-        raise ConfigError(f"cannot read config file {path}: {error.strerror}") from None
-    try:
-        if path.suffix in (".yaml", ".yml"):
-            import yaml
-            data = yaml.safe_load(text) or {}
-        else:
-            data = json.loads(text)
-    except Exception as error:  # noqa: BLE001 - yaml and json raise different types
-        raise ConfigError(f"config file {path} does not parse: {error}") from None
-    if not isinstance(data, dict):
-        raise ConfigError(f"config file {path} must hold a mapping of field: value")
-    return data
-
-
-_FLAGS = [  # (flag, key, type, help)
-    ("--arch", "arch", str, f"sparse dictionary: {' | '.join(archs.names())}"),
-    ("--width", "width", int, "number of sparse latents m"),
-    ("--k", "k", int, "active latents per token"),
-    ("--ranks", "ranks", str, "comma-separated scaffold ranks, one SAE each (e.g. 0,8,24)"),
-    ("--scaffold-init", "scaffold_init", str, "pca | random"),
-    ("--scaffold-tied", "scaffold_tied", str, "true: U = V orthonormal; false: free factors"),
-    ("--encoder-input", "encoder_input", str, "x | residual (x minus the scaffold output)"),
-    ("--scaffold-lr-mult", "scaffold_lr_mult", float, "lr multiplier for the scaffold"),
-    ("--matryoshka-widths", "matryoshka_widths", str, "comma-separated nested widths ending at width"),
-    ("--l1-coeff", "l1_coeff", float, "relu only: L1 coefficient"),
-    ("--aux-k", "aux_k", int, "AuxK latents per token (0 disables)"),
-    ("--tokens", "tokens", int, "training tokens"),
-    ("--batch-size", "batch_size", int, "tokens per step"),
-    ("--lr", "lr", float, "Adam lr (default 2e-4/sqrt(width/2^14))"),
-    ("--seed", "seed", int, "seed for init and data order"),
-    ("--dead-tokens", "dead_tokens", int, "tokens without firing before a latent is dead"),
-    ("--b-dec-init", "b_dec_init", str, "geometric_median | mean | zeros"),
-    ("--threshold-method", "threshold_method", str, "sample | ema"),
-    ("--checkpoint-every", "checkpoint_every", int, "steps between checkpoints (0 disables)"),
-    ("--log-every", "log_every", int, "steps between log records"),
-    ("--wandb-project", "wandb_project", str, "also log to wandb"),
-    ("--tensorboard-dir", "tensorboard_dir", str, "also log to tensorboard"),
-]
-
-
-def register_train(subparsers) -> None:
-    parser = subparsers.add_parser(
-        "train", help="train SAEs (a baseline and hybrids) in lockstep on an activation cache",
-        description="Train one SAE per scaffold rank (or per entry of `saes` in --config) in lockstep "
-                    "from one pass over an activation cache.  Flags override the config file.")
-    parser.add_argument("--cache", help="activation cache directory")
-    parser.add_argument("--out", help="output directory (one sub-directory per SAE)")
-    parser.add_argument("--config", help="YAML or JSON file with SAEConfig / TrainConfig fields")
-    for flag, key, typ, text in _FLAGS:
-        parser.add_argument(flag, dest=key, type=typ, default=None, help=text)
-    parser.add_argument("--threads", type=int, default=None, help="torch CPU threads")
-    parser.add_argument("--device", default=None, help="auto | cpu | cuda | cuda:N (default cpu)")
-    parser.add_argument("--nproc", type=int, default=None,
-                        help="data-parallel processes on this machine (runs torch.distributed.run for you; "
-                             "for several nodes start `torchrun ... -m scaffold_sae train` yourself)")
-    parser.add_argument("--no-progress", dest="progress", action="store_const", const=False, default=None,
-                        help="no progress bar")
-    parser.add_argument("--slow", dest="fast", action="store_const", const=False, default=None,
-                        help="plain dense implementation instead of the sparse kernels")
-    parser.set_defaults(func=run_train)
-
-
-def run_train(args: argparse.Namespace) -> list[Path]:
-    nproc = getattr(args, "nproc", None)
-    if nproc is not None and nproc != 1 and not distributed.launched_by_torchrun():
-        distributed.launch("train", distributed.cli_argv(args, negations={"progress": "--no-progress",
-                                                                          "fast": "--slow"}), nproc)
-        return []
-    values = load_config_file(args.config) if args.config else {}
-    for key, value in vars(args).items():
-        if key in ("func", "command", "config", "nproc") or value is None:
-            continue
-        values[key] = value
+def train_from_config(values: dict) -> list[Path]:
+    """`scaffold-sae train` as one call: ``values`` holds SAEConfig, TrainConfig and TrainRun fields (a config file
+    merged with flags).  Under torchrun this process trains as one rank.  Returns the saved SAE directories (none
+    on ranks other than 0)."""
     for key in ("cache", "out"):
         if not values.get(key):
             raise ConfigError(f"{key} is missing: pass --{key} DIR or set {key} in --config")
     cfgs, train_cfg = configs_from_dict(values)
     if distributed.launched_by_torchrun():  # one rank of torchrun --nproc_per_node N -m scaffold_sae train
-        paths = _train_ranked(values, cfgs, train_cfg)
-        for path in paths:
-            print(path)
-        return paths
+        return _train_ranked(values, cfgs, train_cfg)
     if values.get("threads"):
         torch.set_num_threads(int(values["threads"]))
     cache = ActivationCache.open(values["cache"])
-    paths = train_saes(cache, cfgs, train_cfg, values["out"])
-    for path in paths:
-        print(path)
-    return paths
+    return train_saes(cache, cfgs, train_cfg, values["out"])
 
 
-__all__ = ["TrainConfig", "TensorSource", "train_saes", "train_distributed", "register_train", "configs_from_dict",
+__all__ = ["TrainConfig", "TensorSource", "train_saes", "train_from_config", "train_distributed", "TrainRun", "configs_from_dict",
            "estimate_threshold", "schedule", "input_scale"]
