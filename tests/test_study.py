@@ -41,7 +41,6 @@ def test_study_end_to_end_and_rerun_reuses_everything(tmp_path, tiny_model_dir, 
     again = run_study(cfg, tmp_path, progress=False)
     assert again["saes"] == study["saes"]
     assert {p: p.stat().st_mtime for p in (tmp_path / "saes").rglob("*.safetensors")} == saes_mtime
-    assert again["timings"]["train_s"] < 5
 
 
 def test_study_cli_rejects_bad_ranks(tmp_path):
