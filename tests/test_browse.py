@@ -133,4 +133,195 @@ def test_site_densities_match_evals_and_the_files_are_complete(site, tiny_sae, t
     for direction in data["scaffold"]:
         assert set(direction["mean_abs_by_position"]) == {"bos", "sink", "ordinary"}
         assert direction["position_counts"]["bos"] == heldout.shape[0]
-        assert [c["value"] for c in direction["top"]] == sorted((c["value"] for c in direction["top"]), reverse=True)
+        for entries, sign in ((direction["top"], 1), (direction["bottom"], -1)):
+            values = [c["value"] for c in entries]
+            assert values == sorted(values, reverse=sign > 0)
+            assert all(c["acts"][c["top"]] == c["value"] for c in entries)  # windows hold the signed coordinate
+
+
+# ----------------------------------------------------------------------------------------------------------
+# The site in a real browser: headless Chromium driven over the DevTools protocol on a pipe (no extra packages)
+# ----------------------------------------------------------------------------------------------------------
+
+
+def find_chromium() -> str | None:
+    import shutil
+
+    return next((shutil.which(n) for n in ("chromium", "chromium-browser", "google-chrome", "chrome") if shutil.which(n)),
+                None)
+
+
+class Chromium:
+    """Headless Chromium with --remote-debugging-pipe: commands on its fd 3, replies on its fd 4, NUL-separated
+    JSON."""
+
+    def __init__(self, binary: str, url: str, profile):
+        import fcntl
+        import os
+        import subprocess
+
+        cmd_r, self.cmd_w = os.pipe()
+        self.evt_r, evt_w = os.pipe()
+        high_r, high_w = fcntl.fcntl(cmd_r, fcntl.F_DUPFD, 10), fcntl.fcntl(evt_w, fcntl.F_DUPFD, 10)
+
+        def wire():
+            os.dup2(high_r, 3)
+            os.dup2(high_w, 4)
+
+        self.proc = subprocess.Popen(
+            [binary, "--headless", "--no-sandbox", "--disable-gpu", "--disable-background-networking",
+             "--disable-component-update", "--disable-sync", "--no-first-run", "--remote-debugging-pipe",
+             f"--user-data-dir={profile}", "--window-size=1280,900", url],
+            preexec_fn=wire, close_fds=False, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+        for fd in (cmd_r, evt_w, high_r, high_w):
+            os.close(fd)
+        self.buffer, self.next_id, self.session = b"", 0, None
+
+    def send(self, method: str, params: dict | None = None, timeout: float = 30.0) -> dict:
+        import os
+        import select
+        import time
+
+        self.next_id += 1
+        message = {"id": self.next_id, "method": method, "params": params or {}}
+        if self.session and not method.startswith("Target."):
+            message["sessionId"] = self.session
+        os.write(self.cmd_w, json.dumps(message).encode() + b"\0")
+        deadline = time.monotonic() + timeout
+        while True:
+            while b"\0" in self.buffer:
+                raw, self.buffer = self.buffer.split(b"\0", 1)
+                reply = json.loads(raw)
+                if reply.get("id") == self.next_id:
+                    if "error" in reply:
+                        raise RuntimeError(f"{method}: {reply['error']}")
+                    return reply["result"]
+            left = deadline - time.monotonic()
+            if left <= 0 or not select.select([self.evt_r], [], [], left)[0]:
+                raise TimeoutError(f"chromium did not answer {method}")
+            chunk = os.read(self.evt_r, 1 << 16)
+            if not chunk:
+                raise RuntimeError("chromium exited")
+            self.buffer += chunk
+
+    def attach(self, url_prefix: str) -> None:
+        import time
+
+        deadline = time.monotonic() + 30
+        while time.monotonic() < deadline:
+            pages = [t for t in self.send("Target.getTargets")["targetInfos"]
+                     if t["type"] == "page" and t["url"].startswith(url_prefix)]
+            if pages:
+                self.session = self.send("Target.attachToTarget", {"targetId": pages[0]["targetId"],
+                                                                   "flatten": True})["sessionId"]
+                return
+            time.sleep(0.1)
+        raise TimeoutError(f"no page at {url_prefix}")
+
+    def js(self, expression: str):
+        result = self.send("Runtime.evaluate", {"expression": expression, "returnByValue": True})
+        if "exceptionDetails" in result:
+            raise RuntimeError(f"{expression}: {result['exceptionDetails']}")
+        return result["result"].get("value")
+
+    def wait_for(self, expression: str, timeout: float = 20.0):
+        import time
+
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            value = self.js(expression)
+            if value:
+                return value
+            time.sleep(0.05)
+        raise TimeoutError(f"still false after {timeout}s: {expression}")
+
+    def click(self, selector: str) -> None:
+        """A real mouse click (press and release) at the centre of the first element matching selector."""
+        box = self.js(f"(function(){{var e=document.querySelector({json.dumps(selector)}); e.scrollIntoView({{block:'center'}});"
+                      f"var r=e.getBoundingClientRect(); return [r.left + r.width / 2, r.top + r.height / 2];}})()")
+        for kind in ("mouseMoved", "mousePressed", "mouseReleased"):
+            self.send("Input.dispatchMouseEvent", {"type": kind, "x": box[0], "y": box[1], "button": "left",
+                                                   "clickCount": 1})
+
+    def close(self) -> None:
+        import os
+
+        try:
+            self.send("Browser.close", timeout=5)
+        except (RuntimeError, TimeoutError, OSError):
+            pass
+        try:
+            self.proc.wait(timeout=10)
+        except Exception:
+            self.proc.kill()
+            self.proc.wait()
+        for fd in (self.cmd_w, self.evt_r):
+            os.close(fd)
+
+
+@pytest.fixture(scope="module")
+def browser(site, tmp_path_factory):
+    binary = find_chromium()
+    if binary is None:
+        pytest.skip("no Chromium found (chromium, chromium-browser, google-chrome): `make browser` installs Debian's "
+                    "chromium where apt-get is available")
+    url = site[0].resolve().as_uri()
+    chrome = Chromium(binary, url, tmp_path_factory.mktemp("chromium-profile"))
+    try:
+        chrome.attach("file://")
+        yield chrome
+    finally:
+        chrome.close()
+
+
+ROWS = "Array.from(document.querySelectorAll('#latents tbody tr')).map(function (r) { return +r.dataset.latent; })"
+
+
+def test_browser_table_renders_and_sorts_by_density(browser, site):
+    data = site[1]
+    width = data["meta"]["width"]
+    assert browser.wait_for(f"document.querySelectorAll('#latents tbody tr').length === {width}")
+    assert browser.js(ROWS) == list(range(width))
+    density = {row["latent"]: row["density"] for row in data["latents"]}
+    browser.click("th[data-key=density]")
+    browser.wait_for("document.querySelector('th[data-key=density]').classList.contains('desc')")
+    assert browser.js(ROWS) == sorted(range(width), key=lambda i: (-density[i], i))
+    browser.click("th[data-key=density]")
+    browser.wait_for("document.querySelector('th[data-key=density]').classList.contains('asc')")
+    assert browser.js(ROWS) == sorted(range(width), key=lambda i: (density[i], i))
+
+
+def test_browser_latent_page_highlights_contexts(browser, site):
+    data = site[1]
+    densest = max(data["latents"], key=lambda row: (row["density"], -row["latent"]))["latent"]
+    browser.js("location.hash = '#/'")
+    browser.wait_for("document.querySelector('th[data-key=density]') !== null")
+    browser.js("document.getElementById('search').value = '';")
+    browser.click("th[data-key=density]")  # the table keeps its last order (ascending): click once more for desc
+    if browser.js("document.querySelector('th[data-key=density]').classList.contains('asc')"):
+        browser.click("th[data-key=density]")
+    browser.click(f"tr[data-latent='{densest}'] a")
+    n_contexts = browser.wait_for("document.querySelectorAll('#contexts .ctx').length")
+    assert browser.js("location.hash") == f"#/latent/{densest}"
+    assert n_contexts == min(5, data["meta"]["n_contexts"])
+    lit = browser.js("Array.from(document.querySelectorAll('#contexts .tok.active')).filter(function (s) {"
+                     " return getComputedStyle(s).backgroundColor !== 'rgba(0, 0, 0, 0)'; }).length")
+    assert lit >= n_contexts
+    assert browser.js("document.querySelectorAll('#contexts .tok.top').length") == n_contexts
+    assert browser.js("document.querySelector('#latent-page svg.hist rect') !== null")
+    browser.js("location.hash = '#/scaffold/1'")
+    assert browser.wait_for("document.querySelector('#scaffold-page h2') && "
+                            "document.querySelector('#scaffold-page h2').textContent") == "Scaffold direction 1"
+
+
+def test_cli_browse_writes_a_site(tiny_sae, tiny_lm, tiny_corpus, tmp_path, capsys):
+    from scaffold_sae.cli import main
+
+    tiny_lm.hf_model.save_pretrained(tmp_path / "model")
+    tiny_lm.tokenizer.save_pretrained(tmp_path / "model")
+    main(["browse", "--sae", str(tiny_sae[0]), "--model", str(tmp_path / "model"), "--layer", "1", "--corpus",
+          str(tiny_corpus), "--tokens", "240", "--ctx-len", "24", "--top-n", "3", "--out", str(tmp_path / "site"),
+          "--no-progress"])
+    assert capsys.readouterr().out.strip() == f"wrote {tmp_path / 'site' / 'index.html'}"
+    data = json.loads((tmp_path / "site" / "site.json").read_text())
+    assert len(data["latents"]) == 48 and data["meta"]["n_contexts"] == 10 and data["meta"]["rank"] == 2

@@ -324,13 +324,16 @@ def _decode(tokenizer, token_id: int) -> str:
     if tokenizer is None:
         return f"<{token_id}>"
     try:
-        return tokenizer.decode([token_id])
+        text = tokenizer.decode([token_id])
     except Exception:  # tokenizers raise many types on odd ids
-        return f"<{token_id}>"
+        text = ""
+    return text or f"<id {token_id}>"
 
 
 def _context_entries(entries, contexts: Tensor, cfg: BrowseConfig, vocab: _Vocab, keep_fn, positive_only: bool,
                      sign: float = 1.0) -> list[dict]:
+    """Top-context entries as site JSON; `sign` undoes the negation of scores ranked by -value (the windows hold
+    the raw values)."""
     out = []
     t = contexts.shape[1]
     for score, ctx, pos, window in entries:
@@ -342,7 +345,7 @@ def _context_entries(entries, contexts: Tensor, cfg: BrowseConfig, vocab: _Vocab
             p = lo + offset
             if 0 <= p < t:
                 tokens.append(vocab(int(contexts[ctx, p])))
-                acts.append(_round(sign * value))
+                acts.append(_round(value))
                 excluded.append(not keep_fn(ctx, p))
         out.append({"context": ctx, "position": pos, "value": _round(sign * score), "top": cfg.before - max(0, -lo),
                     "tokens": tokens, "acts": acts, "excluded": excluded})

@@ -20,6 +20,7 @@ COMMANDS = [
     ("scaffold_sae.study", "register_study"),
     ("scaffold_sae.study", "register_demo"),
     ("scaffold_sae.compare", "register_compare"),
+    ("scaffold_sae.browse", "register_browse"),
 ]
 
 
