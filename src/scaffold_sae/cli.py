@@ -21,6 +21,7 @@ COMMANDS = [
     ("scaffold_sae.study", "register_demo"),
     ("scaffold_sae.compare", "register_compare"),
     ("scaffold_sae.browse", "register_browse"),
+    ("scaffold_sae.diagnose", "register_diagnose"),
 ]
 
 
