@@ -76,11 +76,15 @@ class TopContexts:
         all_windows = torch.cat([self.window, window.float().cpu()])
         self.window = all_windows.gather(0, top[:, :, None].expand(-1, -1, all_windows.shape[2]))
 
+    def columns(self) -> list[list[tuple[float, int, int, list[float]]]]:
+        """Per column, its (score, context, position, window) entries best first; entries never filled left out."""
+        values, contexts = self.values.t().tolist(), self.context.t().tolist()
+        positions, windows_ = self.position.t().tolist(), self.window.permute(1, 0, 2).tolist()
+        return [[entry for entry in zip(v, c, p, w) if entry[1] >= 0]
+                for v, c, p, w in zip(values, contexts, positions, windows_)]
+
     def column(self, j: int) -> list[tuple[float, int, int, list[float]]]:
-        """(score, context, position, window) of column j, best first, entries never filled left out."""
-        keep = self.context[:, j] >= 0
-        return [(float(v), int(c), int(p), w.tolist()) for v, c, p, w in
-                zip(self.values[keep, j], self.context[keep, j], self.position[keep, j], self.window[keep, j])]
+        return self.columns()[j]
 
 
 def best_positions(codes: Tensor, keep: Tensor) -> tuple[Tensor, Tensor]:
@@ -330,12 +334,12 @@ def _decode(tokenizer, token_id: int) -> str:
     return text or f"<id {token_id}>"
 
 
-def _context_entries(entries, contexts: Tensor, cfg: BrowseConfig, vocab: _Vocab, keep_fn, positive_only: bool,
-                     sign: float = 1.0) -> list[dict]:
+def _context_entries(entries, token_ids: list[list[int]], kept: list[list[bool]], cfg: BrowseConfig, vocab: _Vocab,
+                     positive_only: bool, sign: float = 1.0) -> list[dict]:
     """Top-context entries as site JSON; `sign` undoes the negation of scores ranked by -value (the windows hold
     the raw values)."""
     out = []
-    t = contexts.shape[1]
+    t = len(token_ids[0])
     for score, ctx, pos, window in entries:
         if positive_only and not score > 0:
             continue
@@ -344,9 +348,9 @@ def _context_entries(entries, contexts: Tensor, cfg: BrowseConfig, vocab: _Vocab
         for offset, value in enumerate(window):
             p = lo + offset
             if 0 <= p < t:
-                tokens.append(vocab(int(contexts[ctx, p])))
+                tokens.append(vocab(token_ids[ctx][p]))
                 acts.append(_round(value))
-                excluded.append(not keep_fn(ctx, p))
+                excluded.append(not kept[ctx][p])
         out.append({"context": ctx, "position": pos, "value": _round(sign * score), "top": cfg.before - max(0, -lo),
                     "tokens": tokens, "acts": acts, "excluded": excluded})
     return out
@@ -374,9 +378,7 @@ def build_site(sae, lm, layer: int, contexts: Tensor, out_dir: str | Path, cfg: 
     mean_act = stats.act_sums / stats.fire_counts.clamp_min(1)
 
     vocab = _Vocab(lm.tokenizer)
-
-    def keep_fn(ctx: int, pos: int) -> bool:
-        return bool(stats.keep[ctx, pos])
+    token_ids, kept_positions = contexts.tolist(), stats.keep.tolist()
 
     norm_head = final_norm_and_head(lm)
     if norm_head is not None:
@@ -384,10 +386,11 @@ def build_site(sae, lm, layer: int, contexts: Tensor, out_dir: str | Path, cfg: 
     out = Path(out_dir)
     (out / "data").mkdir(parents=True, exist_ok=True)
     rows: list[LatentRow] = []
+    latent_entries = stats.latent_top.columns()
     for start in range(0, width, CHUNK):
         chunk = {}
         for i in range(start, min(width, start + CHUNK)):
-            entries = _context_entries(stats.latent_top.column(i), contexts, cfg, vocab, keep_fn, positive_only=True)
+            entries = _context_entries(latent_entries[i], token_ids, kept_positions, cfg, vocab, positive_only=True)
             logits = None
             if norm_head is not None:
                 logits = {"promoted": [[vocab(int(t)), _round(float(v))] for v, t in zip(lp_v[i], lp_i[i])],
@@ -413,9 +416,9 @@ def build_site(sae, lm, layer: int, contexts: Tensor, out_dir: str | Path, cfg: 
                      for c in stats.scaffold_abs}
             directions.append({
                 "direction": j, "mean_abs_by_position": norms, "position_counts": dict(stats.scaffold_count),
-                "top": _context_entries(stats.scaffold_top.column(j), contexts, cfg, vocab, keep_fn, False),
-                "bottom": _context_entries(stats.scaffold_bottom.column(j), contexts, cfg, vocab, keep_fn, False,
-                                           sign=-1.0),
+                "top": _context_entries(stats.scaffold_top.column(j), token_ids, kept_positions, cfg, vocab, False),
+                "bottom": _context_entries(stats.scaffold_bottom.column(j), token_ids, kept_positions, cfg, vocab,
+                                           False, sign=-1.0),
                 "logits": None if norm_head is None else {
                     "promoted": [[vocab(int(t)), _round(float(v))] for v, t in zip(up_v[j], up_i[j])],
                     "suppressed": [[vocab(int(t)), _round(float(v))] for v, t in zip(un_v[j], un_i[j])]},
