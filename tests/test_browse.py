@@ -15,7 +15,8 @@ from scaffold_sae.browse import BrowseConfig, TopContexts, best_positions, build
 
 @pytest.fixture(scope="module")
 def tiny_sae(tiny_lm, tiny_corpus, tmp_path_factory):
-    """A batchtopk SAE with a rank-2 scaffold trained for a few steps on layer 1 of the tiny Llama."""
+    """Batchtopk SAEs of rank 2 and (the baseline) rank 0 trained for a few steps on layer 1 of the tiny Llama:
+    (rank-2 path, rank-2 SAE, baseline SAE)."""
     from scaffold_sae.cache import harvest
     from scaffold_sae.sae import SAEConfig
     from scaffold_sae.saving import load_sae
@@ -25,8 +26,9 @@ def tiny_sae(tiny_lm, tiny_corpus, tmp_path_factory):
     cache = harvest(tiny_lm, 1, str(tiny_corpus), 2048, root / "cache", ctx_len=32, progress=False)
     train = TrainConfig(tokens=256 * 8, batch_size=256, progress=False, checkpoint_every=0, log_every=4,
                         init_sample_tokens=1024, threshold_sample_tokens=1024, dead_tokens=256, lr=3e-3)
-    [path] = train_saes(cache, [SAEConfig(arch="batchtopk", width=48, k=4, rank=2)], train, root / "saes")
-    return path, load_sae(path).eval()
+    path, base = train_saes(cache, [SAEConfig(arch="batchtopk", width=48, k=4, rank=r) for r in (2, 0)], train,
+                            root / "saes")
+    return path, load_sae(path).eval(), load_sae(base).eval()
 
 
 @pytest.fixture(scope="module")
@@ -41,7 +43,7 @@ def heldout(tiny_lm, tiny_corpus):
 def site(tiny_sae, tiny_lm, heldout, tmp_path_factory):
     out = tmp_path_factory.mktemp("site")
     cfg = BrowseConfig(top_n=5, batch_size=6, progress=False)
-    index = build_site(tiny_sae[1], tiny_lm, 1, heldout, out, cfg)
+    index = build_site(tiny_sae[1], tiny_lm, 1, heldout, out, cfg, baseline=tiny_sae[2])
     return index, json.loads((out / "site.json").read_text())
 
 
@@ -117,6 +119,17 @@ def test_logit_effects_match_an_explicit_rmsnorm_and_unembedding(tiny_lm, tiny_s
     assert torch.equal(pos_i, effects.topk(5, dim=1).indices) and torch.equal(neg_i, (-effects).topk(5, dim=1).indices)
 
 
+def test_absorbed_latents_are_the_dense_ones_in_span_u():
+    u = torch.zeros(6, 2)
+    u[0, 0], u[1, 1] = 1.0, 2.0
+    w = torch.tensor([[0.1, 1.0, 0, 0, 0, 0], [0, 0, 1.0, 0, 0, 0], [1.0, 0, 0, 0, 0, 0], [-1.0, 0.2, 0.3, 0, 0, 0],
+                      [0.5, 0.5, 0.6, 0.6, 0, 0]])
+    density = torch.tensor([0.3, 0.5, 0.001, 0.6, 0.4], dtype=torch.float64)
+    out = browse.absorbed_latents(w, density, u)
+    assert [[a["latent"] for a in d] for d in out] == [[3], [0]]
+    assert out[0][0]["cos"] < 0 and out[1][0]["cos"] > 0
+
+
 def test_site_densities_match_evals_and_the_files_are_complete(site, tiny_sae, tiny_lm, heldout):
     from scaffold_sae.evals import evaluate
 
@@ -130,6 +143,8 @@ def test_site_densities_match_evals_and_the_files_are_complete(site, tiny_sae, t
     assert (out / "data" / "latents-0000.js").read_text().startswith("BROWSE.chunk(0, ")
     assert "http" not in (out / "index.html").read_text() and "http://" not in (out / "app.js").read_text().replace(
         "http://www.w3.org/2000/svg", "")
+    absorbed = [a for direction in data["scaffold"] for a in direction["absorbed"]]
+    assert all(a["density"] > 0.01 and a["align_scaffold"] >= 0.5 for a in absorbed)
     for direction in data["scaffold"]:
         assert set(direction["mean_abs_by_position"]) == {"bos", "sink", "ordinary"}
         assert direction["position_counts"]["bos"] == heldout.shape[0]
@@ -312,6 +327,8 @@ def test_browser_latent_page_highlights_contexts(browser, site):
     browser.js("location.hash = '#/scaffold/1'")
     assert browser.wait_for("document.querySelector('#scaffold-page h2') && "
                             "document.querySelector('#scaffold-page h2').textContent") == "Scaffold direction 1"
+    rows = browser.js("document.querySelectorAll('#absorbed tbody tr').length")
+    assert rows == len(data["scaffold"][1]["absorbed"])
 
 
 def test_cli_browse_writes_a_site(tiny_sae, tiny_lm, tiny_corpus, tmp_path, capsys):

@@ -229,6 +229,8 @@ class BrowseStats:
     sample: Tensor
     keep: Tensor
     """eval_mask of every context [N, T] (to mark excluded tokens in the shown windows)."""
+    baseline_fire: Tensor | None = None
+    """Firing counts of the baseline SAE's latents on the same tokens."""
 
     @property
     def density(self) -> Tensor:
@@ -241,13 +243,15 @@ def _sae_device(sae) -> tuple[torch.device, torch.dtype]:
 
 
 @torch.no_grad()
-def collect(sae, lm, layer: int, contexts: Tensor, cfg: BrowseConfig) -> BrowseStats:
-    """One pass over contexts [N, T]: the statistics, top contexts and PCA sample the site needs."""
+def collect(sae, lm, layer: int, contexts: Tensor, cfg: BrowseConfig, baseline=None) -> BrowseStats:
+    """One pass over contexts [N, T]: the statistics, top contexts and PCA sample the site needs (and the firing
+    counts of a baseline SAE's latents, when given)."""
     lm.check_layer(layer)
     width, rank = int(sae.W_dec.shape[0]), int(getattr(sae, "rank", 0) or 0)
     device, dtype = _sae_device(sae)
     win = cfg.before + 1 + cfg.after
     fire = torch.zeros(width, dtype=torch.long)
+    base_fire = None if baseline is None else torch.zeros(int(baseline.W_dec.shape[0]), dtype=torch.long)
     sums = torch.zeros(width, dtype=torch.float64)
     maxes = torch.zeros(width)
     hist = torch.zeros(width, HIST_BINS, dtype=torch.long)
@@ -274,6 +278,9 @@ def collect(sae, lm, layer: int, contexts: Tensor, cfg: BrowseConfig) -> BrowseS
         kept = codes[keep]
         n_tokens += kept.shape[0]
         fire += (kept != 0).sum(0)
+        if baseline is not None:
+            base_device, base_dtype = _sae_device(baseline)
+            base_fire += (baseline(resid.cpu()[keep].to(base_device, base_dtype)).codes != 0).sum(0).cpu()
         sums += kept.double().sum(0)
         maxes = torch.maximum(maxes, kept.max(0).values.clamp_min(0)) if kept.shape[0] else maxes
         rows, cols = kept.nonzero(as_tuple=True)
@@ -302,7 +309,7 @@ def collect(sae, lm, layer: int, contexts: Tensor, cfg: BrowseConfig) -> BrowseS
     if not n_tokens:
         raise BrowseError("no held-out tokens to browse: give contexts with at least 2 positions")
     return BrowseStats(n_tokens, fire, sums, maxes, hist, latent_top, scaf_top, scaf_bottom, scaf_abs, scaf_count,
-                       torch.cat(sample), torch.cat(keeps))
+                       torch.cat(sample), torch.cat(keeps), base_fire)
 
 
 def _round(value: float, digits: int = 4) -> float | None:
@@ -357,12 +364,13 @@ def _context_entries(entries, token_ids: list[list[int]], kept: list[list[bool]]
 
 
 def build_site(sae, lm, layer: int, contexts: Tensor, out_dir: str | Path, cfg: BrowseConfig | None = None,
-               meta: dict[str, Any] | None = None) -> Path:
+               meta: dict[str, Any] | None = None, baseline=None) -> Path:
     """Run the pass over held-out contexts [N, T] (each starting with BOS) and write the site to out_dir; returns
-    the path of its index.html."""
+    the path of its index.html. With a `baseline` SAE (a plain SAE of the same model and layer), each scaffold
+    direction lists the dense baseline latents it absorbed (`absorbed_latents`)."""
     cfg = cfg or BrowseConfig()
     started = time.perf_counter()
-    stats = collect(sae, lm, layer, contexts, cfg)
+    stats = collect(sae, lm, layer, contexts, cfg, baseline)
     collect_s = time.perf_counter() - started
     width, rank = int(sae.W_dec.shape[0]), int(getattr(sae, "rank", 0) or 0)
     w_dec = sae.W_dec.detach().float().cpu()
@@ -407,6 +415,10 @@ def build_site(sae, lm, layer: int, contexts: Tensor, out_dir: str | Path, cfg: 
         _write_js(out / "data" / f"latents-{start // CHUNK:04d}.js", f"BROWSE.chunk({start // CHUNK}, ", chunk, ");")
 
     directions = []
+    absorbed = None
+    if rank and baseline is not None:
+        absorbed = absorbed_latents(baseline.W_dec.detach().float().cpu(), stats.baseline_fire.double() / stats.n_tokens,
+                                    sae.U.detach().float().cpu())
     if rank:
         u = sae.U.detach().float().cpu().t()
         if norm_head is not None:
@@ -423,6 +435,7 @@ def build_site(sae, lm, layer: int, contexts: Tensor, out_dir: str | Path, cfg: 
                     "promoted": [[vocab(int(t)), _round(float(v))] for v, t in zip(up_v[j], up_i[j])],
                     "suppressed": [[vocab(int(t)), _round(float(v))] for v, t in zip(un_v[j], un_i[j])]},
                 "align_pcs": _round(float(alignment_scores(u[j:j + 1], pcs)[0])),
+                "absorbed": absorbed[j] if absorbed is not None else None,
             })
     elapsed = time.perf_counter() - started
     summary = {
@@ -447,6 +460,24 @@ def build_site(sae, lm, layer: int, contexts: Tensor, out_dir: str | Path, cfg: 
     return out / "index.html"
 
 
+def absorbed_latents(w_base: Tensor, density: Tensor, u: Tensor, min_density: float = 0.01,
+                     min_alignment: float = 0.5) -> list[list[dict]]:
+    """Per scaffold direction j (column of u [d, r]), the dense baseline latents (density > min_density) whose
+    decoder row lies mostly in span(U) (alignment >= min_alignment), each attributed to the direction it has the
+    largest cos^2 with; entries {latent, density, align_scaffold, cos}, densest first."""
+    align = alignment_scores(w_base, span_basis(u))
+    w = w_base.double() / w_base.double().norm(dim=1, keepdim=True).clamp_min(1e-300)
+    cols = u.double() / u.double().norm(dim=0, keepdim=True).clamp_min(1e-300)
+    cos = w @ cols  # [m, r]
+    out: list[list[dict]] = [[] for _ in range(u.shape[1])]
+    for i in torch.argsort(density, descending=True).tolist():
+        if density[i] > min_density and align[i] >= min_alignment:
+            j = int(cos[i].pow(2).argmax())
+            out[j].append({"latent": i, "density": _round(float(density[i])), "align_scaffold": _round(float(align[i])),
+                           "cos": _round(float(cos[i, j]))})
+    return out
+
+
 def _write_js(path: Path, prefix: str, payload: Any, suffix: str) -> None:
     path.write_text(prefix + json.dumps(payload, allow_nan=False, separators=(",", ":")) + suffix + "\n")
 
@@ -469,6 +500,8 @@ def register_browse(subparsers) -> argparse.ArgumentParser:
     parser.add_argument("--ctx-len", type=int, default=128, help="context length (each starts with BOS)")
     parser.add_argument("--batch-size", type=int, default=8, help="contexts per forward")
     parser.add_argument("--top-n", type=int, default=20, help="top contexts kept per latent")
+    parser.add_argument("--baseline", default=None,
+                        help="a plain SAE of the same model and layer: scaffold pages list its dense latents they absorbed")
     parser.add_argument("--device", default="cpu")
     parser.add_argument("--out", default=None, help="site directory (default: browser/ next to the SAE)")
     parser.add_argument("--no-progress", action="store_true", help="no progress bar")
@@ -496,7 +529,8 @@ def run_browse_command(args: argparse.Namespace) -> int:
                                         n_tokens=args.tokens, split="heldout", bos_id=lm.bos_token_id)
     out = Path(args.out) if args.out else (sae_path if sae_path.is_dir() else sae_path.parent) / "browser"
     cfg = BrowseConfig(top_n=args.top_n, batch_size=args.batch_size, progress=not args.no_progress)
-    index = build_site(sae, lm, int(layer), contexts, out, cfg,
-                       meta={"sae": str(sae_path), "corpus": args.corpus})
+    baseline = saving.load_sae(args.baseline).to(args.device).eval() if args.baseline else None
+    index = build_site(sae, lm, int(layer), contexts, out, cfg, baseline=baseline,
+                       meta={"sae": str(sae_path), "corpus": args.corpus, "baseline": args.baseline})
     print(f"wrote {index}")
     return 0

@@ -194,8 +194,14 @@
         return el("tr", {}, [el("td", { text: k }), el("td", { text: fmt(s.mean_abs_by_position[k]) }), el("td", { text: String(s.position_counts[k]) })]);
       }))]);
     var logits = s.logits ? el("div", { "class": "cols" }, [logitTable("promoted by U_j", s.logits.promoted), logitTable("suppressed", s.logits.suppressed)]) : el("p");
+    var absorbed = s.absorbed === null ? el("p", { text: "no baseline SAE given (browse --baseline DIR)" }) :
+      !s.absorbed.length ? el("p", { text: "none of the baseline's dense latents lies mostly in span(U) nearest this direction" }) :
+      el("table", { id: "absorbed" }, [el("thead", {}, [el("tr", {}, ["baseline latent", "density", "align span(U)", "cos with U_j"].map(function (h) { return el("th", { text: h }); }))]),
+        el("tbody", {}, s.absorbed.map(function (a) { return el("tr", {}, [el("td", { text: String(a.latent) }), el("td", { text: fmt(a.density) }),
+          el("td", { text: fmt(a.align_scaffold) }), el("td", { text: fmt(a.cos) })]); }))]);
     show(el("div", { id: "scaffold-page" }, [el("h2", { text: "Scaffold direction " + j }),
       el("p", { text: "alignment of U_j with the top PCs: " + fmt(s.align_pcs) }), norms,
+      el("h3", { text: "Dense baseline latents absorbed (density > 1%, alignment with span(U) >= 0.5)" }), absorbed,
       el("h3", { text: "Logit effects of U_j" }), logits,
       el("h3", { text: "Contexts with the largest coordinate" }), el("div", {}, s.top.map(function (c) { return contextLine(c, scale, true); })),
       el("h3", { text: "Contexts with the smallest coordinate" }), el("div", {}, s.bottom.map(function (c) { return contextLine(c, scale, true); }))]));
