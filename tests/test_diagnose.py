@@ -95,3 +95,40 @@ def test_cli_diagnose(tiny_saved_sae, tiny_lm, tiny_corpus, tmp_path, capsys):
     lines = capsys.readouterr().out.strip().splitlines()
     assert len(lines) == 2 and lines[1] == f"wrote {tmp_path / 'diag' / 'diagnosis.html'}"
     assert json.loads((tmp_path / "diag" / "diagnosis.json").read_text())["fit"] is None
+
+
+def write_saelens_jumprelu(path, w_enc, w_dec, b_enc, b_dec, threshold, model_name: str, hook_name: str) -> None:
+    """The files sae-lens 6.54.12 writes for `JumpReLUSAE(JumpReLUSAEConfig(d_in, d_sae, metadata=SAEMetadata(
+    model_name=..., hook_name=...))).save_model(path)`: cfg.json is the config's to_dict() (its dataclass fields, the
+    metadata with both version fields, and "architecture"), sae_weights.safetensors its state_dict (W_enc [d_in, d_sae],
+    W_dec [d_sae, d_in], b_enc, b_dec, threshold)."""
+    from safetensors.torch import save_file
+
+    path.mkdir(parents=True)
+    d_in, d_sae = w_enc.shape
+    save_file({"W_dec": w_dec.contiguous(), "W_enc": w_enc.contiguous(), "b_dec": b_dec.contiguous(),
+               "threshold": threshold.contiguous(), "b_enc": b_enc.contiguous()}, str(path / "sae_weights.safetensors"))
+    cfg = {"d_in": d_in, "d_sae": d_sae, "dtype": "float32", "device": "cpu", "apply_b_dec_to_input": True,
+           "normalize_activations": "none", "reshape_activations": "none",
+           "metadata": {"sae_lens_version": "6.54.12", "sae_lens_training_version": "6.54.12",
+                        "model_name": model_name, "hook_name": hook_name},
+           "architecture": "jumprelu"}
+    (path / "cfg.json").write_text(json.dumps(cfg))
+
+
+def test_diagnose_reads_an_saelens_jumprelu_sae(tiny_saved_sae, tiny_lm, contexts, tmp_path):
+    from scaffold_sae.evals import sae_metadata
+    from scaffold_sae.saving import load_sae
+
+    ours = load_sae(tiny_saved_sae).eval()
+    write_saelens_jumprelu(tmp_path / "saelens", ours.W_enc.detach().clone(), ours.W_dec.detach(), ours.b_enc.detach(),
+                           ours.b_dec.detach(), ours.threshold.detach(), "tiny-llama", "blocks.1.hook_resid_post")
+    foreign = load_sae(tmp_path / "saelens")
+    assert foreign.cfg.arch == "jumprelu" and sae_metadata(foreign) == {"model": "tiny-llama", "layer": 1}
+    heldout, train = contexts
+    cfg = DiagnoseConfig(tokens=10**6, rank=2, train_tokens=1024, train_batch_size=256, progress=False)
+    theirs = diagnose(foreign, tiny_lm, 1, heldout, tmp_path / "theirs", cfg, train)
+    mine = diagnose(ours, tiny_lm, 1, heldout, tmp_path / "mine", DiagnoseConfig(tokens=10**6, rank=2, train_tokens=0,
+                                                                                  progress=False))
+    assert theirs.arch == "jumprelu" and theirs.counts == mine.counts
+    assert theirs.fit.arch == "batchtopk" and theirs.fit.k == max(1, round(theirs.counts.l0))
