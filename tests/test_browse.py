@@ -342,3 +342,20 @@ def test_cli_browse_writes_a_site(tiny_sae, tiny_lm, tiny_corpus, tmp_path, caps
     assert capsys.readouterr().out.strip() == f"wrote {tmp_path / 'site' / 'index.html'}"
     data = json.loads((tmp_path / "site" / "site.json").read_text())
     assert len(data["latents"]) == 48 and data["meta"]["n_contexts"] == 10 and data["meta"]["rank"] == 2
+
+
+def test_site_server_serves_the_site(site):
+    import threading
+    import urllib.request
+
+    server = browse.site_server(site[0].parent)
+    thread = threading.Thread(target=server.serve_forever, daemon=True)
+    thread.start()
+    try:
+        base = f"http://127.0.0.1:{server.server_address[1]}/"
+        assert b"data/index.js" in urllib.request.urlopen(base, timeout=10).read()
+        assert urllib.request.urlopen(base + "data/index.js", timeout=10).read().startswith(b"BROWSE.index(")
+    finally:
+        server.shutdown()
+        server.server_close()
+        thread.join(timeout=10)

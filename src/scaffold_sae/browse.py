@@ -505,6 +505,9 @@ def register_browse(subparsers) -> argparse.ArgumentParser:
     parser.add_argument("--device", default="cpu")
     parser.add_argument("--out", default=None, help="site directory (default: browser/ next to the SAE)")
     parser.add_argument("--no-progress", action="store_true", help="no progress bar")
+    parser.add_argument("--serve", type=int, default=None, metavar="PORT",
+                        help="after writing, serve the site on http://127.0.0.1:PORT until Ctrl-C (not needed: "
+                             "index.html opens from disk)")
     parser.set_defaults(func=run_browse_command)
     return parser
 
@@ -533,4 +536,25 @@ def run_browse_command(args: argparse.Namespace) -> int:
     index = build_site(sae, lm, int(layer), contexts, out, cfg, baseline=baseline,
                        meta={"sae": str(sae_path), "corpus": args.corpus, "baseline": args.baseline})
     print(f"wrote {index}")
+    if args.serve is not None:
+        server = site_server(out, args.serve)
+        print(f"serving http://127.0.0.1:{server.server_address[1]}/ (Ctrl-C stops)", flush=True)
+        try:
+            server.serve_forever()
+        except KeyboardInterrupt:  # faults.Interrupted included: stopping the server is the normal end
+            pass
+        finally:
+            server.server_close()
     return 0
+
+
+def site_server(site_dir: str | Path, port: int = 0):
+    """An HTTP server for a written site on 127.0.0.1 (port 0: any free port); call serve_forever()."""
+    import functools
+    from http.server import SimpleHTTPRequestHandler, ThreadingHTTPServer
+
+    class Quiet(SimpleHTTPRequestHandler):
+        def log_message(self, *args) -> None:
+            pass
+
+    return ThreadingHTTPServer(("127.0.0.1", port), functools.partial(Quiet, directory=str(site_dir)))
