@@ -331,6 +331,13 @@ def test_browser_latent_page_highlights_contexts(browser, site):
     assert rows == len(data["scaffold"][1]["absorbed"])
 
 
+def test_wrong_width_sae_is_refused_with_a_fix(tiny_lm, heldout, tmp_path):
+    from scaffold_sae.sae import HybridSAE, SAEConfig
+
+    with pytest.raises(browse.BrowseError, match="trained on"):
+        build_site(HybridSAE(SAEConfig(d_in=32, width=8, k=2)), tiny_lm, 1, heldout, tmp_path)
+
+
 def test_cli_browse_writes_a_site(tiny_sae, tiny_lm, tiny_corpus, tmp_path, capsys):
     from scaffold_sae.cli import main
 
@@ -353,8 +360,9 @@ def test_site_server_serves_the_site(site):
     thread.start()
     try:
         base = f"http://127.0.0.1:{server.server_address[1]}/"
-        assert b"data/index.js" in urllib.request.urlopen(base, timeout=10).read()
-        assert urllib.request.urlopen(base + "data/index.js", timeout=10).read().startswith(b"BROWSE.index(")
+        opener = urllib.request.build_opener(urllib.request.ProxyHandler({}))  # never via an http_proxy
+        assert b"data/index.js" in opener.open(base, timeout=10).read()
+        assert opener.open(base + "data/index.js", timeout=10).read().startswith(b"BROWSE.index(")
     finally:
         server.shutdown()
         server.server_close()

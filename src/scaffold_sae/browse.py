@@ -248,6 +248,10 @@ def collect(sae, lm, layer: int, contexts: Tensor, cfg: BrowseConfig, baseline=N
     counts of a baseline SAE's latents, when given)."""
     lm.check_layer(layer)
     width, rank = int(sae.W_dec.shape[0]), int(getattr(sae, "rank", 0) or 0)
+    for name, one in (("SAE", sae), ("baseline SAE", baseline)):
+        if one is not None and int(one.W_dec.shape[1]) != lm.d_model:
+            raise BrowseError(f"the {name} has input size {int(one.W_dec.shape[1])} but {lm.spec} has d_model "
+                              f"{lm.d_model}: browse it on the model and layer it was trained on")
     device, dtype = _sae_device(sae)
     win = cfg.before + 1 + cfg.after
     fire = torch.zeros(width, dtype=torch.long)
