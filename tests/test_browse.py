@@ -185,7 +185,8 @@ class Chromium:
 
         self.proc = subprocess.Popen(
             [binary, "--headless", "--no-sandbox", "--disable-gpu", "--disable-background-networking",
-             "--disable-component-update", "--disable-sync", "--no-first-run", "--remote-debugging-pipe",
+             "--disable-component-update", "--disable-sync", "--no-first-run", "--disable-dev-shm-usage",
+             "--remote-debugging-pipe",
              f"--user-data-dir={profile}", "--window-size=1280,900", url],
             preexec_fn=wire, close_fds=False, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
         for fd in (cmd_r, evt_w, high_r, high_w):
