@@ -5,7 +5,7 @@ VENV ?= .venv
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed
 
-.PHONY: demo lint test test-fast bench clean
+.PHONY: demo lint browser test test-fast bench clean
 
 $(STAMP): pyproject.toml
 	python3 -m venv $(VENV)
@@ -19,7 +19,14 @@ demo: $(STAMP)
 lint: $(STAMP)
 	$(PY) -m pyflakes src tests bench
 
-test: lint
+# Headless Chromium for the feature browser's real-browser test (tests/test_browse.py); where apt-get is missing or
+# not allowed this only prints a note and that test skips.
+browser:
+	-@command -v chromium >/dev/null 2>&1 || command -v chromium-browser >/dev/null 2>&1 || \
+	  (apt-get install -y chromium >/dev/null 2>&1 || (apt-get update >/dev/null 2>&1 && apt-get install -y chromium >/dev/null 2>&1)) || \
+	  echo "note: could not install chromium (needs apt-get as root); the real-browser test will skip"
+
+test: lint browser
 	$(PY) -m pytest -q -ra
 
 test-fast: lint

@@ -16,8 +16,10 @@ from pathlib import Path
 from typing import Callable
 
 from . import distributed
+from .browse import BrowseConfig, BrowseRun, browse_from_config, serve_site
 from .cache import CacheInfoConfig, HarvestConfig, HarvestRun, cache_info, harvest_ranked, harvest_with
 from .compare import CompareConfig, compare_results
+from .diagnose import DiagnoseConfig, DiagnoseRun, diagnose_from_config
 from .config import build, field_docs, has_default, load_config_file, sequence_type
 from .distributed import end_rank_process, launched_by_torchrun
 from .evals import CoreEvalConfig, run_core_eval
@@ -187,6 +189,21 @@ def _study(command: Command, values: dict, args: argparse.Namespace) -> None:
     print(f"total {time.perf_counter() - started:.0f} s")
 
 
+def _browse(command: Command, values: dict, args: argparse.Namespace) -> None:
+    run = build(BrowseRun, _pick(values, BrowseRun))
+    index = browse_from_config(run, build(BrowseConfig, _pick(values, BrowseConfig)))
+    print(f"wrote {index}")
+    if run.serve is not None:
+        serve_site(index.parent, run.serve)
+
+
+def _diagnose(command: Command, values: dict, args: argparse.Namespace) -> None:
+    result, out = diagnose_from_config(build(DiagnoseRun, _pick(values, DiagnoseRun)),
+                                       build(DiagnoseConfig, _pick(values, DiagnoseConfig)))
+    print(result.verdict)
+    print(f"wrote {out / 'diagnosis.html'}")
+
+
 COMMANDS = [
     Command("harvest", "cache a layer's residual-stream activations on a corpus",
             (HarvestRun, HarvestConfig, Processes), _harvest,
@@ -213,6 +230,16 @@ COMMANDS = [
     Command("compare", "side-by-side report of several studies (e.g. two models)", (CompareConfig,), _compare,
             description="One report comparing the scaffold across studies: dense latents, structure, causality and "
                         "redundancy, read from each study's results.json."),
+    Command("browse", "write a static feature-browser site for a saved SAE", (BrowseRun, BrowseConfig), _browse,
+            description="One pass over held-out text; writes a self-contained site (open index.html from disk): a "
+                        "sortable latent table, a page per latent and per scaffold direction.",
+            switches={"progress": "--no-progress"}),
+    Command("diagnose", "dense latents of any saved SAE, and whether a scaffold would remove them",
+            (DiagnoseRun, DiagnoseConfig), _diagnose,
+            description="Dense latents, their alignment with the top PCs and massive dims, antipodal pairs and the "
+                        "reconstruction's share in the top PCs; then a fresh plain and scaffolded SAE of the same "
+                        "width and k compared at matched L0. Writes diagnosis.json, .md and .html.",
+            switches={"progress": "--no-progress"}),
 ]
 
 
