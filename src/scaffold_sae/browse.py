@@ -521,20 +521,11 @@ def browse_from_config(run: BrowseRun, cfg: BrowseConfig) -> Path:
     """`scaffold-sae browse` as one call: load the SAE and its model, pass over held-out text, write the site;
     returns the path of index.html."""
     from scaffold_sae import corpus as corpus_mod
-    from scaffold_sae import models, saving
-    from scaffold_sae.evals import sae_metadata
+    from scaffold_sae import saving
+    from scaffold_sae.evals import open_sae_with_model
 
-    sae_path = Path(run.sae)
-    if not sae_path.exists():
-        raise BrowseError(f"SAE path {sae_path} does not exist: pass a directory or file written by save_sae")
-    sae = saving.load_sae(sae_path).to(run.device).eval()
-    meta = sae_metadata(sae)
-    model_spec = run.model or meta.get("model")
-    layer = run.layer if run.layer is not None else meta.get("layer")
-    if model_spec is None or layer is None:
-        raise BrowseError(f"{sae_path} does not record its model and layer: pass --model and --layer")
-    lm = models.load_model(model_spec, device=run.device)
-    lm.check_layer(int(layer))
+    opened = open_sae_with_model(run.sae, run.model, run.layer, run.device, BrowseError)
+    sae_path, sae, lm, layer = opened.path, opened.sae, opened.lm, opened.layer
     contexts = corpus_mod.pack_contexts(lm.tokenizer, corpus_mod.load_corpus(run.corpus), ctx_len=run.ctx_len,
                                         n_tokens=run.tokens, split="heldout", bos_id=lm.bos_token_id)
     out = Path(run.out) if run.out else (sae_path if sae_path.is_dir() else sae_path.parent) / "browser"

@@ -296,20 +296,10 @@ class DiagnoseRun:
 def diagnose_from_config(run: DiagnoseRun, cfg: DiagnoseConfig) -> tuple["Diagnosis", Path]:
     """`scaffold-sae diagnose` as one call; returns the diagnosis and its report directory."""
     from scaffold_sae import corpus as corpus_mod
-    from scaffold_sae import models, saving
-    from scaffold_sae.evals import sae_metadata
+    from scaffold_sae.evals import open_sae_with_model
 
-    sae_path = Path(run.sae)
-    if not sae_path.exists():
-        raise ValueError(f"SAE path {sae_path} does not exist: pass a directory or file that load_sae reads")
-    sae = saving.load_sae(sae_path).to(run.device).eval()
-    meta = sae_metadata(sae)
-    model_spec = run.model or meta.get("model")
-    layer = run.layer if run.layer is not None else meta.get("layer")
-    if model_spec is None or layer is None:
-        raise ValueError(f"{sae_path} does not record its model and layer: pass --model and --layer")
-    lm = models.load_model(model_spec, device=run.device)
-    lm.check_layer(int(layer))
+    opened = open_sae_with_model(run.sae, run.model, run.layer, run.device)
+    sae_path, sae, lm, layer = opened.path, opened.sae, opened.lm, opened.layer
     corpus = corpus_mod.load_corpus(run.corpus)
     heldout = corpus_mod.pack_contexts(lm.tokenizer, corpus, ctx_len=cfg.ctx_len, n_tokens=cfg.tokens,
                                        split="heldout", bos_id=lm.bos_token_id)

@@ -529,25 +529,47 @@ class CoreEvalConfig:
     """JSON path (default: eval-<inference>.json next to the SAE)."""
 
 
+@dataclass
+class OpenedSAE:
+    """A saved SAE with the language model and layer it reads."""
+
+    path: Path
+    sae: object
+    lm: object
+    model: str
+    layer: int
+
+
+def open_sae_with_model(sae_path: str | Path, model: str | None, layer: int | None, device: str,
+                        error: type = ValueError) -> OpenedSAE:
+    """Load a saved SAE (ours, SAELens or sparsify) and its model; model and layer default to the SAE's metadata.
+    Bad input raises ``error`` with one line naming the fix."""
+    from scaffold_sae import models, saving
+
+    path = Path(sae_path)
+    if not path.exists():
+        raise error(f"SAE path {path} does not exist: pass a directory or file written by save_sae")
+    sae = saving.load_sae(path).to(device).eval()
+    meta = sae_metadata(sae)
+    model_spec = model or meta.get("model")
+    layer = layer if layer is not None else meta.get("layer")
+    if model_spec is None or layer is None:
+        raise error(f"{path} does not record its model and layer: pass --model and --layer")
+    lm = models.load_model(model_spec, device=device)
+    lm.check_layer(int(layer))
+    return OpenedSAE(path, sae, lm, model_spec, int(layer))
+
+
 def run_core_eval(cfg: CoreEvalConfig) -> tuple[CoreEval, Path]:
     """Evaluate a saved SAE as `cfg` says and write the JSON; returns the result and the JSON's path."""
     from scaffold_sae import corpus as corpus_mod
-    from scaffold_sae import fetch, models, saving
+    from scaffold_sae import fetch
     from scaffold_sae.report import jsonable
 
     if cfg.inference not in INFERENCE_MODES:
         raise EvalError(f"inference={cfg.inference!r} is invalid: allowed values are {', '.join(INFERENCE_MODES)}")
-    sae_path = Path(cfg.sae)
-    if not sae_path.exists():
-        raise EvalError(f"SAE path {sae_path} does not exist: pass a directory or file written by save_sae")
-    sae = saving.load_sae(sae_path).to(cfg.device).eval()
-    meta = sae_metadata(sae)
-    model_spec = cfg.model or meta.get("model")
-    layer = cfg.layer if cfg.layer is not None else meta.get("layer")
-    if model_spec is None or layer is None:
-        raise EvalError(f"{sae_path} does not record its model and layer: pass --model and --layer")
-    lm = models.load_model(model_spec, device=cfg.device)
-    lm.check_layer(int(layer))
+    opened = open_sae_with_model(cfg.sae, cfg.model, cfg.layer, cfg.device, EvalError)
+    sae_path, sae, lm, model_spec, layer = opened.path, opened.sae, opened.lm, opened.model, opened.layer
     corpus = corpus_mod.load_corpus(cfg.corpus)
     contexts = corpus_mod.pack_contexts(lm.tokenizer, corpus, ctx_len=cfg.ctx_len, n_tokens=cfg.tokens,
                                         split="heldout", bos_id=lm.bos_token_id)
