@@ -78,12 +78,21 @@ class StudyConfig:
     analysis_tokens: int = 8_192
     """Held-out tokens for the structure, redundancy and rank-selection statistics."""
     analysis_ce_tokens: int = 512
-    """Held-out tokens (a prefix of the eval contexts, at most ce_tokens) for the ablation CEs; each of the
-    8 + 2 x random_seeds conditions costs one full LM forward over them."""
+    """Held-out tokens (a prefix of the eval contexts, at most ce_tokens) for the ablation CEs; the statistics,
+    means, PCA basis and donors of the analyses are fitted on the eval contexts after this prefix (never on a CE
+    context). Each ablation condition runs blocks layer+1.. and the head over them."""
     analysis_rank: int | None = None
     """Hybrid rank that the causality and redundancy analyses use (None: the largest rank)."""
     random_seeds: int = 2
     """Random-direction bases in the causality analysis."""
+    ablation_operators: str = "zero,mean,resample"
+    """Causal ablation table: comma-separated operators (zero, mean, resample)."""
+    ablation_positions: str = "ordinary,all"
+    """Causal ablation table: edited positions, ordinary (BOS and sinks untouched) and/or all."""
+    ablation_random_bases: int = 5
+    """Causal ablation table: random r-dimensional bases."""
+    bootstrap_samples: int = 2000
+    """Bootstrap resamples of the CE contexts behind every interval of the causal ablation table."""
     outlier_factor: float = 10.0
     """Outlier (massive-activation) dims: mean |x| above this multiple of the median dim's mean |x|."""
     redundancy_factor: float = 10.0
