@@ -138,3 +138,14 @@ def test_study_config_values_are_typed_like_flags(tmp_path):
     result = subprocess.run([sys.executable, "-m", "scaffold_sae", "study", "--scaffold-tied", "maybe",
                              "--out", str(tmp_path / "out")], capture_output=True, text=True)
     assert result.returncode == 2 and "scaffold_tied='maybe' is invalid: expected bool" in result.stderr
+
+
+def test_study_can_train_an_uncentred_scaffold():
+    from scaffold_sae.sae import SAEConfig
+    from scaffold_sae.trainer import sae_names
+
+    cfgs = StudyConfig(ranks=[0, 8], scaffold_centred=False).sae_configs()
+    assert [c.scaffold_centred for c in cfgs] == [False, False]
+    names = sae_names([SAEConfig(d_in=16, width=32, rank=r, scaffold_centred=c) for r, c in ((0, False), (2, True),
+                                                                                               (2, False))])
+    assert names[0].endswith("_r0") and names[1].endswith("_r2") and names[2].endswith("_r2_uncentred")

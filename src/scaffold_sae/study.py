@@ -63,6 +63,9 @@ class StudyConfig:
     encoder_input: str = "residual"
     """What the sparse encoder sees: residual (x minus the scaffold: the dense part is absorbed before sparse
     coding; removed every dense latent in results/RESULTS.md, experiment G) or x (the encoder sees all of x)."""
+    scaffold_centred: bool = True
+    """The scaffold acts on x - b_dec (True) or on the uncentred x (False: removing it also removes its share of the
+    activation mean). Run both as two studies sharing one cache_dir to compare them."""
     sink_factor: float = 10.0
     """Exclude tokens whose activation norm exceeds this multiple of the median (attention sinks)."""
     harvest_batch_size: int = 8
@@ -120,7 +123,7 @@ class StudyConfig:
 
     def sae_configs(self) -> list[SAEConfig]:
         return [SAEConfig(arch=self.arch, width=self.width, k=self.k, rank=r, scaffold_tied=self.scaffold_tied,
-                          encoder_input=self.encoder_input) for r in self.ranks]
+                          encoder_input=self.encoder_input, scaffold_centred=self.scaffold_centred) for r in self.ranks]
 
     def train_config(self) -> TrainConfig:
         return TrainConfig(tokens=self.steps_tokens, batch_size=self.batch_size, lr=self.lr, seed=self.seed,

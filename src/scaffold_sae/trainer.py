@@ -198,6 +198,8 @@ def sae_names(cfgs: list[SAEConfig]) -> list[str]:
             base += "_tied"
         if cfg.encoder_input == "residual":
             base += "_resin"
+        if not cfg.scaffold_centred and cfg.rank:
+            base += "_uncentred"
         name, i = base, 1
         while name in names:
             i += 1
@@ -399,7 +401,8 @@ def _train_saes(cache, cfgs, train_cfg, out_dir, rank, world_size, on_step, comm
             with torch.no_grad():
                 st.sae.b_dec.copy_(b_dec)
             if st.sae.cfg.rank > 0 and st.sae.cfg.scaffold_init == "pca":
-                st.sae.set_scaffold(pca_basis(scaled, b_dec, st.sae.cfg.rank))
+                centre = b_dec if st.sae.cfg.scaffold_centred else torch.zeros_like(b_dec)
+                st.sae.set_scaffold(pca_basis(scaled, centre, st.sae.cfg.rank))
     del sample
     if comm is not None:
         scale = comm.setup(states, start, scale)
@@ -735,6 +738,7 @@ _FLAGS = [  # (flag, key, type, help)
     ("--scaffold-init", "scaffold_init", str, "pca | random"),
     ("--scaffold-tied", "scaffold_tied", str, "true: U = V orthonormal; false: free factors"),
     ("--encoder-input", "encoder_input", str, "x | residual (x minus the scaffold output)"),
+    ("--scaffold-centred", "scaffold_centred", str, "true: the scaffold acts on x - b_dec; false: on uncentred x"),
     ("--scaffold-lr-mult", "scaffold_lr_mult", float, "lr multiplier for the scaffold"),
     ("--matryoshka-widths", "matryoshka_widths", str, "comma-separated nested widths ending at width"),
     ("--l1-coeff", "l1_coeff", float, "relu only: L1 coefficient"),
