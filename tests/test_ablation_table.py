@@ -202,3 +202,16 @@ def test_fit_and_ce_contexts_are_disjoint(tiny_lm, monkeypatch):
     assert ce.shape[0] + fit.shape[0] == 10 and not {tuple(r.tolist()) for r in ce} & {tuple(r.tolist()) for r in fit}
     with pytest.raises(analyses.AnalysisError, match="none to fit on"):
         analyses.split_contexts(ids[:4], analyses.SharedConfig(analysis_ce_tokens=64, ce_tokens=64))
+
+
+@pytest.mark.slow
+def test_running_from_the_cached_layer_is_exact_on_gemma3():
+    """Gemma-3 picks each block's attention type (sliding / full) by its index: skipping blocks must keep that."""
+    from scaffold_sae.models import load_model
+
+    lm = load_model("gemma3-270m")
+    ids = lm.tokenizer("The capital of France is Paris, and the capital of Spain is", return_tensors="pt").input_ids
+    full = lm.logits(ids)
+    fast = lm.logits_from(lm.residual(ids, 9), 9)
+    assert (fast - full).abs().max() <= 1e-4 * (1 + full.abs().max())
+    assert lm_passes.skips_exactly(lm, 9, ids)

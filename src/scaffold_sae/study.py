@@ -92,6 +92,8 @@ class StudyConfig:
     """Causal ablation table: comma-separated operators (zero, mean, resample)."""
     ablation_positions: str = "ordinary,all"
     """Causal ablation table: edited positions, ordinary (BOS and sinks untouched) and/or all."""
+    ablation_subjects: str = "scaffold,span_u,pca,random,residual"
+    """Causal ablation table: comma-separated subjects (scaffold, span_u, pca, random, residual)."""
     ablation_random_bases: int = 5
     """Causal ablation table: random r-dimensional bases."""
     bootstrap_samples: int = 2000

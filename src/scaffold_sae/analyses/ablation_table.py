@@ -47,6 +47,9 @@ class AblationTableConfig:
     """Comma-separated operators: zero, mean, resample."""
     ablation_positions: str = "ordinary,all"
     """Comma-separated position sets: ordinary (BOS and sinks untouched), all (BOS and sinks edited too)."""
+    ablation_subjects: str = "scaffold,span_u,pca,random,residual"
+    """Comma-separated subjects: scaffold (U V^T as trained), span_u (orthogonal projector onto span U), pca (top-r),
+    random (r random directions), residual (the whole residual, for calibration)."""
     ablation_random_bases: int = 5
     """Random r-dimensional bases (the random subject's CE is their mean; each basis's ratio is listed)."""
     ablation_splices: bool = True
@@ -208,6 +211,7 @@ def ablation_table(lm, layer: int, sae, ce_contexts: torch.Tensor, fit_contexts:
         raise AnalysisError(f"SAE {name!r} has no scaffold (rank 0): the ablation table needs a hybrid")
     operators = parse_choices(config.ablation_operators, OPERATORS, "ablation_operators")
     positions = parse_choices(config.ablation_positions, POSITIONS, "ablation_positions")
+    subjects = parse_choices(config.ablation_subjects, SUBSPACES, "ablation_subjects")
     if config.ablation_random_bases < 1:
         raise AnalysisError("ablation_random_bases must be >= 1")
     ordinary_rows, special_rows = position_class_rows(lm, layer, fit_contexts, fit_tokens, batch_size, sink_factor)
@@ -219,6 +223,7 @@ def ablation_table(lm, layer: int, sae, ce_contexts: torch.Tensor, fit_contexts:
         "random": [(q, q) for q in (random_orthonormal(d, r, torch.Generator().manual_seed(1000 + seed + i))
                                     for i in range(config.ablation_random_bases))],
         "residual": [(None, None)]}
+    bases = {subject: pairs for subject, pairs in bases.items() if subject in subjects}
     conditions: dict[str, ResidEdit] = {}
     groups: dict[tuple[str, str, str], list[str]] = {}
     for pos in positions:
