@@ -169,7 +169,7 @@ def test_causality_with_empty_scaffold_is_neutral(tiny_lm):
 
 def tiny_cfg(**overrides):
     cfg = dict(analysis_tokens=256, analysis_ce_tokens=64, ce_tokens=64, analysis_rank=None, random_seeds=2,
-               ablation_random_bases=2, bootstrap_samples=200,
+               ablation_random_bases=2, bootstrap_samples=200, topic_datasets="", redundancy_points=4,
                outlier_factor=10.0, redundancy_factor=10.0, probe_docs=0, probe_tokens=16, probe_datasets="",
                ctx_len=16, sink_factor=10.0, seed=0, harvest_batch_size=4)
     cfg.update(overrides)
@@ -268,7 +268,7 @@ def test_analyses_on_the_embedded_model_reduced(tmp_path):
 
 def test_registry_lists_the_analyses_in_report_order():
     assert list(analyses.registered()) == ["structure", "causality", "ablation_table", "redundancy", "probing",
-                                           "rank_selection"]
+                                           "topic_ablation", "rank_selection"]
     for analysis in analyses.registered().values():
         assert analysis.config() == analysis.config_cls()            # every config field has a default
     with pytest.raises(analyses.AnalysisError, match="already registered"):

@@ -142,6 +142,24 @@ def skips_exactly(lm, layer: int, ids: Tensor) -> bool:
     return known[layer]
 
 
+@torch.no_grad()
+def residuals_after(lm, batch: Tensor, layer: int, resid: Tensor, read: list[int]) -> dict[int, Tensor]:
+    """The residual after each block in `read` (> layer) with the residual after `layer` replaced by `resid`: from the
+    cached layer when that is exact (run_from's check), else a full forward with the edit."""
+    if skips_exactly(lm, layer, batch):
+        return lm.residuals_from(resid, layer, read)
+    captured: dict[int, Tensor] = {}
+    handles = [lm.layers[j].register_forward_hook(
+        lambda _m, _i, output, j=j: captured.__setitem__(j, output[0] if isinstance(output, (tuple, list)) else output))
+        for j in read]
+    try:
+        lm.logits(batch, layer=layer, edit=lambda _resid: resid)
+    finally:
+        for handle in handles:
+            handle.remove()
+    return captured
+
+
 ResidEdit = Callable[[Tensor, Tensor, int], Tensor]
 """An edit of a whole residual [B, T, d] given the ordinary positions [B, T] (eval_mask) and the batch's index:
 returns the edited residual (the condition decides which positions it touches)."""

@@ -157,6 +157,41 @@ class LanguageModel:
             for i, block in enumerate(skipped):
                 self.layers[i] = block
 
+    @torch.no_grad()
+    def residuals_from(self, resid: torch.Tensor, layer: int, read: list[int]) -> dict[int, torch.Tensor]:
+        """The residual after each block in `read` (all > layer) of the model whose residual after block `layer` is
+        `resid`: blocks 0..layer are skipped as in `logits_from`, and the pass stops after the last block read."""
+        if not read:
+            return {}
+        for j in read:
+            self.check_layer(j)
+            if j <= layer:
+                raise LayerError(f"read layer {j} must come after the edited layer {layer}")
+        captured: dict[int, torch.Tensor] = {}
+        last = max(read)
+
+        def capture(index):
+            def hook(_module, _inputs, output):
+                captured[index] = _hidden(output)
+                if index == last:
+                    raise _StopForward
+            return hook
+
+        skipped = [self.layers[i] for i in range(layer + 1)]
+        handles = [self.layers[j].register_forward_hook(capture(j)) for j in sorted(set(read))]
+        try:
+            for i in range(layer + 1):
+                self.layers[i] = _PassThrough()
+            self.hf_model(inputs_embeds=resid.to(self.device), use_cache=False)
+        except _StopForward:
+            pass
+        finally:
+            for handle in handles:
+                handle.remove()
+            for i, block in enumerate(skipped):
+                self.layers[i] = block
+        return captured
+
     def token_ce(self, input_ids: torch.Tensor, layer: int | None = None, edit: Edit | None = None) -> torch.Tensor:
         """Per-position next-token cross-entropy in nats, [B, T-1]."""
         logits = self.logits(input_ids, layer, edit)

@@ -109,6 +109,11 @@ class StudyConfig:
     """Tokens per probing document, BOS included."""
     probe_datasets: str = "bbc_topic,sentiment,language"
     """Comma-separated probing datasets: bbc_topic, sentiment, language."""
+    topic_datasets: str = "bbc_topic,language"
+    """Fixed-probe topic analysis: comma-separated datasets (empty disables it). Each of its 14 conditions runs
+    blocks layer+1.. over topic_docs x probe_tokens tokens per dataset."""
+    topic_docs: int = 200
+    """Documents per dataset in the fixed-probe topic analysis (30% test documents, never fitted on)."""
 
     def validate(self) -> "StudyConfig":
         if not self.ranks or 0 not in self.ranks:

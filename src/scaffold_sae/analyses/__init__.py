@@ -10,9 +10,10 @@ from scaffold_sae.analyses.base import (Analysis, AnalysisContext, AnalysisError
                                         primary_hybrid, register, registered, split_contexts, to_json,
                                         unregister)
 # importing each analysis module registers it; this order is the run and report order
-from scaffold_sae.analyses import structure, causality, ablation_table, redundancy, probing, rank_selection
+from scaffold_sae.analyses import (structure, causality, ablation_table, redundancy, probing, topic_ablation,
+                                  rank_selection)
 from scaffold_sae.analyses.runner import AnalysisResults, run_analyses, sections_from_json
 
 __all__ = ["Analysis", "ablation_table", "AnalysisContext", "AnalysisError", "AnalysisResults", "SharedConfig", "causality",
            "from_json", "primary_hybrid", "probing", "rank_selection", "redundancy", "register", "registered",
-           "run_analyses", "sections_from_json", "split_contexts", "structure", "to_json", "unregister"]
+           "run_analyses", "sections_from_json", "split_contexts", "structure", "to_json", "topic_ablation", "unregister"]
