@@ -285,3 +285,22 @@ def test_uncentred_scaffold_acts_on_x():
     centred.load_state_dict(sae.state_dict())
     assert torch.allclose(centred.scaffold(x), (x - sae.b_dec) @ sae.V @ sae.U.t(), atol=1e-5)
     assert SAEConfig().scaffold_centred is True
+
+
+def test_an_uncentred_scaffold_starts_where_the_centred_one_does():
+    """Without the b_dec correction the scaffold's share of the centre would be counted twice at initialisation."""
+    g = torch.Generator().manual_seed(3)
+    x = torch.randn(50, 10, generator=g) + 20.0
+    b = x.mean(0)
+    basis = orthonormalise(torch.randn(10, 2, generator=g))
+    outs = []
+    for centred in (True, False):
+        sae = HybridSAE(SAEConfig(arch="batchtopk", d_in=10, width=24, k=3, rank=2, encoder_input="residual",
+                                  scaffold_centred=centred), torch.Generator().manual_seed(0))
+        sae.set_scaffold(basis)
+        with torch.no_grad():
+            sae.b_dec.copy_(b)
+        sae.start_uncentred_at_centre()
+        outs.append(sae(x, batch_topk=True))
+    assert torch.allclose(outs[0].x_hat, outs[1].x_hat, atol=1e-4)
+    assert torch.equal(outs[0].codes != 0, outs[1].codes != 0)

@@ -195,6 +195,13 @@ class HybridSAE(nn.Module):
             if self.V_free is not None:
                 self.V_free.copy_(basis)
 
+    @torch.no_grad()
+    def start_uncentred_at_centre(self) -> None:
+        """For an uncentred scaffold, b_dec <- b_dec - U V^T b_dec: the scaffold already carries its share of the
+        centre, so the reconstruction starts where the centred model's would (no mean counted twice)."""
+        if not self.cfg.scaffold_centred and self.rank > 0:
+            self.b_dec -= (self.b_dec @ self.V) @ self.U.t()
+
     # ---------------------------------------------------------------- inference interface
     def scaffold_codes(self, x: Tensor) -> Tensor:
         """The r dense scaffold coordinates V^T (x - b_dec) [B, r] (V^T x when the scaffold is uncentred)."""

@@ -403,6 +403,7 @@ def _train_saes(cache, cfgs, train_cfg, out_dir, rank, world_size, on_step, comm
             if st.sae.cfg.rank > 0 and st.sae.cfg.scaffold_init == "pca":
                 centre = b_dec if st.sae.cfg.scaffold_centred else torch.zeros_like(b_dec)
                 st.sae.set_scaffold(pca_basis(scaled, centre, st.sae.cfg.rank))
+                st.sae.start_uncentred_at_centre()
     del sample
     if comm is not None:
         scale = comm.setup(states, start, scale)
