@@ -89,8 +89,8 @@ def toy_study(tmp_path_factory, tiny_model_dir, tiny_corpus):
 
 def test_a_registered_analysis_runs_in_the_study_and_reaches_the_report(toy_study):
     study, out = toy_study
-    assert list(study["analyses"])[:8] == ["version", "n_tokens", "structure", "causality", "redundancy", "probing",
-                                           "rank_selection", "toy"]
+    assert list(study["analyses"])[:10] == ["version", "n_tokens", "structure", "causality", "ablation_table",
+                                            "redundancy", "probing", "topic_ablation", "rank_selection", "toy"]
     assert study["analyses"]["toy"]["widths"] == {name: 64 for name in study["saes"]}
     assert study["analyses"]["timings"]["toy_s"] >= 0 and study["analyses"]["settings"]["toy_scale"] == 2.0
     paths = write_report(study, out / "report")

@@ -6,3 +6,12 @@ PYTHONPATH=src python results/H-causal-gemma3-L9/run_table.py --run runs/H-causa
     --out results/H-causal-gemma3-L9 --ce-contexts 20 --analyses structure,ablation_table \
     --subjects scaffold,pca,random,residual --random-bases 2 --operators zero,mean --positions ordinary,all \
     --splices false --bootstrap 2000
+# 3. the uncentred scaffold (scaffold on x, not x - b_dec), same cache, baseline reused, then a reduced table
+mkdir -p runs/H-uncentred/saes && cp runs/H-causal-gemma3-L9/study_config.json runs/H-uncentred/
+ln -sfn $PWD/runs/H-causal-gemma3-L9/saes/batchtopk_m2048_k32_r0_resin runs/H-uncentred/saes/
+PYTHONPATH=src python -m scaffold_sae train --cache runs/H-causal-gemma3-L9/cache --out runs/H-uncentred/saes \
+    --arch batchtopk --width 2048 --k 32 --ranks 8 --encoder-input residual --scaffold-centred false \
+    --tokens 614400 --batch-size 4096 --seed 0 --no-progress
+PYTHONPATH=src python results/H-causal-gemma3-L9/run_table.py --run runs/H-uncentred \
+    --out results/H-causal-gemma3-L9/uncentred --ce-contexts 20 --analyses structure,ablation_table \
+    --subjects scaffold,pca --operators zero,mean --positions ordinary,all --splices false --bootstrap 2000
