@@ -169,6 +169,7 @@ def test_causality_with_empty_scaffold_is_neutral(tiny_lm):
 
 def tiny_cfg(**overrides):
     cfg = dict(analysis_tokens=256, analysis_ce_tokens=64, ce_tokens=64, analysis_rank=None, random_seeds=2,
+               ablation_random_bases=2, bootstrap_samples=200, topic_datasets="", redundancy_points=4,
                outlier_factor=10.0, redundancy_factor=10.0, probe_docs=0, probe_tokens=16, probe_datasets="",
                ctx_len=16, sink_factor=10.0, seed=0, harvest_batch_size=4)
     cfg.update(overrides)
@@ -193,7 +194,8 @@ def test_run_analyses_end_to_end_caches_and_reports_every_number(tiny_lm, tmp_pa
     g = torch.Generator().manual_seed(0)
     ids = torch.randint(4, 100, (8, 16), generator=g)
     ids[:, 0] = 2
-    x = lm_passes.heldout_activations(tiny_lm, 1, ids, 10_000, sink_factor=10.0)
+    _, fit = analyses.split_contexts(ids, analyses.SharedConfig(analysis_ce_tokens=64, ce_tokens=64))
+    x = lm_passes.heldout_activations(tiny_lm, 1, fit, 10_000, sink_factor=10.0)
     _, _, vectors = subspace.pca(x)
     base = HybridSAE(SAEConfig(arch="batchtopk", d_in=d, width=32, k=4, rank=0)).eval()
     hybrid = hybrid_with(vectors[:, :2].float(), d, width=32)
@@ -201,12 +203,12 @@ def test_run_analyses_end_to_end_caches_and_reports_every_number(tiny_lm, tmp_pa
     saes = {"r0": base, "r2": hybrid}
     results, sections = analyses.run_analyses(tiny_lm, 1, saes, "r0", None, ids, tiny_cfg(), out=tmp_path,
                                               progress=False)
-    assert results["structure"].saes[0].mean_cos2 > 0.999          # U is the top-2 PCs of these very tokens
+    assert results["structure"].saes[0].mean_cos2 > 0.999          # U is the top-2 PCs of the fit tokens
     assert results["rank_selection"].sweep_ranks == [0, 2]
     assert results["causality"].rank == 2 and results["redundancy"].hybrid == "r2"
     titles = [s.title for s in sections]
-    assert titles[:4] == ["Scaffold structure", "Scaffold causality", "Scaffold redundancy in the baseline SAE",
-                          "Choosing the rank"]
+    assert titles[:5] == ["Scaffold structure", "Scaffold causality", "Causal ablation table",
+                          "Scaffold redundancy in the baseline SAE", "Choosing the rank"]
     paths = write_report({"title": "t", "config": {}, "saes": {}}, tmp_path / "report", sections=sections)
     md = paths.markdown.read_text()
     for value in numbers(results.to_json()):
@@ -264,8 +266,9 @@ def test_analyses_on_the_embedded_model_reduced(tmp_path):
     assert results["probing"].datasets["bbc_topic"].documents == 20
 
 
-def test_registry_lists_the_five_analyses_in_report_order():
-    assert list(analyses.registered()) == ["structure", "causality", "redundancy", "probing", "rank_selection"]
+def test_registry_lists_the_analyses_in_report_order():
+    assert list(analyses.registered()) == ["structure", "causality", "ablation_table", "redundancy", "probing",
+                                           "topic_ablation", "rank_selection"]
     for analysis in analyses.registered().values():
         assert analysis.config() == analysis.config_cls()            # every config field has a default
     with pytest.raises(analyses.AnalysisError, match="already registered"):

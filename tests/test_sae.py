@@ -259,3 +259,48 @@ def test_bad_configs_name_field_and_allowed_values(kwargs, field, allowed):
         cfg.validate()
     assert field in str(info.value) and allowed in str(info.value)
     assert "\n" not in str(info.value)
+
+
+def test_uncentred_scaffold_acts_on_x():
+    """scaffold_centred=False: the scaffold term is U V^T x (it carries its share of the mean), everywhere the term
+    is used: forward, scaffold(), the training loss and the residual the encoder sees."""
+    g = torch.Generator().manual_seed(0)
+    cfg = SAEConfig(arch="batchtopk", d_in=10, width=24, k=3, rank=2, encoder_input="residual",
+                    scaffold_centred=False)
+    sae = HybridSAE(cfg, g)
+    with torch.no_grad():
+        sae.b_dec.copy_(torch.randn(10, generator=g))
+        sae.U.add_(0.2 * torch.randn(10, 2, generator=g))
+    x = torch.randn(6, 10, generator=g) + 3.0
+    term = x @ sae.V @ sae.U.t()
+    out = sae(x, batch_topk=True)
+    assert torch.allclose(out.scaffold_out, term, atol=1e-5) and torch.allclose(sae.scaffold(x), term, atol=1e-5)
+    assert torch.allclose(sae.scaffold_codes(x), x @ sae.V, atol=1e-5)
+    pre = (x - sae.b_dec - term) @ sae.encoder_weight.t() + sae.b_enc
+    assert torch.allclose(sae.pre_activations(x), pre, atol=1e-4)
+    with torch.no_grad():
+        sae.W_dec.zero_()                         # no sparse output: the training reconstruction is b_dec + term
+    assert torch.allclose(sae.loss(x, fast=False).x_hat, sae.b_dec + term, atol=1e-4)
+    centred = HybridSAE(SAEConfig(**{**cfg.__dict__, "scaffold_centred": True}), torch.Generator().manual_seed(0))
+    centred.load_state_dict(sae.state_dict())
+    assert torch.allclose(centred.scaffold(x), (x - sae.b_dec) @ sae.V @ sae.U.t(), atol=1e-5)
+    assert SAEConfig().scaffold_centred is True
+
+
+def test_an_uncentred_scaffold_starts_where_the_centred_one_does():
+    """Without the b_dec correction the scaffold's share of the centre would be counted twice at initialisation."""
+    g = torch.Generator().manual_seed(3)
+    x = torch.randn(50, 10, generator=g) + 20.0
+    b = x.mean(0)
+    basis = orthonormalise(torch.randn(10, 2, generator=g))
+    outs = []
+    for centred in (True, False):
+        sae = HybridSAE(SAEConfig(arch="batchtopk", d_in=10, width=24, k=3, rank=2, encoder_input="residual",
+                                  scaffold_centred=centred), torch.Generator().manual_seed(0))
+        sae.set_scaffold(basis)
+        with torch.no_grad():
+            sae.b_dec.copy_(b)
+        sae.start_uncentred_at_centre()
+        outs.append(sae(x, batch_topk=True))
+    assert torch.allclose(outs[0].x_hat, outs[1].x_hat, atol=1e-4)
+    assert torch.equal(outs[0].codes != 0, outs[1].codes != 0)

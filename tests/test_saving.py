@@ -33,7 +33,9 @@ def x_raw(n=64) -> torch.Tensor:
 
 
 @pytest.mark.parametrize("arch", ["batchtopk", "matryoshka", "topk", "relu"])
-@pytest.mark.parametrize("variant", [{}, {"scaffold_tied": True}, {"encoder_input": "residual"}, {"rank": 0}])
+@pytest.mark.parametrize("variant", [{}, {"scaffold_tied": True}, {"encoder_input": "residual"}, {"rank": 0},
+                                     {"scaffold_centred": False},
+                                     {"scaffold_centred": False, "encoder_input": "residual"}])
 def test_save_load_round_trip_identical_outputs(tmp_path, arch, variant):
     sae = trained_like(arch, **{"rank": 3, **variant}).folded(0.25)
     save_sae(sae, tmp_path / "s", metadata={"model_name": "m", "hook_layer": 3, "context_size": 64})
@@ -90,8 +92,9 @@ def test_saelens_layout(tmp_path):
         assert "threshold" not in load_file(str(tmp_path / arch / "sae_weights.safetensors"))
 
 
-def test_saelens_directory_written_by_us_loads_as_plain_saelens(tmp_path):
-    sae = trained_like("batchtopk", rank=3, encoder_input="residual")
+@pytest.mark.parametrize("centred", [True, False])
+def test_saelens_directory_written_by_us_loads_as_plain_saelens(tmp_path, centred):
+    sae = trained_like("batchtopk", rank=3, encoder_input="residual", scaffold_centred=centred)
     save_sae(sae, tmp_path)
     (tmp_path / "scaffold_sae.json").unlink()
     (tmp_path / "scaffold.safetensors").unlink()

@@ -88,8 +88,8 @@ def toy_study(tmp_path_factory, tiny_model_dir, tiny_corpus):
 
 def test_a_registered_analysis_runs_in_the_study_and_reaches_the_report(toy_study):
     study, out = toy_study
-    assert list(study["analyses"])[:8] == ["version", "n_tokens", "structure", "causality", "redundancy", "probing",
-                                           "rank_selection", "toy"]
+    assert list(study["analyses"])[:10] == ["version", "n_tokens", "structure", "causality", "ablation_table",
+                                            "redundancy", "probing", "topic_ablation", "rank_selection", "toy"]
     assert study["analyses"]["toy"]["widths"] == {name: 64 for name in study["saes"]}
     assert study["analyses"]["timings"]["toy_s"] >= 0 and study["analyses"]["settings"]["toy_scale"] == 2.0
     paths = write_report(study, out / "report")
@@ -137,3 +137,14 @@ def test_study_config_values_are_typed_like_flags(tmp_path):
     result = subprocess.run([sys.executable, "-m", "scaffold_sae", "study", "--scaffold-tied", "maybe",
                              "--out", str(tmp_path / "out")], capture_output=True, text=True)
     assert result.returncode == 2 and "scaffold_tied='maybe' is invalid: expected bool" in result.stderr
+
+
+def test_study_can_train_an_uncentred_scaffold():
+    from scaffold_sae.sae import SAEConfig
+    from scaffold_sae.trainer import sae_names
+
+    cfgs = StudyConfig(ranks=[0, 8], scaffold_centred=False).sae_configs()
+    assert [c.scaffold_centred for c in cfgs] == [False, False]
+    names = sae_names([SAEConfig(d_in=16, width=32, rank=r, scaffold_centred=c) for r, c in ((0, False), (2, True),
+                                                                                               (2, False))])
+    assert names[0].endswith("_r0") and names[1].endswith("_r2") and names[2].endswith("_r2_uncentred")

@@ -8,6 +8,7 @@ prediction made at position 0 (the same in every condition) is left out of CE.
 
 from __future__ import annotations
 
+from dataclasses import dataclass
 from typing import Callable, Iterator, Mapping
 
 import torch
@@ -77,6 +78,26 @@ def heldout_activations(lm, layer: int, contexts: Tensor, n_tokens: int, batch_s
 
 
 @torch.no_grad()
+def position_class_rows(lm, layer: int, contexts: Tensor, n_tokens: int, batch_size: int = 8,
+                        sink_factor: float = DEFAULT_SINK_FACTOR) -> tuple[Tensor, Tensor]:
+    """Residual rows after `layer` (float32, CPU) of the first contexts, split by position class: up to n_tokens
+    ordinary rows (eval_mask) and every special row (position 0, BOS / special tokens, attention sinks) of the same
+    contexts. Means and resampling donors of an ablation are taken per class, so that BOS keeps a BOS-like value."""
+    ordinary, special, count = [], [], 0
+    for batch in batches(contexts, batch_size, False, "rows"):
+        resid = lm.residual(batch, layer)
+        keep = eval_mask(lm, resid, batch, sink_factor)
+        ordinary.append(resid[keep].float().cpu())
+        special.append(resid[~keep].float().cpu())
+        count += ordinary[-1].shape[0]
+        if count >= n_tokens:
+            break
+    if not count:
+        raise NoTokensError("no held-out tokens to fit on: give contexts with at least 2 positions")
+    return torch.cat(ordinary)[:n_tokens], torch.cat(special)
+
+
+@torch.no_grad()
 def clean_pass(lm, batch: Tensor, layer: int) -> tuple[Tensor, Tensor]:
     """One full forward: (logits [B, T, V], the residual after `layer` [B, T, d])."""
     captured: list[Tensor] = []
@@ -99,8 +120,114 @@ def splice(resid: Tensor, keep: Tensor, rows: Rows | Tensor) -> Tensor:
 
 @torch.no_grad()
 def run_from(lm, batch: Tensor, layer: int, resid: Tensor) -> Tensor:
-    """Logits [B, T, V] of the model with the residual after `layer` replaced by `resid` [B, T, d]."""
+    """Logits [B, T, V] of the model with the residual after `layer` replaced by `resid` [B, T, d]: only blocks
+    layer+1.. and the head run when that is exact for this model (checked once), else a full forward."""
+    if skips_exactly(lm, layer, batch):
+        return lm.logits_from(resid, layer)
     return lm.logits(batch, layer=layer, edit=lambda _resid: resid)
+
+
+@torch.no_grad()
+def skips_exactly(lm, layer: int, ids: Tensor) -> bool:
+    """Whether running from the residual after `layer` (lm.logits_from) gives the full forward's logits, checked
+    once per model and layer on a short prefix of `ids` (False for models that add position embeddings)."""
+    known = getattr(lm, "skip_exact", None)
+    if known is None or not hasattr(lm, "logits_from"):
+        return False
+    if layer not in known:
+        probe = ids[:1, :min(8, ids.shape[1])]
+        full = lm.logits(probe)
+        fast = lm.logits_from(lm.residual(probe, layer), layer)
+        known[layer] = bool((fast - full).abs().max() <= 1e-4 * (1.0 + full.abs().max()))
+    return known[layer]
+
+
+@torch.no_grad()
+def residuals_after(lm, batch: Tensor, layer: int, resid: Tensor, read: list[int]) -> dict[int, Tensor]:
+    """The residual after each block in `read` (> layer) with the residual after `layer` replaced by `resid`: from the
+    cached layer when that is exact (run_from's check), else a full forward with the edit."""
+    if skips_exactly(lm, layer, batch):
+        return lm.residuals_from(resid, layer, read)
+    captured: dict[int, Tensor] = {}
+    handles = [lm.layers[j].register_forward_hook(
+        lambda _m, _i, output, j=j: captured.__setitem__(j, output[0] if isinstance(output, (tuple, list)) else output))
+        for j in read]
+    try:
+        lm.logits(batch, layer=layer, edit=lambda _resid: resid)
+    finally:
+        for handle in handles:
+            handle.remove()
+    return captured
+
+
+ResidEdit = Callable[[Tensor, Tensor, int], Tensor]
+"""An edit of a whole residual [B, T, d] given the ordinary positions [B, T] (eval_mask) and the batch's index:
+returns the edited residual (the condition decides which positions it touches)."""
+
+
+@dataclass
+class ContextLosses:
+    """Per-context sums of next-token CE and KL under each condition (for intervals over contexts)."""
+
+    names: list[str]
+    predictions: Tensor
+    """[N] predictions per context (positions 1..T-2)."""
+    clean: Tensor
+    """[N] sum of clean CE (nats) per context."""
+    ce: Tensor
+    """[C, N] sum of CE per context under each condition."""
+    kl: Tensor
+    """[C, N] sum of KL(clean || condition) per context (nats)."""
+    forwards: int
+    """Forward passes from the layer (each one holds up to rows_per_forward contexts)."""
+
+
+def _ce_kl(logits: Tensor, clean_logp: Tensor, ids: Tensor) -> tuple[Tensor, Tensor]:
+    """Per-context sums of CE and of KL(clean || logits) over the predictions at positions 1..T-2."""
+    ce = next_token_ce(logits, ids).double().sum(1)
+    logp = torch.log_softmax(logits[:, 1:-1].float(), -1)
+    p = clean_logp.exp()
+    kl = (p * (clean_logp - logp)).sum(-1).double().sum(1)
+    return ce.cpu(), kl.cpu()
+
+
+@torch.no_grad()
+def condition_losses(lm, layer: int, contexts: Tensor, conditions: Mapping[str, ResidEdit], batch_size: int = 4,
+                     rows_per_forward: int = 8, sink_factor: float = DEFAULT_SINK_FACTOR,
+                     progress: bool = False) -> ContextLosses:
+    """CE and KL per context, clean and under each condition. The residual after `layer` comes from one forward that
+    stops there; the clean and every edited residual then run blocks layer+1.. and the head only (see run_from),
+    several conditions stacked into one forward of up to rows_per_forward contexts."""
+    names = list(conditions)
+    n = contexts.shape[0]
+    ce, kl = torch.zeros(len(names), n, dtype=torch.float64), torch.zeros(len(names), n, dtype=torch.float64)
+    clean = torch.zeros(n, dtype=torch.float64)
+    forwards, start = 0, 0
+    if contexts.shape[1] < 3:
+        raise NoTokensError("no predictions: contexts need at least 3 positions")
+    for index, batch in enumerate(batches(contexts, batch_size, progress, desc=f"CE x{len(names) + 1}")):
+        b = batch.shape[0]
+        cols = slice(start, start + b)
+        resid = lm.residual(batch, layer)
+        ordinary = eval_mask(lm, resid, batch, sink_factor)
+        clean_logits = run_from(lm, batch, layer, resid)
+        forwards += 1
+        clean[cols] = next_token_ce(clean_logits, batch).double().sum(1).cpu()
+        clean_logp = torch.log_softmax(clean_logits[:, 1:-1], -1)
+        del clean_logits
+        per_forward = max(1, rows_per_forward // b)
+        for first in range(0, len(names), per_forward):
+            group = names[first:first + per_forward]
+            edited = torch.cat([conditions[name](resid, ordinary, index).to(resid.dtype) for name in group])
+            logits = run_from(lm, batch.repeat(len(group), 1), layer, edited)
+            forwards += 1
+            for j, name in enumerate(group):
+                c = names.index(name)
+                ce[c, cols], kl[c, cols] = _ce_kl(logits[j * b:(j + 1) * b], clean_logp, batch)
+            del logits, edited
+        start += b
+    predictions = torch.full((n,), float(contexts.shape[1] - 2), dtype=torch.float64)
+    return ContextLosses(names, predictions, clean, ce, kl, forwards)
 
 
 def next_token_ce(logits: Tensor, ids: Tensor) -> Tensor:

@@ -72,6 +72,8 @@ class LanguageModel:
     tokenizer: object
     layers: nn.ModuleList = field(repr=False)
     fingerprint: str = ""
+    skip_exact: dict[int, bool] = field(default_factory=dict, repr=False)
+    """layer -> whether `logits_from` that layer matches the full forward (checked once by lm_passes.run_from)."""
 
     @property
     def n_layers(self) -> int:
@@ -139,6 +141,57 @@ class LanguageModel:
             if handle is not None:
                 handle.remove()
 
+    @torch.no_grad()
+    def logits_from(self, resid: torch.Tensor, layer: int) -> torch.Tensor:
+        """Logits [B, T, V] of the model whose residual after block `layer` is `resid` [B, T, d]: blocks 0..layer
+        are skipped (each hands its input on) and the residual enters as the embeddings, so only blocks layer+1..
+        and the head run. Exact only for models that add nothing to the embeddings before block 0 (no learned
+        position embeddings); `lm_passes.run_from` checks that once per model and layer."""
+        self.check_layer(layer)
+        skipped = [self.layers[i] for i in range(layer + 1)]
+        try:
+            for i in range(layer + 1):
+                self.layers[i] = _PassThrough()
+            return self.hf_model(inputs_embeds=resid.to(self.device), use_cache=False).logits.float()
+        finally:
+            for i, block in enumerate(skipped):
+                self.layers[i] = block
+
+    @torch.no_grad()
+    def residuals_from(self, resid: torch.Tensor, layer: int, read: list[int]) -> dict[int, torch.Tensor]:
+        """The residual after each block in `read` (all > layer) of the model whose residual after block `layer` is
+        `resid`: blocks 0..layer are skipped as in `logits_from`, and the pass stops after the last block read."""
+        if not read:
+            return {}
+        for j in read:
+            self.check_layer(j)
+            if j <= layer:
+                raise LayerError(f"read layer {j} must come after the edited layer {layer}")
+        captured: dict[int, torch.Tensor] = {}
+        last = max(read)
+
+        def capture(index):
+            def hook(_module, _inputs, output):
+                captured[index] = _hidden(output)
+                if index == last:
+                    raise _StopForward
+            return hook
+
+        skipped = [self.layers[i] for i in range(layer + 1)]
+        handles = [self.layers[j].register_forward_hook(capture(j)) for j in sorted(set(read))]
+        try:
+            for i in range(layer + 1):
+                self.layers[i] = _PassThrough()
+            self.hf_model(inputs_embeds=resid.to(self.device), use_cache=False)
+        except _StopForward:
+            pass
+        finally:
+            for handle in handles:
+                handle.remove()
+            for i, block in enumerate(skipped):
+                self.layers[i] = block
+        return captured
+
     def token_ce(self, input_ids: torch.Tensor, layer: int | None = None, edit: Edit | None = None) -> torch.Tensor:
         """Per-position next-token cross-entropy in nats, [B, T-1]."""
         logits = self.logits(input_ids, layer, edit)
@@ -148,6 +201,13 @@ class LanguageModel:
 
 class _StopForward(Exception):
     pass
+
+
+class _PassThrough(nn.Module):
+    """Stands in for a decoder block that `logits_from` skips."""
+
+    def forward(self, hidden_states, *args, **kwargs):
+        return hidden_states
 
 
 def _hidden(output) -> torch.Tensor:

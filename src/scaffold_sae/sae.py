@@ -2,7 +2,8 @@
 
     x_hat = b_dec + U V^T (x - b_dec) + W_dec^T f(W_enc^T (x_in - b_dec) + b_enc)
 
-with x_in = x (``encoder_input="x"``) or x - U V^T (x - b_dec) (``encoder_input="residual"``).
+with x_in = x (``encoder_input="x"``) or x - U V^T (x - b_dec) (``encoder_input="residual"``).  With
+``scaffold_centred=False`` the scaffold term is U V^T x (it also carries its share of the activation mean).
 ``rank=0`` is the plain SAE through the same code path.  The r scaffold coordinates are never
 latents: codes, L0, dead and dense statistics only ever concern f.
 
@@ -53,6 +54,10 @@ class SAEConfig:
     False: free factors U, V (both initialised to the same basis)."""
     encoder_input: str = "x"
     """What the sparse encoder sees: x, or residual = x minus the scaffold's output."""
+    scaffold_centred: bool = True
+    """True: the scaffold acts on x - b_dec (term U V^T (x - b_dec)); False: on the uncentred x (term U V^T x),
+    so removing the scaffold also removes its share of the activation mean, e.g. the mean of the massive
+    dimensions (its PCA initialisation is then the top-r directions of the uncentred second moment)."""
     scaffold_lr_mult: float = 1.0
     """Learning-rate multiplier for U, V relative to the dictionary."""
     matryoshka_widths: tuple[int, ...] | None = None
@@ -187,13 +192,20 @@ class HybridSAE(nn.Module):
             if self.V_free is not None:
                 self.V_free.copy_(basis)
 
+    @torch.no_grad()
+    def start_uncentred_at_centre(self) -> None:
+        """For an uncentred scaffold, b_dec <- b_dec - U V^T b_dec: the scaffold already carries its share of the
+        centre, so the reconstruction starts where the centred model's would (no mean counted twice)."""
+        if not self.cfg.scaffold_centred and self.rank > 0:
+            self.b_dec -= (self.b_dec @ self.V) @ self.U.t()
+
     # ---------------------------------------------------------------- inference interface
     def scaffold_codes(self, x: Tensor) -> Tensor:
-        """The r dense scaffold coordinates V^T (x - b_dec) [B, r]."""
-        return (x - self.b_dec) @ self.V
+        """The r dense scaffold coordinates V^T (x - b_dec) [B, r] (V^T x when the scaffold is uncentred)."""
+        return (x - self.b_dec if self.cfg.scaffold_centred else x) @ self.V
 
     def scaffold(self, x: Tensor) -> Tensor:
-        """The scaffold term U V^T (x - b_dec) [B, d]."""
+        """The scaffold term U V^T (x - b_dec) [B, d] (U V^T x when the scaffold is uncentred)."""
         return self.scaffold_codes(x) @ self.U.t()
 
     def pre_activations(self, x: Tensor) -> Tensor:
@@ -223,7 +235,8 @@ class HybridSAE(nn.Module):
     def _scaffold_term(self, x_cent: Tensor) -> Tensor:
         if self.rank == 0:
             return torch.zeros_like(x_cent)
-        return (x_cent @ self.V) @ self.U.t()
+        source = x_cent if self.cfg.scaffold_centred else x_cent + self.b_dec
+        return (source @ self.V) @ self.U.t()
 
     def _encoder_input(self, x_cent: Tensor) -> Tensor:
         if self.cfg.encoder_input == "residual" and self.rank > 0:

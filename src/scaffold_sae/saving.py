@@ -4,13 +4,14 @@ Our directory for one SAE:
 
     cfg.json                  SAELens config (architecture jumprelu | topk | standard)
     sae_weights.safetensors   W_enc [d_in, d_sae], W_dec [d_sae, d_in], b_enc, b_dec, threshold
-    scaffold.safetensors      U [d_in, r], V [d_in, r] (and W_enc_unfolded, see below)
+    scaffold.safetensors      U [d_in, r], V [d_in, r] (and W_enc_unfolded, b_enc_unfolded, see below)
     scaffold_sae.json         our full SAEConfig, training summary and the sha256 of both weight files
                               (checked by load_sae); SAELens ignores both extras
 
 The sparse part alone is a valid SAELens SAE on raw activations: input scaling is folded in at
 save, and for ``encoder_input="residual"`` the scaffold projection is folded into W_enc
-(W_enc_eff = (I - V U^T) W_enc), so SAELens's encoder computes the same codes.  The scaffold term
+(W_enc_eff = (I - V U^T) W_enc; for an uncentred scaffold also b_enc_eff = b_enc - W_enc^T U V^T b_dec), so
+SAELens's encoder computes the same codes.  The scaffold term
 then belongs to SAELens's reconstruction error.
 """
 
@@ -61,12 +62,15 @@ def save_sae(sae: HybridSAE, path: str | Path, metadata: dict | None = None,
     cfg = sae.cfg
     with torch.no_grad():
         w_enc = sae.encoder_weight.detach().t().contiguous()  # [d, m]
+        b_enc = sae.b_enc.detach()
         if cfg.encoder_input == "residual" and cfg.rank > 0:
+            if not cfg.scaffold_centred:  # x_in = (I - U V^T)(x - b_dec) - U V^T b_dec: the last term goes to b_enc
+                b_enc = b_enc - (sae.U.detach() @ (sae.V.detach().t() @ sae.b_dec.detach())) @ w_enc
             w_enc = w_enc - sae.V.detach() @ (sae.U.detach().t() @ w_enc)
         tensors = {
             "W_enc": w_enc.contiguous(),
             "W_dec": sae.W_dec.detach().contiguous(),
-            "b_enc": sae.b_enc.detach().contiguous(),
+            "b_enc": b_enc.contiguous(),
             "b_dec": sae.b_dec.detach().contiguous(),
         }
         if archs.get(cfg.arch).saelens_name == "jumprelu":  # SAELens's JumpReLU needs its threshold
@@ -74,6 +78,7 @@ def save_sae(sae: HybridSAE, path: str | Path, metadata: dict | None = None,
         scaffold = {"U": sae.U.detach().contiguous(), "V": sae.V.detach().contiguous()}
         if cfg.encoder_input == "residual" and cfg.rank > 0:
             scaffold["W_enc_unfolded"] = sae.encoder_weight.detach().t().contiguous()
+            scaffold["b_enc_unfolded"] = sae.b_enc.detach().contiguous()
     meta = dict(metadata or {})
     files = {SAELENS_WEIGHTS: save(tensors), SCAFFOLD_WEIGHTS: save(scaffold)}
     ours = {"format": "scaffold-sae", "format_version": FORMAT_VERSION, "sae_config": asdict(cfg),
@@ -204,7 +209,7 @@ def _load_ours(path: Path) -> HybridSAE:
     weights = load_file(str(path / SAELENS_WEIGHTS))
     scaffold = load_file(str(path / SCAFFOLD_WEIGHTS)) if (path / SCAFFOLD_WEIGHTS).is_file() else {}
     w_enc = scaffold.get("W_enc_unfolded", weights["W_enc"])
-    sae = _build(cfg, w_enc, weights["W_dec"], weights["b_enc"], weights["b_dec"],
+    sae = _build(cfg, w_enc, weights["W_dec"], scaffold.get("b_enc_unfolded", weights["b_enc"]), weights["b_dec"],
                  weights.get("threshold"), scaffold.get("U"), scaffold.get("V"))
     sae.metadata = ours.get("metadata", {})
     sae.summary = ours.get("summary", {})

@@ -63,6 +63,9 @@ class StudyConfig:
     encoder_input: str = "residual"
     """What the sparse encoder sees: residual (x minus the scaffold: the dense part is absorbed before sparse
     coding; removed every dense latent in results/RESULTS.md, experiment G) or x (the encoder sees all of x)."""
+    scaffold_centred: bool = True
+    """The scaffold acts on x - b_dec (True) or on the uncentred x (False: removing it also removes its share of the
+    activation mean). Run both as two studies sharing one cache_dir to compare them."""
     sink_factor: float = 10.0
     """Exclude tokens whose activation norm exceeds this multiple of the median (attention sinks)."""
     harvest_batch_size: int = 8
@@ -78,12 +81,23 @@ class StudyConfig:
     analysis_tokens: int = 8_192
     """Held-out tokens for the structure, redundancy and rank-selection statistics."""
     analysis_ce_tokens: int = 512
-    """Held-out tokens (a prefix of the eval contexts, at most ce_tokens) for the ablation CEs; each of the
-    8 + 2 x random_seeds conditions costs one full LM forward over them."""
+    """Held-out tokens (a prefix of the eval contexts, at most ce_tokens) for the ablation CEs; the statistics,
+    means, PCA basis and donors of the analyses are fitted on the eval contexts after this prefix (never on a CE
+    context). Each ablation condition runs blocks layer+1.. and the head over them."""
     analysis_rank: int | None = None
     """Hybrid rank that the causality and redundancy analyses use (None: the largest rank)."""
     random_seeds: int = 2
     """Random-direction bases in the causality analysis."""
+    ablation_operators: str = "zero,mean,resample"
+    """Causal ablation table: comma-separated operators (zero, mean, resample)."""
+    ablation_positions: str = "ordinary,all"
+    """Causal ablation table: edited positions, ordinary (BOS and sinks untouched) and/or all."""
+    ablation_subjects: str = "scaffold,span_u,pca,random,residual"
+    """Causal ablation table: comma-separated subjects (scaffold, span_u, pca, random, residual)."""
+    ablation_random_bases: int = 5
+    """Causal ablation table: random r-dimensional bases."""
+    bootstrap_samples: int = 2000
+    """Bootstrap resamples of the CE contexts behind every interval of the causal ablation table."""
     outlier_factor: float = 10.0
     """Outlier (massive-activation) dims: mean |x| above this multiple of the median dim's mean |x|."""
     redundancy_factor: float = 10.0
@@ -95,6 +109,11 @@ class StudyConfig:
     """Tokens per probing document, BOS included."""
     probe_datasets: str = "bbc_topic,sentiment,language"
     """Comma-separated probing datasets: bbc_topic, sentiment, language."""
+    topic_datasets: str = "bbc_topic,language"
+    """Fixed-probe topic analysis: comma-separated datasets (empty disables it). Each of its 14 conditions runs
+    blocks layer+1.. over topic_docs x probe_tokens tokens per dataset."""
+    topic_docs: int = 200
+    """Documents per dataset in the fixed-probe topic analysis (30% test documents, never fitted on)."""
 
     def validate(self) -> "StudyConfig":
         if not self.ranks or 0 not in self.ranks:
@@ -111,7 +130,7 @@ class StudyConfig:
 
     def sae_configs(self) -> list[SAEConfig]:
         return [SAEConfig(arch=self.arch, width=self.width, k=self.k, rank=r, scaffold_tied=self.scaffold_tied,
-                          encoder_input=self.encoder_input) for r in self.ranks]
+                          encoder_input=self.encoder_input, scaffold_centred=self.scaffold_centred) for r in self.ranks]
 
     def train_config(self) -> TrainConfig:
         return TrainConfig(tokens=self.steps_tokens, batch_size=self.batch_size, lr=self.lr, seed=self.seed,

@@ -199,6 +199,8 @@ def sae_names(cfgs: list[SAEConfig]) -> list[str]:
             base += "_tied"
         if cfg.encoder_input == "residual":
             base += "_resin"
+        if not cfg.scaffold_centred and cfg.rank:
+            base += "_uncentred"
         name, i = base, 1
         while name in names:
             i += 1
@@ -430,7 +432,9 @@ def _setup(cache, cfgs, train_cfg: TrainConfig, out_dir, comm: Communicator) -> 
             with torch.no_grad():
                 st.sae.b_dec.copy_(b_dec)
             if st.sae.cfg.rank > 0 and st.sae.cfg.scaffold_init == "pca":
-                st.sae.set_scaffold(pca_basis(scaled, b_dec, st.sae.cfg.rank))
+                centre = b_dec if st.sae.cfg.scaffold_centred else torch.zeros_like(b_dec)
+                st.sae.set_scaffold(pca_basis(scaled, centre, st.sae.cfg.rank))
+                st.sae.start_uncentred_at_centre()
     del sample
     scale = comm.setup(states, start, scale)
     return _Run(cache, train_cfg, comm, out_dir, names, states, start, total_steps, warmup, dead_tokens, key,

@@ -104,7 +104,8 @@ class AnalysisContext:
     contexts: torch.Tensor
     """Held-out token contexts [N, T], each starting with BOS."""
     activations: torch.Tensor
-    """Held-out residual rows [n, d] (float32, CPU) at the eval_mask positions of the first contexts."""
+    """Held-out residual rows [n, d] (float32, CPU) at the eval_mask positions of the first fit contexts (never a
+    CE context)."""
     pca: PCA
     """PCA of `activations` (their mean, eigenvalues, eigenvectors)."""
     shared: SharedConfig = field(default_factory=SharedConfig)
@@ -121,9 +122,13 @@ class AnalysisContext:
 
     @property
     def ce_contexts(self) -> torch.Tensor:
-        """The prefix of the contexts the ablation CEs use."""
-        tokens = min(self.shared.analysis_ce_tokens, self.shared.ce_tokens)
-        return self.contexts[:max(1, tokens // self.contexts.shape[1])]
+        """The prefix of the contexts the ablation CEs (and other evaluations) use."""
+        return split_contexts(self.contexts, self.shared)[0]
+
+    @property
+    def fit_contexts(self) -> torch.Tensor:
+        """The contexts after the CE prefix: every mean, PCA basis, threshold and donor is fitted on these."""
+        return split_contexts(self.contexts, self.shared)[1]
 
     @property
     def ce_batch_size(self) -> int:
@@ -135,6 +140,18 @@ class AnalysisContext:
 
     def primary_hybrid(self) -> str:
         return primary_hybrid(self.saes, self.shared.analysis_rank)
+
+
+def split_contexts(contexts: torch.Tensor, shared: SharedConfig) -> tuple[torch.Tensor, torch.Tensor]:
+    """(CE contexts, fit contexts): the first min(analysis_ce_tokens, ce_tokens) / ctx_len contexts are evaluated
+    on, the rest fitted on; no context is in both."""
+    tokens = min(shared.analysis_ce_tokens, shared.ce_tokens)
+    n_ce = max(1, tokens // contexts.shape[1])
+    if n_ce >= contexts.shape[0]:
+        raise AnalysisError(f"{contexts.shape[0]} held-out contexts leave none to fit on after the {n_ce} CE contexts "
+                            f"(analysis_ce_tokens={shared.analysis_ce_tokens}): raise eval_tokens or lower "
+                            f"analysis_ce_tokens")
+    return contexts[:n_ce], contexts[n_ce:]
 
 
 def primary_hybrid(saes: Mapping[str, Any], rank: int | None) -> str:

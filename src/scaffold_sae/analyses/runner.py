@@ -14,7 +14,7 @@ from typing import Any, Mapping
 import torch
 
 from scaffold_sae.analyses.base import (RESERVED, Analysis, AnalysisContext, AnalysisError, SharedConfig,
-                                        config_from, registered, to_json)
+                                        config_from, registered, split_contexts, to_json)
 from scaffold_sae.lm_passes import heldout_activations
 from scaffold_sae.report import Section, Table
 from scaffold_sae.subspace import pca
@@ -141,7 +141,8 @@ def run_analyses(lm, layer: int, saes: dict, baseline_name: str, cache, contexts
         raise AnalysisError(f"baseline {baseline_name!r} is not among the SAEs {sorted(saes)}")
     shared = config_from(SharedConfig, cfg)
     clock = time.perf_counter()
-    x = heldout_activations(lm, layer, contexts, shared.analysis_tokens, shared.harvest_batch_size,
+    _, fit = split_contexts(contexts, shared)
+    x = heldout_activations(lm, layer, fit, shared.analysis_tokens, shared.harvest_batch_size,
                             shared.sink_factor, progress)
     context = AnalysisContext(lm=lm, layer=layer, saes=saes, baseline=baseline_name, contexts=contexts,
                               activations=x, pca=pca(x), shared=shared, cache=cache, study_cfg=cfg,

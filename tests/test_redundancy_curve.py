@@ -1,0 +1,44 @@
+"""The like-for-like redundancy curve: sizes, density matching, latent ablation against explicit references."""
+
+import torch
+
+from scaffold_sae.analyses import redundancy
+from scaffold_sae.sae import HybridSAE, SAEConfig
+
+
+def test_curve_sizes_span_one_to_all_and_hold_the_papers_share():
+    sizes = redundancy.curve_sizes(16_384, 8)
+    assert sizes[0] == (1, False) and sizes[-1] == (16_384, False)
+    assert (787, True) in sizes and sum(p for _, p in sizes) == 1
+    assert [n for n, _ in sizes] == sorted({n for n, _ in sizes})
+    assert (98, True) in redundancy.curve_sizes(2048, 8)
+
+
+def test_density_matched_latents_are_outside_the_set_distinct_and_from_the_same_bin():
+    m = 200
+    density = torch.linspace(0.0, 0.5, m)[torch.randperm(m, generator=torch.Generator().manual_seed(0))]
+    chosen = torch.argsort(density, descending=True)[:15]          # the 15 densest: one bin holds 10 latents
+    matched = redundancy.density_matched(chosen, density, torch.Generator().manual_seed(1), bins=20)
+    assert matched.numel() == 15 and len(set(matched.tolist())) == 15
+    assert not set(matched.tolist()) & set(chosen.tolist())
+    # S fills the top bin and half of the next: the 15 matches come from the nearest bins, densest first
+    ranks = torch.argsort(torch.argsort(density))
+    assert ranks[matched].min() >= m - 40
+    mid = torch.tensor([100])
+    assert abs(int(ranks[redundancy.density_matched(mid, density, torch.Generator().manual_seed(2))]) - 100) < 10
+
+
+def test_latent_ablation_zero_and_mean_against_explicit_references():
+    torch.manual_seed(0)
+    sae = HybridSAE(SAEConfig(arch="topk", d_in=8, width=12, k=3, rank=0)).eval()
+    x = torch.randn(10, 8)
+    chosen = torch.tensor([1, 4, 7])
+    mean_codes = torch.rand(12)
+    codes = sae.encode(x)
+    for op in ("zero", "mean"):
+        out = redundancy.latent_edit(sae, chosen, op, mean_codes, "threshold")(x)
+        reference = x.clone()
+        for i in chosen.tolist():
+            c = 0.0 if op == "zero" else float(mean_codes[i])
+            reference -= (codes[:, i:i + 1] - c) * sae.W_dec[i]
+        assert torch.allclose(out, reference, atol=1e-5), op

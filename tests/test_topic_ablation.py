@@ -1,0 +1,78 @@
+"""Fixed-probe topic readout: probes fitted once on clean activations, read after edits at later layers."""
+
+import numpy as np
+import torch
+
+from scaffold_sae.analyses import ablation_table as at
+from scaffold_sae.analyses import topic_ablation as ta
+from scaffold_sae.probing import fit_probe
+
+
+def two_topic_docs(tokenizer, n=40, seed=0):
+    """Class 0 documents use the first 20 words of the tiny vocabulary, class 1 the next 20."""
+    rng = np.random.default_rng(seed)
+    vocab = [t for t, _ in sorted(tokenizer.get_vocab().items(), key=lambda kv: kv[1]) if t.isalpha()]
+    texts, labels = [], []
+    for i in range(n):
+        label = i % 2
+        words = vocab[20 * label:20 * label + 20]
+        texts.append(" ".join(rng.choice(words, size=rng.integers(8, 14))))
+        labels.append(label)
+    return texts, np.array(labels)
+
+
+def test_fixed_probes_read_edits_at_the_layer_and_after_it(tiny_lm):
+    texts, labels = two_topic_docs(tiny_lm.tokenizer)
+    docs = ta.tokenise(tiny_lm, texts, 16)
+    conditions = {"identity": lambda resid, ordinary, index: resid,
+                  "residual:zero": at.component_edit(None, None, "zero", "ordinary", None)}
+    features = ta.pooled_after(tiny_lm, 0, docs, conditions, [0, 1], batch_size=8, sink_factor=0)
+    assert set(features) == {"clean", "identity", "residual:zero"}
+    assert np.allclose(features["residual:zero"][0], 0.0)                       # nothing left at layer 0
+    train, test = np.arange(28), np.arange(28, 40)            # classes alternate: both sides balanced
+    readouts, probes = ta.fixed_probe_readouts(features, labels, train, test, "toy", n_boot=100)
+    acc = {(o.condition, o.read_layer): o.accuracy.value for o in readouts}
+    assert acc[("clean", 0)] > 0.9 and acc[("identity", 0)] == acc[("clean", 0)]
+    assert acc[("identity", 1)] == acc[("clean", 1)]
+    # all-zero features: the fixed probe answers one class for every document, so accuracy is that class's share
+    constant = probes[0].predict(np.zeros((1, tiny_lm.d_model)))[0]
+    assert acc[("residual:zero", 0)] == np.mean(labels[test] == constant)
+    # a probe refitted on the edited features could not do this: the readout never refits
+    assert acc[("residual:zero", 1)] <= acc[("clean", 1)]
+    assert {o.chance for o in readouts} == {0.5}
+
+
+def test_probe_aligned_latents_and_read_layers():
+    g = np.random.default_rng(0)
+    x = g.normal(size=(60, 6))
+    y = (x[:, 2] > 0).astype(int)
+    probe = fit_probe(x, y)
+    w_dec = torch.eye(6, dtype=torch.float64)
+    top = ta.probe_aligned_latents(probe, w_dec, 1)
+    assert top.tolist() == [2]                                # the axis the probe reads
+    assert ta.read_layers(9, 18, "0,3,last") == [9, 12, 17]
+    assert ta.read_layers(16, 18, "0,3,last") == [16, 17]
+
+
+def test_topic_analysis_runs_in_the_protocol_and_round_trips(tiny_lm):
+    from scaffold_sae import analyses
+    from scaffold_sae.sae import HybridSAE, SAEConfig
+    from test_analysis import tiny_cfg
+
+    d = tiny_lm.d_model
+    ids = torch.randint(4, 100, (8, 16), generator=torch.Generator().manual_seed(0))
+    ids[:, 0] = 2
+    hybrid = HybridSAE(SAEConfig(arch="batchtopk", d_in=d, width=32, k=4, rank=2)).eval()
+    saes = {"r0": HybridSAE(SAEConfig(arch="batchtopk", d_in=d, width=32, k=4, rank=0)).eval(), "r2": hybrid}
+    cfg = tiny_cfg(topic_datasets="bbc_topic", topic_docs=20, topic_tokens=12, topic_operators="zero",
+                   topic_positions="ordinary,all", topic_read_after="0,last")
+    only = {n: a for n, a in analyses.registered().items() if n == "topic_ablation"}
+    results, sections = analyses.run_analyses(tiny_lm, 0, saes, "r0", None, ids, cfg, progress=False, analyses=only)
+    result = results["topic_ablation"]
+    conditions = {o.condition for o in result.readouts}
+    assert conditions == {"clean", "scaffold:zero:ordinary", "scaffold:zero:all", "pca:zero:ordinary",
+                          "pca:zero:all", "random:zero:ordinary", "random:zero:all", "aligned_latents:4"}
+    assert {o.read_layer for o in result.readouts} == {0, 1}
+    assert result.train_docs["bbc_topic"] + result.test_docs["bbc_topic"] == 20
+    assert analyses.from_json(ta.TopicResult, analyses.to_json(result)) == result
+    assert sections[0].title == "Topic with fixed probes"
