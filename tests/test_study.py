@@ -181,3 +181,25 @@ def test_one_seed_keeps_the_old_names(tmp_path):
         [(kind, s) for s in range(3) for kind in ("baseline", "hybrid")]
     with pytest.raises(ConfigError, match="baselines='pca' is invalid"):
         StudyConfig(baselines="pca").validate()
+
+
+def test_matryoshka_with_a_random_scaffold_runs_the_whole_study(tmp_path, tiny_model_dir, tiny_corpus):
+    """arch matryoshka through harvest, training, matched-L0 evaluation, every analysis and the report; the
+    hybrids take scaffold_init and scaffold_lr_mult from the study config."""
+    from dataclasses import replace
+
+    from scaffold_sae.saving import load_sae
+
+    cfg = replace(tiny_study(tiny_model_dir, tiny_corpus), arch="matryoshka", ranks=[0, 2], scaffold_init="random",
+                  scaffold_lr_mult=2.0, probe_docs=20, probe_datasets="sentiment")
+    study = run_study(cfg, tmp_path, progress=False)
+    assert sorted(study["saes"]) == ["matryoshka_m64_k4_r0_resin", "matryoshka_m64_k4_r2_resin_random_slr2"]
+    hybrid = load_sae(tmp_path / "saes" / "matryoshka_m64_k4_r2_resin_random_slr2")
+    assert hybrid.cfg.scaffold_init == "random" and hybrid.cfg.scaffold_lr_mult == 2.0
+    for ev in study["saes"].values():
+        assert ev["arch"] == "matryoshka" and ev["l0"] == pytest.approx(4.0, rel=0.02)
+    assert set(study["analyses"]) >= {"structure", "causality", "redundancy", "probing", "rank_selection"}
+    assert all(value is not None for name, value in study["analyses"].items() if name not in ("settings", "timings"))
+    assert len(study["analyses"]["structure"]["saes"][0]["principal_angles_deg"]) == 2
+    md = write_report(study, tmp_path / "report").markdown.read_text()
+    assert "## Scaffold structure" in md and "| hybrid r=2 | baseline | 1 |" in md
