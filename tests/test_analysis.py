@@ -62,6 +62,26 @@ def test_structure_finds_planted_subspace_and_massive_dim():
     assert result.outlier_energy_scaffold_uncentred == pytest.approx(float(basis[5].pow(2).sum()), abs=1e-5)
 
 
+def test_structure_reports_every_angle_and_variance_on_a_known_subspace():
+    """Axis-aligned data with known variances; span(U) = {e0, e1, cos60 e2 + sin60 e5}. The answer is exact:
+    angles 0, 0, 60 degrees to the top-3 PCs {e0, e1, e2}, and the variance shares follow from the variances."""
+    variances = torch.tensor([100.0, 50.0, 20.0, 5.0, 2.0, 1.0, 0.5, 0.2])
+    d = variances.numel()
+    axes = torch.diag(variances.sqrt())
+    x = torch.cat([axes, -axes])                      # mean 0, covariance exactly diagonal
+    eye = torch.eye(d)
+    c, s = math.cos(math.radians(60)), math.sin(math.radians(60))
+    u = torch.stack([eye[0], eye[1], c * eye[2] + s * eye[5]], 1)
+    result = structure.structure(hybrid_with(u, d), x, "hybrid")
+    assert result.principal_angles_deg == pytest.approx([0.0, 0.0, 60.0], abs=1e-4)
+    total = float(variances.sum())
+    assert result.variance_share_pca == pytest.approx(170.0 / total, rel=1e-6)
+    assert result.variance_share_scaffold == pytest.approx((150.0 + 20.0 * c * c + 1.0 * s * s) / total, rel=1e-6)
+    section = structure.sections(structure.StructureResult([result]))[0]
+    assert section.tables[0].rows[0][3:6] == pytest.approx([0.0, 0.0, 60.0], abs=1e-4)   # first, median, last
+    assert section.figures[0].series[0].y == result.principal_angles_deg
+
+
 def test_energy_share_matches_slow_reference():
     g = torch.Generator().manual_seed(2)
     x = torch.randn(50, 6, generator=g)

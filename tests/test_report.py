@@ -164,3 +164,34 @@ def test_report_cli_regenerates(tmp_path, study):
     missing = subprocess.run([sys.executable, "-m", "scaffold_sae", "report", "--results", str(tmp_path / "no.json"),
                               "--out", str(tmp_path / "c")], capture_output=True, text=True, timeout=120)
     assert missing.returncode == 2 and "does not exist" in missing.stderr
+
+
+def test_seeds_give_mean_and_sd_and_the_dense_claim_names_each_baseline(tmp_path):
+    """Two seeds of a plain SAE, a hybrid and a capacity-matched SAE: the tables show mean ± sd (sample sd) and
+    the hybrid's dense count against each baseline, paired by seed; a study without roles reads rank 0 as the
+    baseline."""
+    from scaffold_sae import roles
+
+    def member(kind, seed, rank, for_rank, dense):
+        return {**fake_eval(rank, dense, 0.2 + seed / 100, seed), "kind": kind, "seed": seed, "for_rank": for_rank}
+
+    saes = {"b0": member("baseline", 0, 0, 0, 50), "b1": member("baseline", 1, 0, 0, 54),
+            "h0": member("hybrid", 0, 8, 8, 2), "h1": member("hybrid", 1, 8, 8, 4),
+            "c0": member("capacity_matched", 0, 0, 8, 3), "c1": member("capacity_matched", 1, 0, 8, 1)}
+    assert roles.mean_sd([50, 54]) == (52.0, pytest.approx(2 * 2 ** 0.5)) and roles.mean_sd([3]) == (3.0, None)
+    by_against = {c.against: c for c in roles.dense_comparisons(saes)}
+    assert set(by_against) == {"baseline", "capacity_matched"}
+    base = by_against["baseline"]
+    assert (base.hybrid_mean, base.against_mean, base.diff_mean, base.seeds) == (3.0, 52.0, -49.0, 2)
+    assert base.diff_sd == pytest.approx(2 ** 0.5) and base.fewer_every_seed and base.change == pytest.approx(-49 / 52)
+    capacity = by_against["capacity_matched"]
+    assert capacity.diff_mean == 1.0 and not capacity.fewer_every_seed
+    md = report.write_report({"title": "seeds", "config": {}, "saes": saes}, tmp_path).markdown.read_text()
+    assert "| hybrid r=8 | baseline | 2 | 3 ± 1.414 | 52 ± 2.828 | -49 ± 1.414 | -94% | fewer in every seed |" in md
+    assert "| hybrid r=8 | capacity_matched | 2 | 3 ± 1.414 | 2 ± 1.414 | 1 ± 2.828 | +50% | not fewer |" in md
+    assert "## Over seeds" in md and "| capacity_matched r=8 | batchtopk | batchtopk | 2 |" in md
+
+    legacy = {"r0": fake_eval(0, 69, 0.36, 0), "r8": fake_eval(8, 2, 0.27, 1)}
+    (only,) = roles.dense_comparisons(legacy)
+    assert (only.against, only.hybrid_mean, only.against_mean, only.seeds) == ("baseline", 2.0, 69.0, 1)
+    assert not roles.sections(legacy)[1:]                                   # one seed: no 'Over seeds' section

@@ -9,6 +9,7 @@ import pytest
 
 from scaffold_sae import analyses
 from scaffold_sae.report import Section, Table, load_results, write_report
+from scaffold_sae.sae import ConfigError
 from scaffold_sae.study import StudyConfig, run_study, threshold_section
 
 
@@ -148,3 +149,66 @@ def test_study_can_train_an_uncentred_scaffold():
     names = sae_names([SAEConfig(d_in=16, width=32, rank=r, scaffold_centred=c) for r, c in ((0, False), (2, True),
                                                                                                (2, False))])
     assert names[0].endswith("_r0") and names[1].endswith("_r2") and names[2].endswith("_r2_uncentred")
+
+def test_seeds_and_baselines_train_in_one_pass_with_roles(tmp_path, tiny_model_dir, tiny_corpus):
+    """Two seeds of the plain SAE, the hybrids and every extra baseline in one lockstep run; results carry each
+    SAE's role and seed, the report gives mean +- sd and states the dense claim against each baseline, and the
+    analyses use seed 0's plain SAE and hybrids only."""
+    from dataclasses import replace
+
+    from scaffold_sae.saving import load_sae
+
+    cfg = replace(tiny_study(tiny_model_dir, tiny_corpus), ranks=[0, 2], seeds=2,
+                  baselines="pca_deflation,capacity_matched,other_encoder", probe_docs=0)
+    study = run_study(cfg, tmp_path, progress=False)
+    kinds = {(ev["kind"], ev["seed"], ev["for_rank"]) for ev in study["saes"].values()}
+    assert kinds == {(kind, seed, rank) for seed in (0, 1) for kind, rank in
+                     [("baseline", 0), ("hybrid", 2), ("pca_deflation", 2), ("capacity_matched", 2),
+                      ("other_encoder", 2)]}
+    assert len(study["saes"]) == 10 and all(name.endswith(("_s0", "_s1")) for name in study["saes"])
+    by_kind = {(ev["kind"], ev["seed"]): ev for ev in study["saes"].values()}
+    assert by_kind[("capacity_matched", 0)]["k"] == 6 and by_kind[("capacity_matched", 0)]["rank"] == 0
+    assert by_kind[("other_encoder", 0)]["encoder_input"] == "x" and by_kind[("hybrid", 0)]["encoder_input"] == "residual"
+    names = {(ev["kind"], ev["seed"]): name for name, ev in study["saes"].items()}
+    deflation = load_sae(tmp_path / "saes" / names[("pca_deflation", 1)])
+    assert deflation.cfg.scaffold_lr_mult == 0 and deflation.cfg.scaffold_tied
+    structure = study["analyses"]["structure"]["saes"]
+    assert [s["sae"] for s in structure] == [names[("hybrid", 0)]]
+    assert study["analyses"]["redundancy"]["baseline"] == names[("baseline", 0)]
+
+    paths = write_report(study, tmp_path / "report", sections=[threshold_section(study)])
+    md = paths.markdown.read_text()
+    assert "## Over seeds" in md and "## Dense latents against each baseline" in md and " ± " in md
+    for against in ("baseline", "pca_deflation", "capacity_matched", "other_encoder"):
+        assert f"| hybrid r=2 | {against} | 2 |" in md
+
+
+def test_one_seed_keeps_the_old_names(tmp_path):
+    cfg = StudyConfig(ranks=[0, 8])
+    assert [m.cfg.seed for m in cfg.members()] == [None, None]
+    assert [(m.kind, m.seed) for m in StudyConfig(ranks=[0, 8], seeds=3).members()] == \
+        [(kind, s) for s in range(3) for kind in ("baseline", "hybrid")]
+    with pytest.raises(ConfigError, match="baselines='pca' is invalid"):
+        StudyConfig(baselines="pca").validate()
+
+
+def test_matryoshka_with_a_random_scaffold_runs_the_whole_study(tmp_path, tiny_model_dir, tiny_corpus):
+    """arch matryoshka through harvest, training, matched-L0 evaluation, every analysis and the report; the
+    hybrids take scaffold_init and scaffold_lr_mult from the study config."""
+    from dataclasses import replace
+
+    from scaffold_sae.saving import load_sae
+
+    cfg = replace(tiny_study(tiny_model_dir, tiny_corpus), arch="matryoshka", ranks=[0, 2], scaffold_init="random",
+                  scaffold_lr_mult=2.0, probe_docs=20, probe_datasets="sentiment")
+    study = run_study(cfg, tmp_path, progress=False)
+    assert sorted(study["saes"]) == ["matryoshka_m64_k4_r0_resin", "matryoshka_m64_k4_r2_resin_random_slr2"]
+    hybrid = load_sae(tmp_path / "saes" / "matryoshka_m64_k4_r2_resin_random_slr2")
+    assert hybrid.cfg.scaffold_init == "random" and hybrid.cfg.scaffold_lr_mult == 2.0
+    for ev in study["saes"].values():
+        assert ev["arch"] == "matryoshka" and ev["l0"] == pytest.approx(4.0, rel=0.02)
+    assert set(study["analyses"]) >= {"structure", "causality", "redundancy", "probing", "rank_selection"}
+    assert all(value is not None for name, value in study["analyses"].items() if name not in ("settings", "timings"))
+    assert len(study["analyses"]["structure"]["saes"][0]["principal_angles_deg"]) == 2
+    md = write_report(study, tmp_path / "report").markdown.read_text()
+    assert "## Scaffold structure" in md and "| hybrid r=2 | baseline | 1 |" in md

@@ -201,3 +201,41 @@ def test_tensor_source_batches_resume_and_split_across_ranks():
     r0, r1 = src.batches(4, seed=3, rank=0, world_size=2), src.batches(4, seed=3, rank=1, world_size=2)
     rows = torch.cat([next(r0) for _ in range(5)] + [next(r1) for _ in range(5)])[:, 0]
     assert sorted(rows.tolist()) == list(range(40))
+
+
+def test_per_sae_seeds_change_the_init_only(tmp_path):
+    """SAEConfig.seed seeds that SAE's initialisation; None means the TrainConfig seed; names say the seed."""
+    src = TensorSource(synthetic())
+    base = dict(arch="batchtopk", width=48, k=4, rank=2, encoder_input="residual")
+    cfgs = [SAEConfig(**base), SAEConfig(**base, seed=0), SAEConfig(**base, seed=1)]
+    paths = train_saes(src, cfgs, tcfg(), tmp_path)
+    assert [p.name for p in paths] == ["batchtopk_m48_k4_r2_resin", "batchtopk_m48_k4_r2_resin_s0",
+                                       "batchtopk_m48_k4_r2_resin_s1"]
+    none, zero, one = (load_sae(p) for p in paths)
+    assert torch.equal(none.W_dec, zero.W_dec) and torch.equal(none.U, zero.U)      # None = the run's seed 0
+    assert not torch.allclose(zero.W_dec, one.W_dec)
+    logs = [json.loads(line) for line in (tmp_path / "train_log.jsonl").open()]
+    assert {rec["tokens"] for rec in logs if rec["sae"].endswith("_s1")} == \
+        {rec["tokens"] for rec in logs if rec["sae"].endswith("_s0")}                 # lockstep: same batches
+
+
+@pytest.mark.parametrize("arch", ["batchtopk", "matryoshka"])
+def test_frozen_pca_scaffold_stays_exactly_the_pca_basis(tmp_path, arch):
+    """PCA deflation as a hybrid: scaffold_init pca, tied, scaffold_lr_mult 0, residual encoder. After training, U
+    is bit for bit the top-r PCA basis the trainer computed at init, while the dictionary did learn."""
+    from scaffold_sae.sae import HybridSAE, pca_basis
+    from scaffold_sae.trainer import _sample, init_b_dec
+
+    src = TensorSource(synthetic())
+    train = tcfg(tokens=128 * 20)
+    cfg = SAEConfig(arch=arch, width=48, k=4, rank=3, scaffold_init="pca", scaffold_tied=True, scaffold_lr_mult=0.0,
+                    encoder_input="residual")
+    path = train_saes(src, [cfg], train, tmp_path)[0]
+    assert path.name == f"{arch}_m48_k4_r3_tied_resin_slr0"
+    sae = load_sae(path)
+    sample = _sample(src, train.init_sample_tokens, train.seed)
+    scaled = sample * input_scale(sample)
+    expected = pca_basis(scaled, init_b_dec(scaled, train.b_dec_init), 3)
+    assert torch.equal(sae.U, expected)
+    fresh = SAEConfig(**{**cfg.__dict__, "d_in": D})
+    assert not torch.allclose(sae.W_dec, HybridSAE(fresh, torch.Generator().manual_seed(train.seed)).W_dec)

@@ -7,6 +7,7 @@ from typing import Any, Mapping
 
 from scaffold_sae.analyses import AnalysisError, AnalysisResults
 from scaffold_sae.report import ReportPaths, Section, Table
+from scaffold_sae.roles import kind_of, seed_of
 
 
 def compare_studies(studies: Mapping[str, dict]) -> Section:
@@ -19,7 +20,8 @@ def compare_studies(studies: Mapping[str, dict]) -> Section:
         s: Any = structure.saes[-1] if structure is not None and structure.saes else None
         causality = analyses.results.get("causality")
         ratios = {o.condition: o.ratio for o in causality.outcomes} if causality is not None else {}
-        dense = {v.get("rank"): v.get("dense_10") for v in study.get("saes", {}).values()}
+        dense = {v.get("rank"): v.get("dense_10") for v in study.get("saes", {}).values()
+                 if kind_of(v) in ("baseline", "hybrid") and seed_of(v) == 0}  # seed 0's, as in the analyses
         red = analyses.results.get("redundancy")
         rank = s.rank if s is not None else None
         rows.append([label, cfg.get("model"), cfg.get("layer"), rank, dense.get(0), dense.get(rank),

@@ -190,7 +190,9 @@ def build_sections(study: dict[str, Any]) -> list[Section]:
     saes: dict[str, dict[str, Any]] = study.get("saes", {})
     sections = [config_section(study.get("config", {}))]
     if saes:
-        sections += [sweep_section(saes), density_section(saes), all_numbers_section(saes)]
+        from scaffold_sae import roles  # mean +- sd over seeds and the claim against each baseline
+
+        sections += [*roles.sections(saes), sweep_section(saes), density_section(saes), all_numbers_section(saes)]
     if study.get("analyses"):
         from scaffold_sae.analyses import sections_from_json  # the layer above: each analysis draws its sections
 
@@ -220,25 +222,38 @@ def _ordered(saes: dict[str, dict[str, Any]]) -> list[tuple[str, dict[str, Any]]
 
 
 def _groups(saes: dict[str, dict[str, Any]]) -> dict[str, list[dict[str, Any]]]:
+    """One line per arch and inference; extra baselines and seeds after the first get lines of their own."""
+    from scaffold_sae.roles import kind_of, seed_of
+
     groups: dict[str, list[dict[str, Any]]] = {}
     for _, result in _ordered(saes):
-        groups.setdefault(f"{result.get('arch', 'sae')}, {result.get('inference', 'threshold')} inference", []).append(result)
+        label = f"{result.get('arch', 'sae')}, {result.get('inference', 'threshold')} inference"
+        if kind_of(result) not in ("baseline", "hybrid"):
+            label += f", {kind_of(result)}"
+        if seed_of(result):
+            label += f", seed {seed_of(result)}"
+        groups.setdefault(label, []).append(result)
     return groups
 
 
 def _sweep_figure(saes, title: str, keys: list[tuple[str, str]], ylabel: str, logy: bool = False) -> Figure:
+    from scaffold_sae.roles import for_rank
+
     series = []
     for group, results in _groups(saes).items():
         for label, key in keys:
-            points = [(r["rank"], r[key]) for r in results if r.get(key) is not None]
+            points = [(for_rank(r), r[key]) for r in results if r.get(key) is not None]
             name = group if len(keys) == 1 else f"{group}: {label}"
             series.append(Series(name, [p[0] for p in points], [p[1] for p in points]))
     return Figure(title, series, kind="line", xlabel="scaffold rank r", ylabel=ylabel, logy=logy)
 
 
 def sweep_section(saes: dict[str, dict[str, Any]]) -> Section:
-    rows = [[name, *[result.get(key) for _, key in SWEEP_COLUMNS]] for name, result in _ordered(saes)]
-    text = ("Held-out tokens, position 0 (BOS) excluded. Rank 0 is the plain SAE baseline. L0, dead and dense "
+    from scaffold_sae.roles import kind_of, seed_of
+
+    rows = [[name, kind_of(result), seed_of(result), *[result.get(key) for _, key in SWEEP_COLUMNS]]
+            for name, result in _ordered(saes)]
+    text = ("Held-out tokens, position 0 (BOS) excluded; one row per SAE and seed. L0, dead and dense "
             "counts come from the sparse latents only; FVU and CE use the full reconstruction (scaffold + "
             "sparse). CE score = (CE_abl - CE_sae) / (CE_abl - CE_clean).")
     figures = [
@@ -248,7 +263,7 @@ def sweep_section(saes: dict[str, dict[str, Any]]) -> Section:
         _sweep_figure(saes, "CE loss score vs scaffold rank",
                       [("zero-abl", "ce_score_zero"), ("mean-abl", "ce_score_mean")], "CE loss score"),
     ]
-    return Section("Rank sweep", text, tables=[Table(["sae", *[t for t, _ in SWEEP_COLUMNS]], rows)], figures=figures)
+    return Section("Rank sweep", text, tables=[Table(["sae", "kind", "seed", *[t for t, _ in SWEEP_COLUMNS]], rows)], figures=figures)
 
 
 def density_section(saes: dict[str, dict[str, Any]]) -> Section:

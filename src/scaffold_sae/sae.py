@@ -69,6 +69,9 @@ class SAEConfig:
     0 disables)."""
     aux_coeff: float = 1.0 / 32.0
     """AuxK loss coefficient."""
+    seed: int | None = None
+    """Seed of this SAE's initialisation (None: the TrainConfig seed). The data order stays the run's, so SAEs
+    that differ only in this seed train in lockstep on the same batches."""
 
     def __post_init__(self) -> None:
         if self.matryoshka_widths is not None:
@@ -304,9 +307,9 @@ class HybridSAE(nn.Module):
 
     @torch.no_grad()
     def apply_constraints(self) -> None:
-        """Unit-norm decoder rows; orthonormal U when tied."""
+        """Unit-norm decoder rows; orthonormal U when tied (a frozen U, requires_grad False, is left untouched)."""
         self.W_dec /= self.W_dec.norm(dim=1, keepdim=True).clamp_min(1e-12)
-        if self.V_free is None and self.rank > 0:
+        if self.V_free is None and self.rank > 0 and self.U.requires_grad:
             self.U.copy_(orthonormalise(self.U))
 
     @torch.no_grad()

@@ -26,6 +26,22 @@ from scaffold_sae.saving import load_sae
 from scaffold_sae.trainer import TrainConfig, train_saes
 
 
+EXTRA_BASELINES = ("pca_deflation", "capacity_matched", "other_encoder")
+"""The comparisons a study can train besides the plain SAE ("baseline") and the hybrids ("hybrid")."""
+
+
+@dataclass
+class StudyMember:
+    """One SAE of a study: its role, its seed index (0 .. seeds - 1) and its config."""
+
+    kind: str
+    """baseline | hybrid | pca_deflation | capacity_matched | other_encoder."""
+    seed: int
+    cfg: SAEConfig
+    for_rank: int
+    """The hybrid rank it is compared at (0 for the plain SAE)."""
+
+
 @dataclass
 class StudyConfig:
     """One study: a model, a layer, a baseline SAE and hybrids at several scaffold ranks."""
@@ -60,6 +76,19 @@ class StudyConfig:
     """Adam learning rate (None: 2e-4 / sqrt(width / 2^14))."""
     scaffold_tied: bool = False
     """Tied orthonormal scaffold U = V (True) or free factors (False)."""
+    scaffold_init: str = "pca"
+    """The hybrids' scaffold initialisation: pca (top-r principal directions of the training sample) or random (a
+    random orthonormal basis: does training find the top PCs on its own?)."""
+    scaffold_lr_mult: float = 1.0
+    """The hybrids' scaffold learning rate as a multiple of the dictionary's (0 freezes the scaffold at its init)."""
+    seeds: int = 1
+    """Initialisation seeds per SAE (seed, seed + 1, ...), all trained in lockstep on the same batches; tables show
+    mean +- sd over seeds. With 1 the SAE names carry no seed suffix."""
+    baselines: str = ""
+    """Comma-separated extra baselines, each trained next to the hybrids at every hybrid rank r:
+    pca_deflation (the plain SAE on x with the top-r PCs projected out: a frozen tied PCA scaffold, residual encoder),
+    capacity_matched (a plain SAE with k + r active latents), other_encoder (the hybrids with the other
+    encoder_input). Empty: only the plain SAE at rank 0."""
     encoder_input: str = "residual"
     """What the sparse encoder sees: residual (x minus the scaffold: the dense part is absorbed before sparse
     coding; removed every dense latent in results/RESULTS.md, experiment G) or x (the encoder sees all of x)."""
@@ -126,11 +155,45 @@ class StudyConfig:
                 raise ConfigError(f"{name}={getattr(self, name)} is invalid: must be a positive integer")
         if self.ce_tokens > self.eval_tokens:
             raise ConfigError(f"ce_tokens={self.ce_tokens} is invalid: must be <= eval_tokens ({self.eval_tokens})")
+        if self.seeds < 1:
+            raise ConfigError(f"seeds={self.seeds} is invalid: must be a positive integer")
+        unknown = [b for b in self.baseline_kinds() if b not in EXTRA_BASELINES]
+        if unknown:
+            raise ConfigError(f"baselines={self.baselines!r} is invalid: {', '.join(unknown)} unknown; choose from "
+                              f"{', '.join(EXTRA_BASELINES)} (comma-separated)")
         return self
 
+    def baseline_kinds(self) -> list[str]:
+        return [b.strip() for b in self.baselines.split(",") if b.strip()]
+
+    def members(self) -> list[StudyMember]:
+        """Every SAE of the study with its role and seed index: per seed, the plain SAE and the hybrids, then the
+        extra baselines at each hybrid rank."""
+        out = []
+        hybrid_ranks = [r for r in self.ranks if r > 0]
+        extras = self.baseline_kinds()
+        other_input = "x" if self.encoder_input == "residual" else "residual"
+        for i in range(self.seeds):
+            common = dict(arch=self.arch, width=self.width, seed=None if self.seeds == 1 else self.seed + i)
+            hybrid = dict(common, scaffold_tied=self.scaffold_tied, scaffold_init=self.scaffold_init,
+                          scaffold_lr_mult=self.scaffold_lr_mult, scaffold_centred=self.scaffold_centred)
+            for r in self.ranks:
+                out.append(StudyMember("baseline" if r == 0 else "hybrid", i,
+                                       SAEConfig(k=self.k, rank=r, encoder_input=self.encoder_input, **hybrid), r))
+            for r in hybrid_ranks:
+                if "pca_deflation" in extras:
+                    out.append(StudyMember("pca_deflation", i, SAEConfig(
+                        k=self.k, rank=r, scaffold_init="pca", scaffold_tied=True, scaffold_lr_mult=0.0,
+                        encoder_input="residual", **common), r))
+                if "capacity_matched" in extras:
+                    out.append(StudyMember("capacity_matched", i, SAEConfig(k=self.k + r, rank=0, **common), r))
+                if "other_encoder" in extras:
+                    out.append(StudyMember("other_encoder", i, SAEConfig(k=self.k, rank=r, encoder_input=other_input,
+                                                                         **hybrid), r))
+        return out
+
     def sae_configs(self) -> list[SAEConfig]:
-        return [SAEConfig(arch=self.arch, width=self.width, k=self.k, rank=r, scaffold_tied=self.scaffold_tied,
-                          encoder_input=self.encoder_input, scaffold_centred=self.scaffold_centred) for r in self.ranks]
+        return [member.cfg for member in self.members()]
 
     def train_config(self) -> TrainConfig:
         return TrainConfig(tokens=self.steps_tokens, batch_size=self.batch_size, lr=self.lr, seed=self.seed,
@@ -175,6 +238,7 @@ def _run_study(cfg: StudyConfig, out_dir: str | Path, progress: bool) -> dict:
 
     clock = time.perf_counter()
     sae_dirs = train_missing(cache, cfg, out / "saes", progress)
+    members = named_members(cfg, cache.d_model)
     timings["train_s"] = time.perf_counter() - clock
 
     clock = time.perf_counter()
@@ -190,8 +254,10 @@ def _run_study(cfg: StudyConfig, out_dir: str | Path, progress: bool) -> dict:
 
         clock = time.perf_counter()
         faults.progress("stage", "analyses")
-        saes = {name: load_sae(path).to(cfg.device) for name, path in sae_dirs.items()}
-        baseline = next(name for name, result in results.items() if result["rank"] == 0)
+        # one plain SAE and one hybrid per rank: seed 0's (extra baselines and seeds are compared in the tables)
+        chosen = [name for name, m in members.items() if m.seed == 0 and m.kind in ("baseline", "hybrid")]
+        saes = {name: load_sae(sae_dirs[name]).to(cfg.device) for name in chosen}
+        baseline = next(name for name in chosen if members[name].kind == "baseline")
         typed, _ = run_analyses(lm, layer, saes, baseline, cache, contexts, cfg, out=out, progress=progress)
         analyses = typed.to_json()
         timings["analyses_s"] = time.perf_counter() - clock
@@ -202,8 +268,9 @@ def _run_study(cfg: StudyConfig, out_dir: str | Path, progress: bool) -> dict:
         "config": resolved,
         "inference": primary,
         "cache": {k: cache.manifest.get(k) for k in ("model", "fingerprint", "layer", "n_rows", "excluded")},
-        "saes": {name: result[primary] for name, result in results.items()},
-        "threshold_evals": {name: result["threshold"] for name, result in results.items()},
+        "saes": {name: {**result[primary], **member_keys(members[name])} for name, result in results.items()},
+        "threshold_evals": {name: {**result["threshold"], **member_keys(members[name])}
+                            for name, result in results.items()},
         "timings": timings,
         "analyses": analyses,
     }
@@ -216,16 +283,31 @@ def threshold_section(study: dict):
     rows = []
     for name, ev in study["threshold_evals"].items():
         matched = study["saes"][name]
-        rows.append([ev["rank"], matched["l0"], ev["l0"], matched["fvu"], ev["fvu"], matched["dense_10"],
+        rows.append([name, ev["rank"], matched["l0"], ev["l0"], matched["fvu"], ev["fvu"], matched["dense_10"],
                      ev["dense_10"], ev["ce_score_zero"]])
-    rows.sort(key=lambda row: row[0])
-    table = Table(columns=["rank", "L0 batch top-k", "L0 JumpReLU", "FVU batch top-k", "FVU JumpReLU",
+    rows.sort(key=lambda row: (row[1], row[0]))
+    table = Table(columns=["SAE", "rank", "L0 batch top-k", "L0 JumpReLU", "FVU batch top-k", "FVU JumpReLU",
                            "dense>10% batch top-k", "dense>10% JumpReLU", "CE score JumpReLU"], rows=rows,
                   caption="Exported JumpReLU threshold vs batch top-k inference on the same held-out tokens")
     return Section(title="Inference threshold (JumpReLU export)",
                    text="The main tables compare SAEs at exactly matched L0 (batch top-k over each evaluation "
                         "batch). This table shows each SAE with the JumpReLU threshold it is saved with, the way "
                         "SAELens and SAEBench will run it.", tables=[table])
+
+
+def named_members(cfg: StudyConfig, d_model: int) -> dict[str, StudyMember]:
+    """The study's SAEs by the directory name the trainer gives them."""
+    from scaffold_sae.trainer import resolve_configs, sae_names
+
+    members = cfg.members()
+    names = sae_names(resolve_configs([m.cfg for m in members], d_model))
+    return dict(zip(names, members))
+
+
+def member_keys(member: StudyMember) -> dict:
+    """What results.json records of an SAE's place in the study next to its evaluation."""
+    return {"kind": member.kind, "seed": member.seed, "for_rank": member.for_rank, "k": member.cfg.k,
+            "encoder_input": member.cfg.encoder_input}
 
 
 def train_missing(cache: ActivationCache, cfg: StudyConfig, out: Path, progress: bool) -> dict[str, Path]:

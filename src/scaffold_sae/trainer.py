@@ -102,7 +102,7 @@ class TrainConfig:
     grad_clip: float = 1.0
     """Max gradient norm per SAE (0 disables)."""
     seed: int = 0
-    """Seed for init and data order (every SAE gets the same init stream)."""
+    """Seed for data order and init (every SAE whose own seed is None gets this init stream)."""
     scale_inputs: bool = True
     """Scale inputs to mean norm sqrt(d) during training (folded into the saved weights)."""
     b_dec_init: str = "geometric_median"
@@ -201,6 +201,12 @@ def sae_names(cfgs: list[SAEConfig]) -> list[str]:
             base += "_resin"
         if not cfg.scaffold_centred and cfg.rank:
             base += "_uncentred"
+        if cfg.rank > 0 and cfg.scaffold_init != "pca":
+            base += f"_{cfg.scaffold_init}"
+        if cfg.rank > 0 and cfg.scaffold_lr_mult != 1.0:
+            base += f"_slr{cfg.scaffold_lr_mult:g}"
+        if cfg.seed is not None:
+            base += f"_s{cfg.seed}"
         name, i = base, 1
         while name in names:
             i += 1
@@ -409,10 +415,14 @@ def _setup(cache, cfgs, train_cfg: TrainConfig, out_dir, comm: Communicator) -> 
     scale = input_scale(sample) if train_cfg.scale_inputs else 1.0
     states = []
     for cfg, name in zip(cfgs, names):
-        sae = HybridSAE(cfg, torch.Generator().manual_seed(train_cfg.seed)).to(device)
+        init_seed = train_cfg.seed if cfg.seed is None else cfg.seed
+        sae = HybridSAE(cfg, torch.Generator().manual_seed(init_seed)).to(device)
         base_lr = train_cfg.lr or lr_for_width(cfg.width)
         groups = [{"params": sae.dictionary_parameters(), "lr": base_lr, "lr_mult": 1.0}]
-        if cfg.rank > 0:
+        if cfg.rank > 0 and cfg.scaffold_lr_mult == 0:  # frozen: no gradient, no clipping share, no QR
+            for p in sae.scaffold_parameters():
+                p.requires_grad_(False)
+        elif cfg.rank > 0:
             groups.append({"params": sae.scaffold_parameters(), "lr": base_lr * cfg.scaffold_lr_mult,
                            "lr_mult": cfg.scaffold_lr_mult})
         optim = torch.optim.Adam(groups, betas=(train_cfg.adam_beta1, train_cfg.adam_beta2), fused=True)

@@ -101,14 +101,16 @@ def sections(result: StructureResult) -> list[Section]:
     results = result.saes
     if not results:
         return []
-    rows = [[s.sae, s.rank, s.n_tokens, s.mean_cos2, s.variance_share_scaffold, s.variance_share_pca,
+    rows = [[s.sae, s.rank, s.n_tokens, min(s.principal_angles_deg), _median(s.principal_angles_deg),
+             max(s.principal_angles_deg), s.mean_cos2, s.variance_share_scaffold, s.variance_share_pca,
              s.scaffold_explained_variance, s.outlier_energy_scaffold_centred, s.outlier_energy_scaffold_uncentred,
              s.outlier_energy_pca_centred, s.outlier_energy_pca_uncentred] for s in results]
-    table = Table(["SAE", "rank", "tokens", "mean cos^2 (angles)", "variance in span(U)", "variance in top-r PCs",
+    table = Table(["SAE", "rank", "tokens", "first angle (deg)", "median angle", "last angle", "mean cos^2 (angles)", "variance in span(U)", "variance in top-r PCs",
                    "scaffold alone: expl. var.", "outlier energy in span(U), centred",
                    "outlier energy in span(U), uncentred", "outlier energy in top-r PCs, centred",
                    "outlier energy in top-r PCs, uncentred"], rows,
-                  caption="Scaffold subspace vs the top-r principal components of held-out activations")
+                  caption="Scaffold subspace vs the top-r principal components of held-out activations; all r "
+                          "principal angles are in the figure below and its data table")
     first = results[0]
     median = first.median_mean_abs
     dims = Table(["dim", "mean |x|", "x median dim", *[f"share of axis in span(U), r={s.rank}" for s in results]],
@@ -120,10 +122,20 @@ def sections(result: StructureResult) -> list[Section]:
                     series=[Series(f"r={s.rank}", list(range(1, len(s.principal_angles_deg) + 1)),
                                    s.principal_angles_deg) for s in results],
                     xlabel="angle index", ylabel="degrees")
-    text = ("Is the scaffold the top principal subspace and the massive-activation dimensions? Principal angles near "
-            "0 and a mean cos^2 near 1 mean span(U) coincides with the top-r PCs (r/d by chance); energy shares near "
-            "1 mean the outlier dimensions live inside span(U).")
+    text = ("Is the scaffold the top principal subspace and the massive-activation dimensions? All r principal "
+            "angles near 0 and a mean cos^2 near 1 mean span(U) coincides with the top-r PCs (r/d by chance); the "
+            "first angle alone only says that one direction is shared. The variance of x in span(U) is compared with "
+            "the most any r-dim subspace holds (the top-r PCs). Energy shares near 1 mean the outlier dimensions live "
+            "inside span(U). A scaffold initialised from the PCs (scaffold_init: pca) starts at angle 0 by "
+            "construction; only a randomly initialised one (scaffold_init: random) shows whether training finds "
+            "the PCs on its own.")
     return [Section("Scaffold structure", text, tables=[table, dims], figures=[figure])]
+
+
+def _median(values: list[float]) -> float:
+    ordered = sorted(values)
+    mid = len(ordered) // 2
+    return ordered[mid] if len(ordered) % 2 else (ordered[mid - 1] + ordered[mid]) / 2
 
 
 register("structure", StructureConfig, StructureResult, run, sections)
