@@ -267,7 +267,8 @@ def test_analyses_on_the_embedded_model_reduced(tmp_path):
 
     lm = load_model("gemma3-270m")
     ids = pack_contexts(lm.tokenizer, load_corpus("news"), 64, 512, split="heldout", bos_id=lm.bos_token_id)
-    x = lm_passes.heldout_activations(lm, 9, ids, 512)
+    # the analyses fit their PCA on the contexts after the CE ones (128 CE tokens = the first 2 contexts of 64)
+    x = lm_passes.heldout_activations(lm, 9, ids[2:], 512)
     mu, _, vectors = subspace.pca(x)
     base = HybridSAE(SAEConfig(arch="batchtopk", d_in=lm.d_model, width=64, k=4, rank=0)).eval()
     hybrid = hybrid_with(vectors[:, :8].float(), lm.d_model, width=64, b_dec=mu.float())

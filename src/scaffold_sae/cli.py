@@ -66,8 +66,14 @@ class Command:
     """Fields with no flag (internal, or config files only)."""
 
     def flag_fields(self):
-        """(dataclass, field) of every field that has a flag or positional argument."""
-        return [(cls, f) for cls in self.configs for f in fields(cls) if f.name not in self.exclude]
+        """(dataclass, field) of every field that has a flag or positional argument; a name two dataclasses share
+        (train: SAEConfig.seed and TrainConfig.seed) takes its flag and help from the later one."""
+        later = {}
+        for cls in self.configs:
+            for f in fields(cls):
+                later[f.name] = cls
+        return [(cls, f) for cls in self.configs for f in fields(cls)
+                if f.name not in self.exclude and later[f.name] is cls]
 
     def values(self, args: argparse.Namespace) -> dict:
         """Field name -> value: the --config file's values, then every flag given (as text)."""

@@ -727,7 +727,8 @@ def configs_from_dict(values: dict) -> tuple[list[SAEConfig], TrainConfig]:
     for key in values:
         if key not in allowed:
             raise ConfigError(f"unknown config field {key!r}: allowed fields are {', '.join(sorted(allowed))}")
-    base = {k: v for k, v in values.items() if k in sae_fields and v is not None}
+    # `seed` at the top level is the run's (TrainConfig) seed; per-SAE seeds go in `saes` entries
+    base = {k: v for k, v in values.items() if k in sae_fields and k not in train_fields and v is not None}
     train = build(TrainConfig, {k: v for k, v in values.items() if k in train_fields})
     entries: list[dict] = []
     if values.get("saes"):
