@@ -119,7 +119,8 @@ def test_reduced_demo_on_the_embedded_model(tmp_path):
     result = subprocess.run(
         [sys.executable, "-m", "scaffold_sae", "demo", "--out", str(tmp_path), "--no-progress",
          "--train-tokens", "8192", "--eval-tokens", "1024", "--ce-tokens", "256", "--width", "512", "--k", "16",
-         "--ranks", "0,8", "--steps-tokens", str(30 * 1024), "--batch-size", "1024"],
+         "--ranks", "0,8", "--steps-tokens", str(30 * 1024), "--batch-size", "1024", "--topic-docs", "20",
+         "--ablation-random-bases", "1", "--probe-docs", "20"],
         capture_output=True, text=True, timeout=1200)
     assert result.returncode == 0, result.stderr[-2000:]
     assert "report:" in result.stdout
