@@ -60,6 +60,17 @@ class LabelledDataset:
     classes: list[str]
 
 
+
+def padded_batch(docs: list[list[int]], pad: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """Token ids of ``docs`` right-padded with ``pad`` into one [B, max_len] batch, and the mask of real tokens."""
+    width = max(len(doc) for doc in docs)
+    batch = torch.full((len(docs), width), pad, dtype=torch.long)
+    valid = torch.zeros(len(docs), width, dtype=torch.bool)
+    for b, doc in enumerate(docs):
+        batch[b, :len(doc)] = torch.tensor(doc)
+        valid[b, :len(doc)] = True
+    return batch, valid
+
 def _balanced(name: str, by_class: dict[str, list[str]], n_docs: int, seed: int) -> LabelledDataset:
     classes = sorted(by_class)
     per_class = max(1, n_docs // len(classes))
@@ -168,15 +179,10 @@ def pool_activations(lm, layer: int, texts: list[str], saes: Mapping[str, object
     for start in tqdm(range(0, len(order), batch_size), desc="probing: pool activations", disable=not progress,
                       leave=False):
         rows = order[start:start + batch_size]
-        width = max(len(ids[i]) for i in rows)
-        batch = torch.full((len(rows), width), pad, dtype=torch.long)
-        valid = torch.zeros(len(rows), width, dtype=torch.bool)
-        for b, i in enumerate(rows):
-            batch[b, :len(ids[i])] = torch.tensor(ids[i])
-            valid[b, :len(ids[i])] = True
+        batch, valid = padded_batch([ids[i] for i in rows], pad)
         resid = lm.residual(batch, layer)
         keep = evals.eval_mask(lm, resid, batch, sink_factor) & valid.to(resid.device)
-        doc = torch.tensor(rows).unsqueeze(1).expand(-1, width)[keep.cpu()]
+        doc = torch.tensor(rows).unsqueeze(1).expand(-1, batch.shape[1])[keep.cpu()]
         x = resid[keep].float()
         resid_sum.index_add_(0, doc, x.double().cpu())
         counts.index_add_(0, doc, torch.ones(doc.numel(), dtype=torch.float64))

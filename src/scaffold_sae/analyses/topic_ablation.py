@@ -96,15 +96,10 @@ def pooled_after(lm, layer: int, docs: list[list[int]], conditions: dict[str, Re
     later = [j for j in read if j > layer]
     for index, start in enumerate(range(0, len(order), batch_size)):
         rows = order[start:start + batch_size]
-        width = max(len(docs[i]) for i in rows)
-        batch = torch.full((len(rows), width), pad, dtype=torch.long)
-        valid = torch.zeros(len(rows), width, dtype=torch.bool)
-        for b, i in enumerate(rows):
-            batch[b, :len(docs[i])] = torch.tensor(docs[i])
-            valid[b, :len(docs[i])] = True
+        batch, valid = probing.padded_batch([docs[i] for i in rows], pad)
         resid = lm.residual(batch, layer)
         ordinary = eval_mask(lm, resid, batch, sink_factor) & valid.to(resid.device)
-        doc = torch.tensor(rows).unsqueeze(1).expand(-1, width)[ordinary.cpu()]
+        doc = torch.tensor(rows).unsqueeze(1).expand(-1, batch.shape[1])[ordinary.cpu()]
         counts.index_add_(0, doc, torch.ones(doc.numel(), dtype=torch.float64))
         for name in names:
             edited = resid if name == "clean" else conditions[name](resid, ordinary, index)
