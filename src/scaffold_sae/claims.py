@@ -54,7 +54,8 @@ def claims_section(rows: list[ClaimRow]) -> Section:
     table = Table(["claim", "ours", "against", "verdict", "why / what would decide"],
                   [[r.claim, r.ours, r.against, r.verdict, r.note] for r in rows],
                   caption="Intervals are 95%: paired bootstrap over contexts or documents, or a t-interval over "
-                          "seeds. 'reproduced' / 'not reproduced' only where the interval excludes the other side.")
+                          "seeds. 'reproduced' / 'not reproduced' only where the interval excludes the other side.",
+                  wrap=True)
     counts = {v: sum(r.verdict == v for r in rows) for v in (REPRODUCED, NOT_REPRODUCED, UNDECIDED, NOT_RUN)}
     text = ("Each claim of the paper, our number and the verdict (details in the sections below): "
             + ", ".join(f"{n} {v}" for v, n in counts.items() if n) + ".")

@@ -57,6 +57,8 @@ class Table:
     columns: list[str]
     rows: list[list[Any]]
     caption: str = ""
+    wrap: bool = False
+    """Let cell text wrap in HTML (tables of sentences); numeric tables keep one line per cell."""
 
 
 @dataclass
@@ -435,6 +437,7 @@ th { background: #f0f0f0; } td:first-child, th:first-child { text-align: left; }
 figure { margin: 1.5em 0; } figcaption { font-size: 0.9em; color: #555; }
 img { max-width: 100%; } details { margin: 0.5em 0 1.5em; } summary { cursor: pointer; color: #335; }
 .caption { font-size: 0.85em; color: #555; }
+table.wrap td, table.wrap th { white-space: normal; min-width: 6em; vertical-align: top; text-align: left; }
 """
 
 
@@ -442,7 +445,8 @@ def html_table(table: Table) -> str:
     head = "".join(f"<th>{html.escape(str(c))}</th>" for c in table.columns)
     body = "".join("<tr>" + "".join(f"<td>{html.escape(_cell(v))}</td>" for v in row) + "</tr>" for row in table.rows)
     caption = f'<p class="caption">{html.escape(table.caption)}</p>' if table.caption else ""
-    return f"<table><thead><tr>{head}</tr></thead><tbody>{body}</tbody></table>{caption}"
+    opening = '<table class="wrap">' if table.wrap else "<table>"
+    return f"{opening}<thead><tr>{head}</tr></thead><tbody>{body}</tbody></table>{caption}"
 
 
 def render_html(title: str, sections: list[Section]) -> str:
