@@ -342,6 +342,19 @@ def test_sample_and_token_ids(tmp_path):
         cache.sample(101)
 
 
+def test_hold_out_reserves_the_last_rows_and_the_view_never_reads_them(tmp_path):
+    cache = synthetic_cache(tmp_path / "r", [100, 37, 30], d=4)
+    view, tail = cache.hold_out(40)                        # all 30 rows of the last shard and 10 of the one before
+    assert tail[:, 0].tolist() == list(range(127, 167)) and tail.dtype == torch.float32
+    assert view.n_rows == 127 and view.shard_rows == [100, 27, 0] and cache.n_rows == 167
+    seen = set(ids(take(view.batches(9, seed=2, memory_mb=60 * 4 * 4 / 2**20), 60)))
+    assert seen <= set(range(127)) and len(seen) > 100
+    assert set(view.sample(127, seed=1)[:, 0].long().tolist()) == set(range(127))
+    assert view.token_ids().tolist() == list(range(127))
+    with pytest.raises(CacheError, match="cannot hold out 167 of the 167 rows"):
+        cache.hold_out(167)
+
+
 BOUNDED_READER = """
 import resource, sys, torch
 from scaffold_sae.cache import ActivationCache

@@ -119,6 +119,31 @@ def test_two_ranks_equal_one_process_with_the_same_global_batch(tmp_path):
                                                                     rel=1e-5)
 
 
+def _last_step_target(comm, data, cfgs, train_cfg, out_dir):
+    last = []
+    train_distributed(TensorSource(data), cfgs, train_cfg, out_dir, comm,
+                      on_step=lambda step, states: last.append(step))
+    Path(out_dir, f"last{comm.rank}.json").write_text(json.dumps(last[-1]))
+
+
+def test_two_ranks_stop_together_where_one_process_converges(tmp_path):
+    """until_converged: both ranks measure the held-out FVU of the same global-batch chunks and agree (through a
+    minimum over ranks) to stop at the step where one process with the same global batch stops."""
+    data = synthetic()
+    rule = dict(until_converged=True, heldout_every=4, heldout_tokens=512, converge_tol=0.25, lr_warmup_steps=4,
+                tokens=128 * 100)
+    one = train_saes(TensorSource(data), CFGS[:2], tcfg(128, **rule), tmp_path / "one")
+    stop = json.loads((one[0] / "scaffold_sae.json").read_text())["summary"]["steps"]
+    assert stop < 100
+    codes, errors = run_ranks(tmp_path, _last_step_target, data, CFGS[:2], tcfg(64, **rule), str(tmp_path / "two"))
+    assert codes == [0, 0], errors
+    assert [json.loads((tmp_path / "two" / f"last{r}.json").read_text()) for r in range(2)] == [stop, stop]
+    assert_same(one, [tmp_path / "two" / p.name for p in one])
+    heldout = [[r["heldout_fvu"] for r in log_records(out) if "heldout_fvu" in r] for out in (one[0].parent,
+                                                                                             tmp_path / "two")]
+    assert heldout[1] == pytest.approx(heldout[0], rel=1e-4)
+
+
 def test_dead_latent_counters_are_global(tmp_path):
     """With AuxK on (dead latents early), both ranks agree on which latents are dead at every step."""
     data = synthetic()

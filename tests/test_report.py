@@ -195,3 +195,24 @@ def test_seeds_give_mean_and_sd_and_the_dense_claim_names_each_baseline(tmp_path
     (only,) = roles.dense_comparisons(legacy)
     assert (only.against, only.hybrid_mean, only.against_mean, only.seeds) == ("baseline", 2.0, 69.0, 1)
     assert not roles.sections(legacy)[1:]                                   # one seed: no 'Over seeds' section
+
+
+def test_training_curves_and_how_each_run_ended(tmp_path, study):
+    """study['training'] gives a 'Training' section before the configuration: loss and held-out FVU against tokens
+    per SAE (each with its data table) and a line per SAE saying whether it converged or ran to the budget."""
+    study["training"] = {
+        "r0": {"steps": 40, "max_steps": 100, "tokens": 10240, "stop_reason": "converged", "converged_step": 35,
+               "heldout_fvu": 0.2135, "curve": {"tokens": [5120, 10240], "loss": [0.8123, 0.5071]},
+               "heldout": {"tokens": [5120, 10240], "fvu": [0.3318, 0.2135]}},
+        "r8": {"steps": 100, "max_steps": 100, "tokens": 25600, "stop_reason": "budget", "converged_step": None,
+               "heldout_fvu": 0.1517, "curve": {"tokens": [5120, 25600], "loss": [0.7012, 0.3344]},
+               "heldout": {"tokens": [5120, 25600], "fvu": [0.2911, 0.1517]}}}
+    paths = report.write_report(study, tmp_path)
+    md, page = paths.markdown.read_text(), paths.html.read_text()
+    titles = [line[3:] for line in md.splitlines() if line.startswith("## ")]
+    assert titles[-2:] == ["Training", "Configuration"]
+    assert "| r0 | converged: stopped at step 40 of 100; the rule held from step 35 | 40 | 100 | 10240 | 0.2135 |" in md
+    assert "| r8 | stopped at the budget (100 steps) | 100 | 100 | 25600 | 0.1517 |" in md
+    assert 'alt="Training loss vs tokens"' in page and 'alt="Held-out FVU vs tokens"' in page
+    for value in numbers(json.loads(paths.json.read_text())["training"]):
+        assert format_number(value) in md and format_number(value) in page

@@ -213,3 +213,25 @@ def test_matryoshka_with_a_random_scaffold_runs_the_whole_study(tmp_path, tiny_m
     assert len(study["analyses"]["structure"]["saes"][0]["principal_angles_deg"]) == 2
     md = write_report(study, tmp_path / "report").markdown.read_text()
     assert "## Scaffold structure" in md and "| hybrid r=2 | baseline | 1 |" in md
+
+
+def test_study_trains_until_converged_and_reports_the_training(tmp_path, tiny_model_dir, tiny_corpus):
+    """StudyConfig's convergence fields reach the trainer; results.json records how each SAE's training ended and
+    its curves, and the report draws them (summary first, configuration last)."""
+    from dataclasses import replace
+
+    cfg = replace(tiny_study(tiny_model_dir, tiny_corpus), ranks=[0, 2], analyses=False, until_converged=True,
+                  heldout_every=4, heldout_tokens=512, converge_tol=0.2, steps_tokens=100 * 256)
+    study = run_study(cfg, tmp_path, progress=False)
+    runs = study["training"]
+    assert set(runs) == set(study["saes"])
+    steps = {run["steps"] for run in runs.values()}
+    assert len(steps) == 1 and steps.pop() < 100                               # lockstep: all stop together
+    for run in runs.values():
+        assert run["stop_reason"] == "converged" and run["max_steps"] == 100
+        assert run["heldout"]["tokens"][-1] == run["tokens"] == run["steps"] * 256
+        assert run["heldout"]["fvu"][-1] == run["heldout_fvu"] and run["curve"]["tokens"][-1] == run["tokens"]
+    md = write_report(study, tmp_path / "report").markdown.read_text()
+    titles = [line[3:] for line in md.splitlines() if line.startswith("## ")]
+    assert titles[0] == "Summary: the paper's claims" and titles[-2:] == ["Training", "Configuration"]
+    assert "converged: stopped at step" in md and "| not run |" in md

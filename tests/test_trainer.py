@@ -239,3 +239,96 @@ def test_frozen_pca_scaffold_stays_exactly_the_pca_basis(tmp_path, arch):
     assert torch.equal(sae.U, expected)
     fresh = SAEConfig(**{**cfg.__dict__, "d_in": D})
     assert not torch.allclose(sae.W_dec, HybridSAE(fresh, torch.Generator().manual_seed(train.seed)).W_dec)
+
+
+# ------------------------------------------------------------------------------ training until converged
+
+CONVERGE = dict(until_converged=True, heldout_every=5, heldout_tokens=512, converge_tol=0.1, converge_frac=0.2,
+                lr_warmup_steps=10, tokens=128 * 150)
+CONVERGE_CFGS = CFGS[::2]
+
+
+def logged_curves(out) -> dict[str, dict[int, float]]:
+    curves: dict[str, dict[int, float]] = {}
+    for line in (out / "train_log.jsonl").open():
+        record = json.loads(line)
+        if "heldout_fvu" in record:
+            curves.setdefault(record["sae"], {})[record["step"]] = record["heldout_fvu"]
+    return curves
+
+
+def slow_stop_step(curves: dict[str, dict[int, float]], tol: float, frac: float, warmup: int, budget: int):
+    """The first measured step before the budget at which, for every SAE, held-out FVU improved by less than tol
+    (relative) since its last measurement at a step <= (1 - frac) x that step, counted only from the warm-up's end."""
+    from fractions import Fraction
+
+    keep = 1 - Fraction(str(frac))
+    for step in sorted(next(iter(curves.values()))):
+        if step < warmup or step >= budget:
+            continue
+        ok = True
+        for curve in curves.values():
+            earlier = [s for s in curve if s < step and s <= keep * step]
+            if not earlier or not curve[max(earlier)] - curve[step] < tol * curve[max(earlier)]:
+                ok = False
+        if ok:
+            return step
+    return None
+
+
+def test_until_converged_stops_at_the_step_a_slow_reference_predicts(tmp_path):
+    paths = train_saes(TensorSource(synthetic()), CONVERGE_CFGS, tcfg(**CONVERGE), tmp_path)
+    curves = logged_curves(tmp_path)
+    stop = slow_stop_step(curves, 0.1, 0.2, 10, 150)
+    assert stop is not None and stop < 150
+    assert all(max(curve) == stop for curve in curves.values())           # measured every 5 steps up to the stop
+    assert all(sorted(curve) == list(range(5, stop + 1, 5)) for curve in curves.values())
+    log = [json.loads(line) for line in (tmp_path / "train_log.jsonl").open()]
+    assert max(r["step"] for r in log if "loss" in r) == stop               # the last (partial) window is logged
+    for path in paths:
+        summary = load_sae(path).summary
+        assert (summary["steps"], summary["max_steps"], summary["stop_reason"]) == (stop, 150, "converged")
+        assert summary["tokens"] == stop * 128 and summary["heldout_fvu"] == curves[path.name][stop]
+        assert summary["converged_step"] is not None and summary["converged_step"] <= stop
+
+
+def test_until_converged_runs_to_the_budget_while_fvu_still_improves(tmp_path):
+    train = tcfg(**{**CONVERGE, "tokens": 128 * 40, "converge_tol": 0.001})
+    paths = train_saes(TensorSource(synthetic()), CONVERGE_CFGS, train, tmp_path)
+    curves = logged_curves(tmp_path)
+    assert slow_stop_step(curves, 0.001, 0.2, 10, 40) is None
+    assert all(sorted(curve) == list(range(5, 41, 5)) for curve in curves.values())
+    for path in paths:
+        summary = load_sae(path).summary
+        assert (summary["steps"], summary["stop_reason"]) == (40, "budget")
+
+
+def test_a_converging_run_resumed_mid_way_gives_the_same_weights_and_stop(tmp_path):
+    src = TensorSource(synthetic())
+    full = train_saes(src, CONVERGE_CFGS, tcfg(**CONVERGE), tmp_path / "full")
+
+    def kill(step, states):
+        if step == 17:
+            raise Stop
+
+    train = tcfg(**CONVERGE, checkpoint_every=7)
+    with pytest.raises(Stop):
+        train_saes(src, CONVERGE_CFGS, train, tmp_path / "resumed", on_step=kill)
+    resumed = train_saes(src, CONVERGE_CFGS, train, tmp_path / "resumed")
+    assert_same(full, resumed, atol=0)
+    assert logged_curves(tmp_path / "resumed") == logged_curves(tmp_path / "full")
+    assert [load_sae(p).summary["steps"] for p in resumed] == [load_sae(p).summary["steps"] for p in full]
+
+
+def test_held_out_rows_are_never_trained_on_and_bad_settings_fail_with_the_fix(tmp_path):
+    data = synthetic(1024)
+    data[-256:] = float("nan")                     # a NaN in any training batch or init sample would poison the SAE
+    path = train_saes(TensorSource(data), CONVERGE_CFGS[:1],
+                      tcfg(tokens=128 * 10, heldout_every=5, heldout_tokens=256, init_sample_tokens=512), tmp_path)[0]
+    assert all(torch.isfinite(t).all() for t in load_sae(path).state_dict().values())
+    with pytest.raises(ConfigError, match="set heldout_every > 0"):
+        tcfg(until_converged=True).validate()
+    with pytest.raises(ConfigError, match="converge_frac=1.5 is invalid"):
+        tcfg(converge_frac=1.5).validate()
+    with pytest.raises(ConfigError, match="cannot hold out 2048"):
+        train_saes(TensorSource(data), CONVERGE_CFGS[:1], tcfg(heldout_every=5, heldout_tokens=2048), tmp_path / "b")

@@ -581,11 +581,14 @@ def describe(manifest: dict) -> str:
 
 
 class ActivationCache:
-    """A verified, complete activation cache on disk; all reads return float32."""
+    """A verified, complete activation cache on disk; all reads return float32.
 
-    def __init__(self, root: Path, manifest: dict):
+    `row_limits` (see :meth:`hold_out`) makes a view that reads only the first row_limits[i] rows of shard i."""
+
+    def __init__(self, root: Path, manifest: dict, row_limits: list[int] | None = None):
         self.root = Path(root)
         self.manifest = manifest
+        self.row_limits = row_limits
 
     @classmethod
     def open(cls, path, verify: str = "full", allow_incomplete: bool = False) -> "ActivationCache":
@@ -611,7 +614,7 @@ class ActivationCache:
 
     @property
     def n_rows(self) -> int:
-        return int(self.manifest["n_rows"])
+        return int(self.manifest["n_rows"]) if self.row_limits is None else sum(self.row_limits)
 
     @property
     def dtype(self) -> torch.dtype:
@@ -623,6 +626,8 @@ class ActivationCache:
 
     @property
     def shard_rows(self) -> list[int]:
+        if self.row_limits is not None:
+            return list(self.row_limits)
         return [s["rows"] for s in self.manifest["shards"]]
 
     def _shard_path(self, index: int) -> Path:
@@ -632,7 +637,28 @@ class ActivationCache:
         from safetensors import safe_open
 
         with safe_open(str(self._shard_path(index)), framework="pt") as handle:
-            return handle.get_tensor(name)
+            if self.row_limits is None:
+                return handle.get_tensor(name)
+            return handle.get_slice(name)[:self.row_limits[index]]
+
+    def hold_out(self, n: int) -> tuple["ActivationCache", torch.Tensor]:
+        """(this cache without its last `n` rows, those rows as float32 [n, d]).
+
+        The rows come from the end of the last shard (and the shards before it when n is larger), i.e. the last
+        contexts harvested: rows of the training split that the returned view never reads (batches, sample), not
+        held-out documents."""
+        if not 0 < n < self.n_rows:
+            raise CacheError(f"cannot hold out {n} of the {self.n_rows} rows of {self.root}: ask for "
+                             f"1..{self.n_rows - 1} (lower heldout_tokens or harvest more tokens)")
+        rows = self.shard_rows
+        kept, left = list(rows), n
+        for index in reversed(range(len(kept))):
+            take = min(left, kept[index])
+            kept[index] -= take
+            left -= take
+        tail = torch.cat([self._read(i, "activations")[kept[i]:].float()
+                          for i in range(len(rows)) if kept[i] < rows[i]])
+        return ActivationCache(self.root, self.manifest, kept), tail
 
     def iter_shards(self) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
         """(activations float32 [n, d], token_ids [n]) per shard, in harvest order."""

@@ -222,7 +222,8 @@ COMMANDS = [
             (TrainRun, ConfigFile, SAEConfig, TrainConfig, Processes), _train,
             description="Train one SAE per scaffold rank (or per entry of `saes` in --config) in lockstep from one "
                         "pass over an activation cache.  Flags override the config file.",
-            switches={"progress": "--no-progress", "fast": "--slow"}, exclude=("saes",)),
+            switches={"progress": "--no-progress", "fast": "--slow", "until_converged": "--until-converged"},
+            exclude=("saes",)),
     Command("eval", "core evaluation of a saved SAE on held-out tokens", (CoreEvalConfig,), _eval,
             description="L0, FVU, cosine, dead/dense latents, density histogram and spliced CE/KL scores of a saved "
                         "SAE on held-out contexts. Model and layer default to the SAE's saved metadata."),
@@ -230,9 +231,10 @@ COMMANDS = [
             _report, description="Regenerate the self-contained HTML report, its Markdown twin and results.json "
                                  "from a study's results.json (or one `scaffold-sae eval` JSON)."),
     Command("study", "run the scaffold study on any model and layer", (ConfigFile, StudyRun, StudyConfig), _study,
-            switches={"progress": "--no-progress"}),
+            switches={"progress": "--no-progress", "until_converged": "--until-converged"}),
     Command("demo", "the study on the embedded default model (< 30 min on 2 CPU cores)",
-            (ConfigFile, StudyRun, StudyConfig), _study, switches={"progress": "--no-progress"}),
+            (ConfigFile, StudyRun, StudyConfig), _study,
+            switches={"progress": "--no-progress", "until_converged": "--until-converged"}),
     Command("compare", "side-by-side report of several studies (e.g. two models)", (CompareConfig,), _compare,
             description="One report comparing the scaffold across studies: dense latents, structure, causality and "
                         "redundancy, read from each study's results.json."),

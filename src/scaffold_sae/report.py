@@ -6,13 +6,16 @@ A study is a JSON-serialisable dict:
      "config": {...},                                   # whatever produced the numbers (nested dicts allowed)
      "saes": {name: CoreEval as dict, ...},              # each with at least rank, arch, inference and metrics
      "analyses": {name: analysis result as JSON, ...},   # optional (scaffold_sae.analyses)
+     "training": {name: how its training ended + curves}, # optional (the study: train_log.jsonl, SAE summaries)
      "sections": [Section as dict, ...]}                 # optional extra sections
 
-Built-in sections (configuration, rank sweep with plots, density histograms, every core number) are derived
-from "config" and "saes"; then each analysis draws its own sections from its typed result (rebuilt from
-"analyses"); extra sections are appended unchanged, so anything else adds a `Section` (title, text, tables,
-figures) without touching the writer. Every figure is drawn from data kept in the JSON
-and is followed by its data table, so the JSON alone regenerates the whole report (`scaffold-sae report`).
+The report opens with the summary of the paper's claims (scaffold_sae.claims; also written to results.json as
+"summary", a list of dicts, recomputed on every write). Built-in sections (rank sweep with plots, density
+histograms, every core number) are derived from "saes"; then each analysis draws its own sections from its typed
+result (rebuilt from "analyses"); extra sections are appended unchanged, so anything else adds a `Section` (title,
+text, tables, figures) without touching the writer; the training curves and the configuration close the report.
+Every figure is drawn from data kept in the JSON and is followed by its data table, so the JSON alone regenerates
+the whole report (`scaffold-sae report`).
 
 Every number of results.json appears, formatted by `format_number`, in report.md and report.html, except the
 per-latent density arrays (`density`), which are shown through their histograms.
@@ -54,6 +57,8 @@ class Table:
     columns: list[str]
     rows: list[list[Any]]
     caption: str = ""
+    wrap: bool = False
+    """Let cell text wrap in HTML (tables of sentences); numeric tables keep one line per cell."""
 
 
 @dataclass
@@ -185,10 +190,16 @@ def jsonable(value: Any) -> Any:
 
 
 def build_sections(study: dict[str, Any]) -> list[Section]:
-    """Built-in sections from study['config'] and study['saes'], the analyses' sections from study['analyses'],
-    then study['sections'] in order."""
+    """The summary of the paper's claims (a study with a hybrid or analyses), the built-in sections from
+    study['saes'], the analyses' sections from study['analyses'], study['sections'] in order, the training curves
+    (study['training']) and the configuration last."""
     saes: dict[str, dict[str, Any]] = study.get("saes", {})
-    sections = [config_section(study.get("config", {}))]
+    sections = []
+    rows = summary_rows(study)
+    if rows:
+        from scaffold_sae.claims import claims_section
+
+        sections.append(claims_section(rows))
     if saes:
         from scaffold_sae import roles  # mean +- sd over seeds and the claim against each baseline
 
@@ -198,13 +209,57 @@ def build_sections(study: dict[str, Any]) -> list[Section]:
 
         sections += sections_from_json(study["analyses"])
     sections += [Section.from_dict(s) if isinstance(s, dict) else s for s in study.get("sections", [])]
+    if study.get("training"):
+        sections.append(training_section(study["training"]))
+    sections.append(config_section(study.get("config", {})))
     return sections
+
+
+def summary_rows(study: dict[str, Any]) -> list:
+    """The paper's claims against the study's numbers (scaffold_sae.claims), or [] for results without a hybrid and
+    without analyses (one eval)."""
+    from scaffold_sae.roles import kind_of
+
+    if not study.get("analyses") and not any(kind_of(r) == "hybrid" for r in study.get("saes", {}).values()):
+        return []
+    from scaffold_sae.claims import claim_rows
+
+    return claim_rows(study)
 
 
 def config_section(config: dict[str, Any]) -> Section:
     rows = [[key, value] for key, value in _flatten(config)]
-    return Section("Configuration", "The settings that produced every number below.",
+    return Section("Configuration", "The settings that produced every number above.",
                    tables=[Table(["setting", "value"], rows)])
+
+
+def training_section(training: dict[str, dict[str, Any]]) -> Section:
+    """Training loss and held-out FVU against tokens per SAE, and how each run ended (study['training'], written by
+    the study from train_log.jsonl and each saved SAE's summary)."""
+    rows, loss, heldout = [], [], []
+    for name, run in sorted(training.items()):
+        if run.get("stop_reason") == "converged":
+            ended = f"converged: stopped at step {run.get('steps')} of {run.get('max_steps')}"
+        else:
+            ended = f"stopped at the budget ({run.get('steps')} steps)"
+        if run.get("converged_step") is not None:
+            ended += f"; the rule held from step {run['converged_step']}"
+        rows.append([name, ended, run.get("steps"), run.get("max_steps"), run.get("tokens"), run.get("heldout_fvu")])
+        curve, held = run.get("curve") or {}, run.get("heldout") or {}
+        if curve.get("tokens"):
+            loss.append(Series(name, list(curve["tokens"]), list(curve["loss"])))
+        if held.get("tokens"):
+            heldout.append(Series(name, list(held["tokens"]), list(held["fvu"])))
+    figures = [Figure("Training loss vs tokens", loss, xlabel="training tokens",
+                      ylabel="loss (mean over the log window)")]
+    if heldout:
+        figures.append(Figure("Held-out FVU vs tokens", heldout, xlabel="training tokens", ylabel="held-out FVU"))
+    text = ("How each SAE's training ended and its curves, from train_log.jsonl. Held-out FVU is measured on rows of "
+            "the cache that training never reads (heldout_every > 0); with until_converged, all SAEs stop together "
+            "at the first measurement where, for every one, held-out FVU improved by less than converge_tol over the "
+            "last converge_frac of the steps." + ("" if heldout else " No held-out FVU was measured in this study."))
+    table = Table(["SAE", "how training ended", "steps", "max steps", "tokens", "final held-out FVU"], rows)
+    return Section("Training", text, tables=[table], figures=[f for f in figures if f.series])
 
 
 def _flatten(value: Any, prefix: str = "") -> list[tuple[str, Any]]:
@@ -382,6 +437,7 @@ th { background: #f0f0f0; } td:first-child, th:first-child { text-align: left; }
 figure { margin: 1.5em 0; } figcaption { font-size: 0.9em; color: #555; }
 img { max-width: 100%; } details { margin: 0.5em 0 1.5em; } summary { cursor: pointer; color: #335; }
 .caption { font-size: 0.85em; color: #555; }
+table.wrap td, table.wrap th { white-space: normal; min-width: 6em; vertical-align: top; text-align: left; }
 """
 
 
@@ -389,7 +445,8 @@ def html_table(table: Table) -> str:
     head = "".join(f"<th>{html.escape(str(c))}</th>" for c in table.columns)
     body = "".join("<tr>" + "".join(f"<td>{html.escape(_cell(v))}</td>" for v in row) + "</tr>" for row in table.rows)
     caption = f'<p class="caption">{html.escape(table.caption)}</p>' if table.caption else ""
-    return f"<table><thead><tr>{head}</tr></thead><tbody>{body}</tbody></table>{caption}"
+    opening = '<table class="wrap">' if table.wrap else "<table>"
+    return f"{opening}<thead><tr>{head}</tr></thead><tbody>{body}</tbody></table>{caption}"
 
 
 def render_html(title: str, sections: list[Section]) -> str:
@@ -427,6 +484,10 @@ def write_report(study: Any, out_dir: str | Path, sections: Iterable[Section] = 
     extra = [jsonable(asdict(s)) for s in sections]
     if extra:
         study = {**study, "sections": [*study.get("sections", []), *extra]}
+    study = {k: v for k, v in study.items() if k != "summary"}
+    summary = jsonable(summary_rows(study))
+    if summary:
+        study["summary"] = summary
     title = str(study.get("title") or "scaffold-sae study")
     built = build_sections(study)
     out = Path(out_dir)

@@ -69,9 +69,23 @@ class StudyConfig:
     ranks: list[int] = field(default_factory=lambda: [0, 2, 4, 8, 16, 24, 32])
     """Scaffold ranks; 0 is the baseline. All train in lockstep on the same batches."""
     steps_tokens: int = 1_228_800
-    """Training tokens seen (passes over the cache = steps_tokens / train_tokens)."""
+    """Training tokens seen (passes over the cache = steps_tokens / train_tokens); with until_converged, the most
+    training may use."""
     batch_size: int = 4096
     """Tokens per training step."""
+    until_converged: bool = False
+    """Train until every SAE's held-out FVU has converged (converge_tol over the last converge_frac of the steps), at
+    most steps_tokens; all SAEs stop together. Needs heldout_every > 0."""
+    converge_tol: float = 0.02
+    """Converged: held-out FVU improved by less than this fraction (relative) over the last converge_frac of the
+    steps (after the lr warm-up)."""
+    converge_frac: float = 0.2
+    """The look-back window of the convergence rule, as a fraction of the steps run so far."""
+    heldout_every: int = 0
+    """Training steps between held-out FVU measurements of every SAE (drawn in the report's training curves); 0 =
+    none. When > 0 the last heldout_tokens rows of the training cache are never trained on."""
+    heldout_tokens: int = 8192
+    """Rows at the end of the training cache (its last contexts) held out for the held-out FVU."""
     lr: float | None = None
     """Adam learning rate (None: 2e-4 / sqrt(width / 2^14))."""
     scaffold_tied: bool = False
@@ -161,6 +175,7 @@ class StudyConfig:
         if unknown:
             raise ConfigError(f"baselines={self.baselines!r} is invalid: {', '.join(unknown)} unknown; choose from "
                               f"{', '.join(EXTRA_BASELINES)} (comma-separated)")
+        self.train_config().validate()
         return self
 
     def baseline_kinds(self) -> list[str]:
@@ -197,7 +212,9 @@ class StudyConfig:
 
     def train_config(self) -> TrainConfig:
         return TrainConfig(tokens=self.steps_tokens, batch_size=self.batch_size, lr=self.lr, seed=self.seed,
-                           device=self.device)
+                           device=self.device, until_converged=self.until_converged, converge_tol=self.converge_tol,
+                           converge_frac=self.converge_frac, heldout_every=self.heldout_every,
+                           heldout_tokens=self.heldout_tokens)
 
 
 # The demo is the default study: sized to finish in under 30 minutes on 2 CPU cores from an empty cache, at the
@@ -271,9 +288,32 @@ def _run_study(cfg: StudyConfig, out_dir: str | Path, progress: bool) -> dict:
         "saes": {name: {**result[primary], **member_keys(members[name])} for name, result in results.items()},
         "threshold_evals": {name: {**result["threshold"], **member_keys(members[name])}
                             for name, result in results.items()},
+        "training": training_results(sae_dirs),
         "timings": timings,
         "analyses": analyses,
     }
+
+
+def training_results(sae_dirs: dict[str, Path]) -> dict[str, dict]:
+    """Per SAE: how its training ended (steps, budget, stop reason, convergence step, final held-out FVU, from its
+    saved summary) and its curves (log-window loss and held-out FVU against tokens, from train_log.jsonl)."""
+    from scaffold_sae.trainer import LOG
+
+    records: list[dict] = []
+    for log in {Path(d).parent / LOG for d in sae_dirs.values()}:
+        if log.is_file():
+            records += [json.loads(line) for line in log.read_text().splitlines() if line.strip()]
+    out = {}
+    for name, directory in sae_dirs.items():
+        summary = json.loads((Path(directory) / "scaffold_sae.json").read_text()).get("summary", {})
+        mine = [r for r in records if r.get("sae") == name]
+        window = [r for r in mine if "loss" in r]
+        held = [r for r in mine if "heldout_fvu" in r]
+        out[name] = {**{key: summary.get(key) for key in ("steps", "max_steps", "tokens", "stop_reason",
+                                                            "converged_step", "heldout_fvu")},
+                     "curve": {"tokens": [r["tokens"] for r in window], "loss": [r["loss"] for r in window]},
+                     "heldout": {"tokens": [r["tokens"] for r in held], "fvu": [r["heldout_fvu"] for r in held]}}
+    return out
 
 
 def threshold_section(study: dict):

@@ -51,6 +51,10 @@ class ActivationSource(Protocol):
 
     def sample(self, n: int, seed: int = 0) -> Tensor: ...
 
+    def hold_out(self, n: int) -> tuple["ActivationSource", Tensor]:
+        """(the source without its last n rows, those rows): held-out rows training never reads."""
+        ...
+
 
 class TensorSource:
     """An in-memory activation source with the ActivationCache interface (tests, small runs)."""
@@ -80,13 +84,36 @@ class TensorSource:
         order = torch.randperm(self.n_rows, generator=torch.Generator().manual_seed(seed + 7))
         return self.data[order[:n]]
 
+    def hold_out(self, n: int) -> tuple["TensorSource", Tensor]:
+        if not 0 < n < self.n_rows:
+            raise ConfigError(f"cannot hold out {n} of the source's {self.n_rows} rows: lower heldout_tokens")
+        return TensorSource(self.data[:-n], self.manifest), self.data[-n:]
+
 
 @dataclass
 class TrainConfig:
     """One lockstep training run (shared by every SAE in it)."""
 
     tokens: int = 10_000_000
-    """Training tokens (all ranks together); steps = tokens // (batch_size * world_size)."""
+    """Training tokens (all ranks together); steps = tokens // (batch_size * world_size). With until_converged, the
+    most a run may use."""
+    until_converged: bool = False
+    """Stop before `tokens` runs out once every SAE's held-out FVU has converged (see converge_tol and converge_frac);
+    all SAEs stop together, at the first held-out measurement where the rule holds for all of them. Needs
+    heldout_every > 0. The lr schedule is still laid out over `tokens`."""
+    converge_tol: float = 0.02
+    """Converged: held-out FVU improved by less than this fraction (relative) over the last converge_frac of the
+    steps, i.e. since the last measurement at or before step (1 - converge_frac) x the current step (only after the
+    lr warm-up)."""
+    converge_frac: float = 0.2
+    """The look-back window of the convergence rule, as a fraction of the steps run so far."""
+    heldout_every: int = 0
+    """Steps between held-out FVU measurements of every SAE (and at the last step), logged to train_log.jsonl as
+    heldout_fvu records; 0 = none. When > 0, the last heldout_tokens rows of the cache are held out: never trained
+    on, nor in the init or threshold samples."""
+    heldout_tokens: int = 8192
+    """Rows held out for the held-out FVU: the last rows of the cache's last shard (its last contexts: rows of the
+    training split that training never reads, not held-out documents)."""
     batch_size: int = 4096
     """Tokens per step per rank."""
     lr: float | None = None
@@ -153,12 +180,25 @@ class TrainConfig:
             raise ConfigError(f"lr_decay_frac={self.lr_decay_frac} is invalid: must be in [0, 1]")
         if self.checkpoint_every < 0:
             raise ConfigError("checkpoint_every must be >= 0 (0 disables checkpoints)")
+        if self.heldout_every < 0:
+            raise ConfigError(f"heldout_every={self.heldout_every} is invalid: must be >= 0 (0: no held-out FVU)")
+        if self.heldout_every and self.heldout_tokens < 1:
+            raise ConfigError(f"heldout_tokens={self.heldout_tokens} is invalid: must be a positive integer")
+        if self.until_converged and not self.heldout_every:
+            raise ConfigError("until_converged needs held-out FVU measurements: set heldout_every > 0 "
+                              "(e.g. --heldout-every 50)")
+        if not 0 < self.converge_frac < 1:
+            raise ConfigError(f"converge_frac={self.converge_frac} is invalid: must be in (0, 1), e.g. 0.2")
+        if self.converge_tol < 0:
+            raise ConfigError(f"converge_tol={self.converge_tol} is invalid: must be >= 0, e.g. 0.02")
         return self
 
 
 # fields that do not change the trained weights (a checkpoint stays valid when they change)
 _NON_RESULT_FIELDS = {"log_every", "checkpoint_every", "resume", "keep_checkpoint", "progress",
                       "wandb_project", "tensorboard_dir", "fast", "threshold_sample_tokens", "device"}
+# fields left out of the checkpoint key at their defaults, so checkpoints written before they existed still resume
+_KEYED_WHEN_SET = ("until_converged", "converge_tol", "converge_frac", "heldout_every", "heldout_tokens")
 
 
 @dataclass
@@ -172,6 +212,8 @@ class SAEState:
     since_fired: Tensor
     ema_threshold: float = -1.0
     window: dict = field(default_factory=dict)
+    heldout: list[tuple[int, float]] = field(default_factory=list)
+    """The held-out FVU curve so far: (step, FVU) per measurement (checkpointed, so a resume decides alike)."""
 
     def reset_window(self) -> None:
         self.window = {"steps": 0, "tokens": 0, "loss": 0.0, "mse": 0.0, "aux": 0.0, "fvu": 0.0,
@@ -274,21 +316,25 @@ def inference_l0(sae: HybridSAE, sample: Tensor, chunk: int = 4096) -> float:
 
 
 def _config_key(cfgs: list[SAEConfig], train_cfg: TrainConfig, world_size: int) -> str:
-    train = {k: v for k, v in asdict(train_cfg).items() if k not in _NON_RESULT_FIELDS}
+    defaults = asdict(TrainConfig())
+    train = {k: v for k, v in asdict(train_cfg).items() if k not in _NON_RESULT_FIELDS
+             and not (k in _KEYED_WHEN_SET and v == defaults[k])}
     return json.dumps({"saes": [asdict(c) for c in cfgs], "train": train, "world_size": world_size},
                       sort_keys=True)
 
 
 class _Loggers:
-    def __init__(self, out_dir: Path, train_cfg: TrainConfig, start_step: int, process_rank: int):
+    def __init__(self, out_dir: Path, train_cfg: TrainConfig, start_step: int, process_rank: int,
+                 names: list[str]):
         self.path = out_dir / LOG
         self.active = process_rank == 0
         self.wandb = self.tb = None
         if not self.active:
             return
-        if self.path.exists():  # drop records beyond the resume point
-            keep = [line for line in self.path.read_text().splitlines()
-                    if line.strip() and json.loads(line).get("step", 0) <= start_step]
+        if self.path.exists():  # drop this run's records beyond the resume point; other SAEs' records stay
+            def kept(record: dict) -> bool:
+                return record.get("sae") not in names or record.get("step", 0) <= start_step
+            keep = [line for line in self.path.read_text().splitlines() if line.strip() and kept(json.loads(line))]
             self.path.write_text("".join(line + "\n" for line in keep))
         if train_cfg.wandb_project:
             try:
@@ -389,6 +435,12 @@ class _Run:
     """Input scale (folded into the saved weights)."""
     need: int
     """Bytes a checkpoint and the saved SAEs need on disk."""
+    heldout: Tensor | None = None
+    """Held-out rows (unscaled, on the training device), when heldout_every > 0."""
+    steps_run: int = 0
+    """Steps done when the loop ended: total_steps, or fewer when every SAE converged first."""
+    converged: bool = False
+    """The run stopped because every SAE converged (until_converged)."""
 
     @property
     def ckpt_path(self) -> Path:
@@ -411,6 +463,13 @@ def _setup(cache, cfgs, train_cfg: TrainConfig, out_dir, comm: Communicator) -> 
     key = _config_key(cfgs, train_cfg, world_size)
     ckpt_path = out_dir / CHECKPOINT
 
+    heldout = None
+    if train_cfg.heldout_every:
+        if not hasattr(cache, "hold_out"):
+            raise ConfigError(f"the activation source {type(cache).__name__} cannot hold rows out (no hold_out "
+                              "method): use an ActivationCache or TensorSource, or set heldout_every 0")
+        cache, heldout = cache.hold_out(train_cfg.heldout_tokens)
+        heldout = heldout.to(device, torch.float32)
     sample = _sample(cache, train_cfg.init_sample_tokens, train_cfg.seed)
     scale = input_scale(sample) if train_cfg.scale_inputs else 1.0
     states = []
@@ -448,7 +507,7 @@ def _setup(cache, cfgs, train_cfg: TrainConfig, out_dir, comm: Communicator) -> 
     del sample
     scale = comm.setup(states, start, scale)
     return _Run(cache, train_cfg, comm, out_dir, names, states, start, total_steps, warmup, dead_tokens, key,
-                scale, need)
+                scale, need, heldout)
 
 
 def _loop(run: _Run, on_step) -> None:
@@ -456,7 +515,7 @@ def _loop(run: _Run, on_step) -> None:
     train_cfg, comm, states, total_steps = run.train_cfg, run.comm, run.states, run.total_steps
     device, process_rank, world_size, scale = comm.device, comm.rank, comm.world_size, run.scale
     start = run.start
-    loggers = _Loggers(run.out_dir, train_cfg, start, process_rank)
+    loggers = _Loggers(run.out_dir, train_cfg, start, process_rank, run.names)
     bar = None
     if train_cfg.progress and process_rank == 0:
         from tqdm.auto import tqdm
@@ -477,7 +536,11 @@ def _loop(run: _Run, on_step) -> None:
             for st in states:
                 _train_step(st, x, factor, run.dead_tokens, train_cfg, comm)
             done = step + 1
-            if done % train_cfg.log_every == 0 or done == total_steps:
+            stop = False
+            if run.heldout is not None and (done % train_cfg.heldout_every == 0 or done == total_steps):
+                loggers.write(_measure_heldout(run, done))
+                stop = train_cfg.until_converged and done < total_steps and _all_converged(run)
+            if done % train_cfg.log_every == 0 or done == total_steps or stop:
                 for st in states:
                     comm.reduce_window(st.window)
                 records = [_window_record(st, done, train_cfg, world_size, factor) for st in states]
@@ -489,13 +552,19 @@ def _loop(run: _Run, on_step) -> None:
             if bar is not None:
                 bar.update(train_cfg.batch_size * world_size)
             if (train_cfg.checkpoint_every and done % train_cfg.checkpoint_every == 0
-                    and done < total_steps):
+                    and done < total_steps and not stop):
                 # rank 0 writes; the others wait for its success flag
                 comm.on_rank0(lambda: _save_checkpoint(run.ckpt_path, run.key, done, scale, states, run.need),
                               "writing the checkpoint")
             faults.progress("step", done)
             if on_step is not None:
                 on_step(done, states)
+            run.steps_run = done
+            if stop:
+                run.converged = True
+                if bar is not None:
+                    bar.set_description(f"train: converged at step {done}")
+                break
     finally:
         if bar is not None:
             bar.close()
@@ -510,10 +579,16 @@ def _finalise(run: _Run) -> list[Path]:
     paths = []
     thr_sample = (_sample(cache, train_cfg.threshold_sample_tokens, train_cfg.seed + 1) * scale).to(device)
     meta = _metadata(cache)
+    steps = run.steps_run or total_steps
     for st in run.states:
         sae, cfg = st.sae, st.sae.cfg
-        summary = {"steps": total_steps, "tokens": total_steps * train_cfg.batch_size * world_size,
+        summary = {"steps": steps, "tokens": steps * train_cfg.batch_size * world_size, "max_steps": total_steps,
+                   "stop_reason": "converged" if run.converged else "budget",
                    "input_scale": scale, "train_config": asdict(train_cfg), "ema_threshold": st.ema_threshold}
+        if st.heldout:
+            summary["heldout_fvu"] = st.heldout[-1][1]
+            summary["converged_step"] = converged_since(st.heldout, train_cfg.converge_tol, train_cfg.converge_frac,
+                                                        run.warmup)
         if sae.architecture.calibrates_threshold:
             if train_cfg.threshold_method == "ema" and st.ema_threshold > 0:
                 thr = st.ema_threshold
@@ -630,6 +705,65 @@ def _dead_tokens_of(train_cfg: TrainConfig) -> int:
     return train_cfg.dead_tokens or min(10_000_000, max(train_cfg.batch_size, train_cfg.tokens // 10))
 
 
+# ------------------------------------------------------------------------------- held-out FVU and convergence
+
+
+@torch.no_grad()
+def heldout_fvu(sae: HybridSAE, rows: Tensor, chunk: int) -> float:
+    """FVU of ``sae`` on held-out ``rows`` (in its training input space): the squared error summed over all rows
+    over their total variance about their mean. Codes by inference over chunks of ``chunk`` rows (batch top-k over
+    each chunk for the BatchTopK family, so L0 matches training), the same on every rank."""
+    batch_topk = "batchtopk" in sae.architecture.inference_modes
+    sse = rows.new_zeros((), dtype=torch.float64)
+    for part in rows.split(chunk):
+        err = (sae(part, batch_topk=batch_topk).x_hat - part).double()
+        sse += torch.dot(err.flatten(), err.flatten())
+    centred = rows.double() - rows.double().mean(0)
+    return float(sse / torch.dot(centred.flatten(), centred.flatten()).clamp_min(1e-300))
+
+
+def rule_holds(curve: list[tuple[int, float]], index: int, tol: float, frac: float, min_step: int = 0) -> bool:
+    """The convergence rule at measurement ``index`` of ``curve`` ((step, FVU), increasing steps): its step is at
+    least ``min_step``, and against the last earlier measurement at a step <= (1 - frac) x its step, FVU improved by
+    less than ``tol`` (relative). False when there is no such earlier measurement."""
+    step, fvu = curve[index]
+    earlier = [f for s, f in curve[:index] if s <= step * (1 - frac) + 1e-9]
+    if step < min_step or not earlier:
+        return False
+    return earlier[-1] - fvu < tol * earlier[-1]
+
+
+def converged_since(curve: list[tuple[int, float]], tol: float, frac: float, min_step: int = 0) -> int | None:
+    """The first step from which the rule has held at every measurement up to the last; None when it fails at the
+    last one."""
+    since = None
+    for index, (step, _) in enumerate(curve):
+        held = rule_holds(curve, index, tol, frac, min_step)
+        since = (since if since is not None else step) if held else None
+    return since
+
+
+def _measure_heldout(run: _Run, step: int) -> list[dict]:
+    """Held-out FVU of every SAE at ``step``, appended to its curve; the log records."""
+    cfg, comm = run.train_cfg, run.comm
+    rows = run.heldout * run.scale if run.scale != 1.0 else run.heldout
+    records = []
+    for st in run.states:
+        fvu = heldout_fvu(st.sae, rows, cfg.batch_size * comm.world_size)
+        st.heldout.append((step, fvu))
+        records.append({"sae": st.name, "step": step, "tokens": step * cfg.batch_size * comm.world_size,
+                        "heldout_fvu": fvu})
+    return records
+
+
+def _all_converged(run: _Run) -> bool:
+    """Every SAE's rule holds at its latest measurement, on every rank (the ranks agree through a minimum)."""
+    cfg = run.train_cfg
+    mine = all(rule_holds(st.heldout, len(st.heldout) - 1, cfg.converge_tol, cfg.converge_frac, run.warmup)
+               for st in run.states)
+    return run.comm.min_int(int(mine)) == 1
+
+
 @contextmanager
 def _explain_full_disk(path: Path, need: int) -> Iterator[None]:
     try:
@@ -644,7 +778,8 @@ def _save_checkpoint(path: Path, key: str, step: int, scale: float, states: list
     payload = {
         "config_key": key, "step": step, "scale": scale, "torch_rng": torch.get_rng_state(),
         "saes": [{"name": st.name, "model": st.sae.state_dict(), "optim": st.optim.state_dict(),
-                  "since_fired": st.since_fired.clone(), "ema_threshold": st.ema_threshold}
+                  "since_fired": st.since_fired.clone(), "ema_threshold": st.ema_threshold,
+                  "heldout": list(st.heldout)}
                  for st in states],
     }
     with _explain_full_disk(path, need):
@@ -689,6 +824,7 @@ def _load_checkpoint(path: Path, key: str, states: list[SAEState]) -> tuple[int,
         st.optim.load_state_dict(saved["optim"])
         st.since_fired = saved["since_fired"].to(st.since_fired.device)
         st.ema_threshold = saved["ema_threshold"]
+        st.heldout = [(int(step), float(fvu)) for step, fvu in saved.get("heldout", [])]
     torch.set_rng_state(payload["torch_rng"])
     return int(payload["step"]), float(payload["scale"])
 

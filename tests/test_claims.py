@@ -1,0 +1,111 @@
+"""The report's opening summary: one row per claim of the paper, verdicts only where an interval decides."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+
+from scaffold_sae import claims, report
+from scaffold_sae.analyses import AnalysisResults
+from scaffold_sae.analyses.ablation_table import AblationTableResult, Cell, Comparison
+from scaffold_sae.analyses.probing import DatasetInfo, ProbeConfig, ProbingResult, SparseProbeScore
+from scaffold_sae.analyses.structure import ScaffoldStructure, StructureResult
+from scaffold_sae.analyses.topic_ablation import TopicReadout, TopicResult
+from scaffold_sae.stats import Estimate
+
+
+def member(kind: str, seed: int, rank: int, dense: int) -> dict:
+    return {"arch": "batchtopk", "inference": "batchtopk", "rank": rank, "kind": kind, "seed": seed,
+            "for_rank": rank, "dense_10": dense, "fvu": 0.2}
+
+
+def cell(subject: str, operator: str, ratio: Estimate) -> Cell:
+    e = Estimate(1.0, 1.0, 1.0)
+    return Cell(subject, operator, "ordinary", e, ratio, e, e)
+
+
+def known_study() -> dict:
+    """Numbers chosen so that each rule's outcome is known: dense reproduced (3 seeds), structure without an interval,
+    the causal ratio straddling 2, no redundancy analysis, the topic surviving, probing without an interval."""
+    saes = {f"{kind}{seed}": member(kind, seed, rank, dense) for kind, rank, counts in
+            (("baseline", 0, (50, 52, 54)), ("hybrid", 8, (0, 1, 2))) for seed, dense in enumerate(counts)}
+    structure = StructureResult([ScaffoldStructure(
+        sae="hybrid0", rank=8, n_tokens=4096, principal_angles_deg=[2.0, 3.5, 4.0], mean_cos2=0.995,
+        variance_share_scaffold=0.6, variance_share_pca=0.61, scaffold_explained_variance=0.6, outlier_rule="rule",
+        outlier_dims=[3], outlier_mean_abs=[40.0], median_mean_abs=0.5, outlier_dim_in_scaffold=[0.99],
+        outlier_energy_scaffold_centred=0.97, outlier_energy_scaffold_uncentred=0.98,
+        outlier_energy_pca_centred=0.96, outlier_energy_pca_uncentred=0.95)])
+    zero, mean = Estimate(1.9, 1.5, 2.3), Estimate(1.0, 0.99, 1.01)
+    table = AblationTableResult(
+        sae="hybrid0", rank=8, scaffold_centred=True, n_contexts=40, n_predictions=5000, n_fit_contexts=60,
+        n_fit_tokens=7000, n_fit_special=60, ce_clean=Estimate(3.8, 3.7, 3.9),
+        cells=[cell("scaffold", "zero", Estimate(3.8, 3.5, 4.1)), cell("pca", "zero", Estimate(2.0, 1.9, 2.1)),
+               cell("scaffold", "mean", Estimate(1.1, 1.05, 1.15)), cell("pca", "mean", Estimate(1.1, 1.05, 1.15))],
+        comparisons=[Comparison("scaffold:zero", "pca:zero", "ordinary", False, "oblique", zero, zero,
+                                zero.verdict(2.0)),
+                     Comparison("scaffold:mean", "pca:mean", "ordinary", False, "oblique", mean, mean,
+                                mean.verdict(2.0))],
+        bootstrap_samples=100, forwards=10, wall_s=1.0)
+    topic = TopicResult("hybrid0", "baseline0", 8, 9, [
+        TopicReadout("bbc_topic", "clean", 9, Estimate(0.9, 0.85, 0.95), 0.2),
+        TopicReadout("bbc_topic", "scaffold:zero:ordinary", 9, Estimate(0.88, 0.82, 0.93), 0.2)],
+        {"bbc_topic": 140}, {"bbc_topic": 60}, 256)
+    probing = ProbingResult({"bbc_topic": DatasetInfo(["a", "b"], 200, 60.0)}, {}, [
+        SparseProbeScore("bbc_topic", "baseline0", 0, 5, 0.7), SparseProbeScore("bbc_topic", "hybrid0", 8, 5, 0.75),
+        SparseProbeScore("bbc_topic", "baseline0", 0, 1, 0.6)], [], [], ProbeConfig())
+    analyses = AnalysisResults(4096, {"structure": structure, "ablation_table": table, "probing": probing,
+                                      "topic_ablation": topic})
+    return {"title": "claims", "config": {"analysis_rank": None}, "saes": saes, "analyses": analyses.to_json()}
+
+
+def test_known_numbers_give_the_expected_rows_and_verdicts():
+    rows = claims.claim_rows(json.loads(json.dumps(known_study())))
+    assert [r.verdict for r in rows] == ["reproduced", "undecided", "undecided", "not run", "not reproduced",
+                                         "undecided"]
+    dense, structure, causal, redundancy, topic, probing = rows
+    half = 4.302652729749462 / 3 ** 0.5                                    # t(0.975, 2 df) x sd 1 / sqrt(3 seeds)
+    assert (dense.value, dense.low, dense.high) == (-51.0, pytest.approx(-51 - half), pytest.approx(-51 + half))
+    assert dense.ours == ("hybrid 1: difference -51 [-53.48, -48.52], -98% (95% t-interval over 3 seeds)")
+    assert dense.claim == "dense latents removed by the scaffold (hybrid r=8 vs plain SAE)"
+    assert structure.value == 0.995 and structure.note.startswith("no interval")
+    assert causal == claims.ClaimRow(
+        "causal necessity: scaffold removal costs >= 2x the CE of removing the top-r PCs",
+        "CE ratio 1.9 [1.5, 2.3] (r=8, zero: scaffold 3.8 [3.5, 4.1] vs top PCs 2 [1.9, 2.1] x clean CE; "
+        "40 contexts)",
+        "top-8 PCs removed by the same operator; threshold 2 (paper: 7.5 / 2.8 = 2.7)", "undecided",
+        "the interval straddles 2: about 640 CE contexts (now 40) would decide, if the estimate stays where it is; "
+        "other operators reach 2: mean: no", 1.9, 1.5, 2.3)
+    assert redundancy.verdict == "not run" and redundancy.ours == "-"
+    assert (topic.value, topic.low, topic.high) == (0.88, 0.82, 0.93)
+    assert "decided against halfway 0.55" in topic.against and "topic survives" in topic.note
+    assert probing.value == pytest.approx(0.05) and "k=5" in probing.ours
+
+
+def test_the_rules_decide_only_outside_the_interval():
+    assert claims.side_of(1.0, 1.9, 2.0, claim_below=True) == "reproduced"
+    assert claims.side_of(2.0, 3.0, 2.0, claim_below=False) == "reproduced"
+    assert claims.side_of(1.5, 2.5, 2.0, claim_below=False) == "undecided"
+    assert claims.side_of(2.1, 2.5, 2.0, claim_below=True) == "not reproduced"
+    assert claims.sample_to_decide(1.9, 1.5, 2.3, 2.0, 40) == 640          # (0.4 / 0.1)^2 x 40
+    assert claims.sample_to_decide(2.0, 1.5, 2.5, 2.0, 40) is None
+    straddling = {f"{kind}{seed}": member(kind, seed, rank, dense) for kind, rank, counts in
+                  (("baseline", 0, (5, 6, 4)), ("hybrid", 8, (4, 6, 1))) for seed, dense in enumerate(counts)}
+    row = claims.dense_row(straddling, 8)                                # differences -1, 0, -3: mean -4/3, sd 1.53
+    assert row.verdict == "undecided" and row.low < 0 < row.high
+    assert row.note.startswith("the interval straddles 0: about ") and "seeds (now 3)" in row.note
+
+
+def test_the_report_opens_with_the_summary_ends_with_the_configuration_and_exports_it(tmp_path):
+    paths = report.write_report(known_study(), tmp_path)
+    md = paths.markdown.read_text()
+    titles = [line[3:] for line in md.splitlines() if line.startswith("## ")]
+    assert titles[0] == "Summary: the paper's claims" and titles[-1] == "Configuration"
+    assert "| redundancy: ablating the plain SAE's scaffold-aligned latents costs less CE than removing the " \
+           "scaffold | - | - | not run | the redundancy analysis did not run |" in md
+    summary = json.loads(paths.json.read_text())["summary"]
+    assert [row["verdict"] for row in summary] == ["reproduced", "undecided", "undecided", "not run",
+                                                   "not reproduced", "undecided"]
+    assert set(summary[0]) == {"claim", "ours", "against", "verdict", "note", "value", "low", "high"}
+    again = report.write_report(report.load_results(paths.json), tmp_path / "again")
+    assert again.json.read_text() == paths.json.read_text() and again.markdown.read_text() == md
