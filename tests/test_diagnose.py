@@ -1,4 +1,5 @@
-"""`scaffold-sae diagnose`: antipodal pairs against a loop, counts against evals, the report files, the CLI."""
+"""`scaffold-sae diagnose`: antipodal pairs against a loop, counts against evals, the report files, the CLI, and the
+fit (the SAE fine-tuned without and with a scaffold, or a fresh pair)."""
 
 from __future__ import annotations
 
@@ -58,7 +59,7 @@ def test_diagnose_counts_match_evals_and_writes_the_report(tiny_saved_sae, tiny_
 
     sae = load_sae(tiny_saved_sae).eval()
     heldout, train = contexts
-    cfg = DiagnoseConfig(tokens=10**6, rank=2, train_tokens=1024, train_batch_size=256, progress=False)
+    cfg = DiagnoseConfig(tokens=10**6, rank=2, fit="fresh", train_tokens=1024, train_batch_size=256, progress=False)
     result = diagnose(sae, tiny_lm, 1, heldout, tmp_path, cfg, train, name="tiny")
     core = evaluate(sae, tiny_lm, 1, heldout, batch_size=4, progress=False)
     assert result.n_tokens == core.n_tokens
@@ -67,7 +68,9 @@ def test_diagnose_counts_match_evals_and_writes_the_report(tiny_saved_sae, tiny_
     assert [d.latent for d in result.dense_latents] == sorted(
         (i for i, v in enumerate(core.density) if v > 0.01), key=lambda i: -core.density[i])
     assert 0 <= result.recon_pc_share <= 1 and result.fit is not None
-    assert (result.fit.arch, result.fit.k, result.fit.width, result.fit.rank) == ("batchtopk", 4, 32, 2)
+    assert (result.fit.mode, result.fit.arch, result.fit.k, result.fit.width, result.fit.rank) == (
+        "fresh", "batchtopk", 4, 32, 2)
+    assert result.fit.before == result.counts and (tmp_path / "fit").is_dir()
     assert "\n" not in result.verdict and "scaffold" in result.verdict
     saved = json.loads((tmp_path / "diagnosis.json").read_text())
     assert saved["verdict"] == result.verdict and saved["fit"]["scaffold"]["dense_1"] == result.fit.scaffold.dense_1
@@ -126,9 +129,93 @@ def test_diagnose_reads_an_saelens_jumprelu_sae(tiny_saved_sae, tiny_lm, context
     foreign = load_sae(tmp_path / "saelens")
     assert foreign.cfg.arch == "jumprelu" and sae_metadata(foreign) == {"model": "tiny-llama", "layer": 1}
     heldout, train = contexts
-    cfg = DiagnoseConfig(tokens=10**6, rank=2, train_tokens=1024, train_batch_size=256, progress=False)
+    cfg = DiagnoseConfig(tokens=10**6, rank=2, fit="fresh", train_tokens=1024, train_batch_size=256, progress=False)
     theirs = diagnose(foreign, tiny_lm, 1, heldout, tmp_path / "theirs", cfg, train)
     mine = diagnose(ours, tiny_lm, 1, heldout, tmp_path / "mine", DiagnoseConfig(tokens=10**6, rank=2, train_tokens=0,
                                                                                   progress=False))
     assert theirs.arch == "jumprelu" and theirs.counts == mine.counts
     assert theirs.fit.arch == "batchtopk" and theirs.fit.k == max(1, round(theirs.counts.l0))
+
+
+def _finetune_rows_are_right(result, k: int) -> None:
+    """The three rows of a fine-tune fit: the SAE as given (equal to the top-level counts), then the fine-tuned
+    pair at L0 near k; the verdict is one sentence naming both fine-tuned dense counts."""
+    fit = result.fit
+    assert (fit.mode, fit.arch, fit.k, fit.rank, fit.train_tokens) == ("finetune", "batchtopk", k, 2, 1024)
+    assert fit.before == result.counts
+    for row in (fit.plain, fit.scaffold):
+        assert row.l0 == pytest.approx(k, rel=0.35) and 0 <= row.fvu < 1.5
+    assert "fine-tuned" in result.verdict and "\n" not in result.verdict and result.verdict.endswith(".")
+    assert "rank-2 scaffold" in result.verdict
+
+
+def test_finetune_fit_starts_from_the_loaded_weights_and_reports_three_rows(tiny_saved_sae, tiny_lm, contexts,
+                                                                             tmp_path):
+    from scaffold_sae.diagnose import codes_and_recon
+    from scaffold_sae.finetune import trainable_copy
+    from scaffold_sae.lm_passes import heldout_activations
+    from scaffold_sae.saving import load_sae
+
+    sae = load_sae(tiny_saved_sae).eval()
+    heldout, train = contexts
+    x = heldout_activations(tiny_lm, 1, heldout, 10**6)
+    start = trainable_copy(sae, "batchtopk", 4).eval()                     # the fine-tune's starting point
+    assert torch.equal(start.b_dec, sae.b_dec)
+    assert torch.allclose(start.W_dec, sae.W_dec, atol=1e-6)               # unit rows: the decoder as loaded
+    before_codes, before_recon = codes_and_recon(sae, x)
+    start_codes, start_recon = codes_and_recon(start, x)
+    assert torch.equal(start_codes != 0, before_codes != 0)
+    assert torch.allclose(start_codes, before_codes, rtol=1e-5, atol=1e-5)
+    assert torch.allclose(start_recon, before_recon, rtol=1e-5, atol=1e-4)
+
+    cfg = DiagnoseConfig(tokens=10**6, rank=2, train_tokens=1024, train_batch_size=256, progress=False)
+    result = diagnose(sae, tiny_lm, 1, heldout, tmp_path, cfg, train, name="tiny")
+    _finetune_rows_are_right(result, 4)
+    assert "with k = 4 in every row" in result.fit.matched_l0 and not (tmp_path / "fit").exists()
+    md = (tmp_path / "diagnosis.md").read_text()
+    for row in ("| as given |", "| fine-tuned without a scaffold |", "| fine-tuned with a rank-2 scaffold |"):
+        assert row in md
+    saved = json.loads((tmp_path / "diagnosis.json").read_text())
+    assert saved["fit"]["mode"] == "finetune" and saved["fit"]["before"]["dense_1"] == result.counts.dense_1
+    assert torch.equal(load_sae(tiny_saved_sae).W_dec, sae.W_dec)          # the user's SAE is not changed
+
+
+def test_finetune_fit_of_an_saelens_jumprelu_sae_converts_it_at_its_l0(tiny_saved_sae, tiny_lm, contexts, tmp_path):
+    from scaffold_sae.diagnose import codes_and_recon
+    from scaffold_sae.finetune import trainable_copy
+    from scaffold_sae.lm_passes import heldout_activations
+    from scaffold_sae.saving import load_sae
+
+    ours = load_sae(tiny_saved_sae).eval()
+    g = torch.Generator().manual_seed(3)
+    threshold = ours.threshold.detach() * (0.5 + torch.rand(ours.threshold.shape, generator=g))  # per latent
+    write_saelens_jumprelu(tmp_path / "saelens", ours.W_enc.detach().clone(), 2.0 * ours.W_dec.detach(),
+                           ours.b_enc.detach(), ours.b_dec.detach(), threshold, "tiny-llama", "blocks.1.hook_resid_post")
+    foreign = load_sae(tmp_path / "saelens")
+    heldout, train = contexts
+    x = heldout_activations(tiny_lm, 1, heldout, 10**6)
+    start = trainable_copy(foreign, "batchtopk", 5).eval()                  # rows of norm 2 moved into the encoder
+    assert torch.allclose(start.W_dec * 2.0, foreign.W_dec, atol=1e-6)
+    before_codes, before_recon = codes_and_recon(foreign, x)
+    start_codes, start_recon = codes_and_recon(start, x)
+    assert torch.equal(start_codes != 0, before_codes != 0)
+    assert torch.allclose(start_codes, 2.0 * before_codes, rtol=1e-5, atol=1e-5)
+    assert torch.allclose(start_recon, before_recon, rtol=1e-5, atol=1e-4)
+
+    cfg = DiagnoseConfig(tokens=10**6, rank=2, train_tokens=1024, train_batch_size=256, progress=False)
+    result = diagnose(foreign, tiny_lm, 1, heldout, tmp_path / "diag", cfg, train)
+    k = max(1, round(result.counts.l0))
+    _finetune_rows_are_right(result, k)
+    assert result.arch == "jumprelu" and "the jumprelu SAE has no k" in result.fit.matched_l0
+
+
+def test_finetune_refuses_an_sae_with_a_scaffold_and_bad_fit_names(tiny_lm, contexts, tmp_path):
+    from scaffold_sae.diagnose import DiagnoseError
+    from scaffold_sae.sae import HybridSAE, SAEConfig
+
+    heldout, train = contexts
+    hybrid = HybridSAE(SAEConfig(d_in=tiny_lm.d_model, width=16, k=2, rank=2)).eval()
+    with pytest.raises(DiagnoseError, match="already has a rank-2 scaffold: use --fit fresh"):
+        diagnose(hybrid, tiny_lm, 1, heldout, tmp_path, DiagnoseConfig(rank=2, progress=False), train)
+    with pytest.raises(DiagnoseError, match="fit='tune' is invalid: allowed values are finetune, fresh"):
+        diagnose(hybrid, tiny_lm, 1, heldout, tmp_path, DiagnoseConfig(fit="tune", progress=False), train)

@@ -235,3 +235,32 @@ def test_study_trains_until_converged_and_reports_the_training(tmp_path, tiny_mo
     titles = [line[3:] for line in md.splitlines() if line.startswith("## ")]
     assert titles[0] == "Summary: the paper's claims" and titles[-2:] == ["Training", "Configuration"]
     assert "converged: stopped at step" in md and "| not run |" in md
+
+
+def test_the_study_writes_browser_sites_that_the_report_links_to(tmp_path, tiny_model_dir, tiny_corpus, capsys):
+    """Sites for the baseline and the analysis hybrid (which lists the baseline latents its scaffold absorbed), the
+    report's relative links resolve to their index.html, and a rerun reuses them."""
+    import re
+    from dataclasses import replace
+    from urllib.parse import unquote
+
+    from scaffold_sae.study import study_and_report
+
+    cfg = replace(tiny_study(tiny_model_dir, tiny_corpus), analyses=False, browse_tokens=256)
+    paths = study_and_report(cfg, tmp_path, progress=False)
+    study = json.loads(paths.json.read_text())
+    base, hybrid = "batchtopk_m64_k4_r0_resin", "batchtopk_m64_k4_r4_resin"      # the largest rank by default
+    assert study["browse"] == {name: f"browse/{name}/index.html" for name in (base, hybrid)}
+    sites = {name: json.loads((tmp_path / "browse" / name / "site.json").read_text()) for name in (base, hybrid)}
+    assert sites[base]["meta"]["rank"] == 0 and sites[hybrid]["meta"]["rank"] == 4
+    assert sites[hybrid]["meta"]["baseline"] == base and all(d["absorbed"] is not None for d in sites[hybrid]["scaffold"])
+    assert sites[base]["meta"]["n_contexts"] == 256 // 32 and not list((tmp_path / "browse").glob(".*"))
+    html_links = re.findall(r'<a href="([^"#]+)">', paths.html.read_text())
+    md_links = re.findall(r"\]\(([^)]+)\)", paths.markdown.read_text())
+    assert html_links == md_links == [f"../browse/{name}/index.html" for name in (base, hybrid)]
+    assert all((paths.html.parent / unquote(link)).resolve().is_file() for link in html_links)
+
+    mtimes = {p: p.stat().st_mtime_ns for p in (tmp_path / "browse").rglob("*")}
+    study_and_report(cfg, tmp_path, progress=False)
+    assert {p: p.stat().st_mtime_ns for p in (tmp_path / "browse").rglob("*")} == mtimes
+    capsys.readouterr()

@@ -136,13 +136,21 @@ def final_norm_and_head(lm) -> tuple[nn.Module, nn.Module] | None:
 def logit_effects(directions: Tensor, norm: nn.Module, head: nn.Module, chunk: int = 256) -> Tensor:
     """head(norm(sqrt(d) w / ||w||)) - head(norm(0)) for every row w of directions [k, d] -> [k, V] (float32).
     Only for small k; `top_logit_effects` streams over chunks."""
+    return torch.cat(list(_effect_chunks(directions, norm, head, chunk)))
+
+
+@torch.no_grad()
+def _effect_chunks(directions: Tensor, norm: nn.Module, head: nn.Module, chunk: int):
+    """`logit_effects` of directions [k, d], chunk rows at a time."""
     param = next(head.parameters())
     d = directions.shape[1]
     w = directions.detach().to(param.device, param.dtype)
     unit = w / w.norm(dim=1, keepdim=True).clamp_min(1e-12) * math.sqrt(d)
     base = head(norm(torch.zeros(1, 1, d, device=param.device, dtype=param.dtype)))[0]
-    return torch.cat([(head(norm(unit[s:s + chunk][None]))[0] - base).float().cpu()
-                      for s in range(0, unit.shape[0], chunk)])
+    for s in range(0, unit.shape[0], chunk):
+        effects = head(norm(unit[s:s + chunk][None]))[0]
+        effects -= base
+        yield effects.float().cpu()
 
 
 def top_logit_effects(directions: Tensor, norm: nn.Module, head: nn.Module, n: int, chunk: int = 128
@@ -150,8 +158,7 @@ def top_logit_effects(directions: Tensor, norm: nn.Module, head: nn.Module, n: i
     """The n most promoted and most suppressed tokens per direction: (pos values, pos ids, neg values, neg ids),
     each [k, n], computed chunk by chunk so that [k, V] never exists."""
     out: list[list[Tensor]] = [[], [], [], []]
-    for s in range(0, directions.shape[0], chunk):
-        effects = logit_effects(directions[s:s + chunk], norm, head)
+    for effects in _effect_chunks(directions, norm, head, chunk):
         k = min(n, effects.shape[1])
         top, bottom = effects.topk(k, dim=1), effects.topk(k, dim=1, largest=False)
         for slot, t in zip(out, (top.values, top.indices, bottom.values, bottom.indices)):

@@ -10,10 +10,19 @@ Definitions (one place):
 - recon_pc_share: share of the centred variance of the reconstruction x_hat in the top-PC subspace;
   dense_pc_share: share of the energy (uncentred) of the dense latents' summed output in it; data_pc_share: the
   same as recon_pc_share for x itself, for reference.
-- The fit: a fresh pair of SAEs of the same width and sparsity (the SAE's arch and k when it is a trainable k-sparse
-  arch, else batchtopk with k = its measured L0), one plain and one with a rank-`rank` scaffold, trained in lockstep
-  on the same harvested tokens; their dense counts at the same inference rule (threshold, calibrated to L0 = k)
-  answer "would a scaffold remove them". The SAE itself is not fine-tuned.
+- The fit (`fit`), both at the same training budget (`train_tokens` tokens of the train split, harvested from the
+  model) and with the encoder seeing `encoder_input`:
+  finetune: the SAE's own weights, fine-tuned twice in lockstep on the same batches, without a scaffold (the
+  control: what fine-tuning alone does) and with a rank-`rank` scaffold (`finetune.py`: U = V = the top-`rank`
+  PCs of the training sample around b_dec); fresh: a fresh plain SAE and a fresh rank-`rank` hybrid of the same
+  width and sparsity, trained alike.
+- Matched L0 across the three rows (the SAE as given, without and with a scaffold): a trainable k-sparse SAE
+  (batchtopk, matryoshka, topk) keeps its arch and k, and a fine-tuned batchtopk / matryoshka threshold is set to
+  give L0 = k on a training sample (as the trainer does); any other SAE (JumpReLU, ReLU) has no k, so the fit uses
+  batchtopk with k = its measured held-out L0, rounded (a JumpReLU SAE's fine-tune starts from its own per-latent
+  thresholds, so its codes at the start equal the loaded SAE's). Every row is measured with its own inference rule
+  (the SAE as given: its own; fitted ones: the calibrated threshold, or top-k per token for topk), so L0 is matched
+  up to the rounding of k and the threshold's calibration on training tokens; each row reports the L0 it reached.
 """
 
 from __future__ import annotations
@@ -39,8 +48,13 @@ class DiagnoseConfig:
     """Held-out tokens for the statistics."""
     rank: int = 8
     """Rank of the PC subspace and of the scaffold fitted for comparison."""
+    fit: str = "finetune"
+    """How the scaffold is fitted: finetune (the SAE's own weights fine-tuned without and with a rank-`rank`
+    scaffold) or fresh (a fresh plain SAE and a fresh hybrid of the same width and k)."""
     train_tokens: int = 262144
-    """Tokens for training the fresh plain / scaffolded pair (0 skips the fit)."""
+    """Tokens of the corpus's train split for the fit (0 skips the fit)."""
+    encoder_input: str = "residual"
+    """What the fitted hybrid's sparse encoder sees: residual (x minus the scaffold's output) or x."""
     ctx_len: int = 128
     """Context length (each starts with BOS)."""
     batch_size: int = 8
@@ -75,17 +89,33 @@ class DensityCounts:
     dense_1: int
 
 
+FITS = ("finetune", "fresh")
+
+
+class DiagnoseError(ValueError):
+    """A diagnosis that cannot run as asked."""
+
+
 @dataclass
 class ScaffoldFit:
-    """A fresh plain SAE and a fresh scaffolded one of the same width and sparsity, trained alike."""
+    """Would a scaffold remove the dense latents: the SAE as given, then two SAEs trained alike at matched L0,
+    without and with a scaffold (the SAE fine-tuned, or fresh ones)."""
 
+    mode: str
+    """finetune | fresh."""
     arch: str
     width: int
     k: int
     rank: int
     train_tokens: int
+    matched_l0: str
+    """How L0 is matched across the rows."""
+    before: DensityCounts
+    """The SAE as given, at its own inference rule."""
     plain: DensityCounts
+    """Fine-tuned without a scaffold (finetune) or a fresh plain SAE (fresh)."""
     scaffold: DensityCounts
+    """Fine-tuned with a rank-`rank` scaffold (finetune) or a fresh hybrid (fresh)."""
 
 
 @dataclass
@@ -151,7 +181,8 @@ def density_counts(sae, x: Tensor) -> tuple[DensityCounts, Tensor, Tensor]:
 
 
 def fit_arch(sae, l0: float) -> tuple[str, int]:
-    """The trainable arch and k of the fresh pair: the SAE's own when it is a trainable k-sparse arch."""
+    """The trainable arch and k of the fit: the SAE's own when it is a trainable k-sparse arch, otherwise batchtopk
+    with k = its measured L0, rounded (at least 1)."""
     arch = getattr(getattr(sae, "cfg", None), "arch", None)
     trainable = archs.names(load_only=False)
     if arch in trainable and archs.get(arch).uses_k:
@@ -161,11 +192,14 @@ def fit_arch(sae, l0: float) -> tuple[str, int]:
 
 def diagnose(sae, lm, layer: int, heldout: Tensor, out_dir: str | Path, cfg: DiagnoseConfig | None = None,
              train_contexts: Tensor | None = None, name: str = "sae") -> Diagnosis:
-    """Measure the SAE on held-out contexts [N, T]; with `train_contexts` and cfg.train_tokens > 0 also train the
-    fresh plain / scaffolded pair on them (in out_dir/fit). Writes diagnosis.json, .md and .html into out_dir."""
+    """Measure the SAE on held-out contexts [N, T]; with `train_contexts` and cfg.train_tokens > 0 also fit a scaffold
+    on activations of them (cfg.fit; a fresh pair is saved in out_dir/fit). Writes diagnosis.json, .md and .html
+    into out_dir."""
     from scaffold_sae.lm_passes import heldout_activations
 
     cfg = cfg or DiagnoseConfig()
+    fitting = train_contexts is not None and cfg.train_tokens > 0
+    _check_request(cfg, sae, fitting)
     started = time.perf_counter()
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
@@ -186,8 +220,8 @@ def diagnose(sae, lm, layer: int, heldout: Tensor, out_dir: str | Path, cfg: Dia
         dense_out = (codes[:, dense] @ w_dec[dense]).double()
         dense_pc_share = float((dense_out @ pcs).pow(2).sum() / dense_out.pow(2).sum().clamp_min(1e-300))
     fit = None
-    if train_contexts is not None and cfg.train_tokens > 0:
-        fit = _fit(sae, lm, layer, train_contexts, x, counts.l0, cfg, out / "fit")
+    if fitting:
+        fit = fit_scaffold(sae, lm, layer, train_contexts, x, counts, cfg, out / "fit")
     result = Diagnosis(
         sae=name, model=str(getattr(lm, "spec", "")), layer=int(layer),
         arch=str(getattr(getattr(sae, "cfg", None), "arch", type(sae).__name__)), width=int(w_dec.shape[0]),
@@ -201,27 +235,61 @@ def diagnose(sae, lm, layer: int, heldout: Tensor, out_dir: str | Path, cfg: Dia
     return result
 
 
-def _fit(sae, lm, layer: int, train_contexts: Tensor, x: Tensor, l0: float, cfg: DiagnoseConfig,
-         out: Path) -> ScaffoldFit:
-    from scaffold_sae.lm_passes import heldout_activations
-    from scaffold_sae.sae import SAEConfig
-    from scaffold_sae.saving import load_sae
-    from scaffold_sae.trainer import TensorSource, TrainConfig, train_saes
+def _check_request(cfg: DiagnoseConfig, sae, fitting: bool) -> None:
+    """One-line DiagnoseError for a fit or encoder input that does not exist, or a fine-tune of a hybrid."""
+    if cfg.fit not in FITS:
+        raise DiagnoseError(f"fit={cfg.fit!r} is invalid: allowed values are {', '.join(FITS)}")
+    if cfg.encoder_input not in ("x", "residual"):
+        raise DiagnoseError(f"encoder_input={cfg.encoder_input!r} is invalid: allowed values are x, residual")
+    if fitting and cfg.fit == "finetune" and int(getattr(sae, "rank", 0) or 0) > 0:
+        raise DiagnoseError(f"fit=finetune needs a plain SAE, this one already has a rank-{sae.rank} scaffold: use "
+                            "--fit fresh, or --train-tokens 0")
 
-    arch, k = fit_arch(sae, l0)
-    width, d = int(sae.W_dec.shape[0]), int(sae.W_dec.shape[1])
+
+def fit_scaffold(sae, lm, layer: int, train_contexts: Tensor, x: Tensor, before: DensityCounts,
+                 cfg: DiagnoseConfig, out: Path) -> ScaffoldFit:
+    """The fit rows: the SAE fine-tuned without and with a scaffold, or a fresh plain / hybrid pair (saved in out),
+    measured on the held-out rows x."""
+    from scaffold_sae.lm_passes import heldout_activations
+    from scaffold_sae.trainer import TrainConfig
+
+    arch, k = fit_arch(sae, before.l0)
+    width = int(sae.W_dec.shape[0])
     data = heldout_activations(lm, layer, train_contexts, cfg.train_tokens, cfg.batch_size, progress=cfg.progress)
     batch = min(cfg.train_batch_size, data.shape[0])
     steps_tokens = max(batch, (cfg.train_tokens // batch) * batch)
     train = TrainConfig(tokens=steps_tokens, batch_size=batch, progress=cfg.progress, checkpoint_every=0,
                         init_sample_tokens=min(8192, data.shape[0]), threshold_sample_tokens=min(16384, data.shape[0]),
-                        dead_tokens=min(steps_tokens, 65536))
-    cfgs = [SAEConfig(arch=arch, d_in=d, width=width, k=k, rank=r) for r in (0, cfg.rank)]
-    plain_dir, hybrid_dir = train_saes(TensorSource(data.float()), cfgs, train, out)
-    plain, _, _ = density_counts(load_sae(plain_dir).eval(), x)
-    hybrid, _, _ = density_counts(load_sae(hybrid_dir).eval(), x)
-    return ScaffoldFit(arch=arch, width=width, k=k, rank=cfg.rank, train_tokens=steps_tokens, plain=plain,
-                       scaffold=hybrid)
+                        dead_tokens=min(steps_tokens, 65536), device=str(next(iter(sae.parameters())).device))
+    if cfg.fit == "finetune":
+        from scaffold_sae.finetune import finetune, trainable_copy
+
+        starts = [trainable_copy(sae, arch, k), trainable_copy(sae, arch, k, cfg.rank, cfg.encoder_input)]
+        plain, hybrid = finetune(starts, data, train)
+    else:
+        from scaffold_sae.sae import SAEConfig
+        from scaffold_sae.saving import load_sae
+        from scaffold_sae.trainer import TensorSource, train_saes
+
+        cfgs = [SAEConfig(arch=arch, d_in=int(sae.W_dec.shape[1]), width=width, k=k, rank=r,
+                          encoder_input=cfg.encoder_input) for r in (0, cfg.rank)]
+        plain_dir, hybrid_dir = train_saes(TensorSource(data.float()), cfgs, train, out)
+        plain, hybrid = load_sae(plain_dir).eval(), load_sae(hybrid_dir).eval()
+    given = getattr(getattr(sae, "cfg", None), "arch", type(sae).__name__)
+    if arch == given:
+        matched = f"{arch} with k = {k} in every row"
+    else:
+        matched = (f"the {given} SAE has no k: the fit uses {arch} with k = {k}, its measured held-out L0 "
+                   f"{before.l0:.2f} rounded")
+    if archs.get(arch).calibrates_threshold:
+        matched += "; the fitted SAEs' thresholds give L0 = k on a training sample"
+    return ScaffoldFit(mode=cfg.fit, arch=arch, width=width, k=k, rank=cfg.rank, train_tokens=steps_tokens,
+                       matched_l0=matched, before=before, plain=density_counts(plain, x)[0],
+                       scaffold=density_counts(hybrid, x)[0])
+
+
+FIT_LABELS = {"finetune": ("fine-tuned without a scaffold", "fine-tuned with a rank-{r} scaffold"),
+              "fresh": ("fresh plain SAE", "fresh rank-{r} hybrid")}
 
 
 def verdict(d: Diagnosis) -> str:
@@ -230,8 +298,12 @@ def verdict(d: Diagnosis) -> str:
     if d.dense_pc_share is not None:
         line += (f"; the dense latents put {d.dense_pc_share:.0%} of their output in the top-{d.n_pcs} PC subspace "
                  f"(the data has {d.data_pc_share:.0%} of its variance there)")
-    if d.fit:
-        f = d.fit
+    f = d.fit
+    if f and f.mode == "finetune":
+        line += (f"; fine-tuned on {f.train_tokens} tokens ({f.arch}, k={f.k}), it keeps {f.plain.dense_10} latents "
+                 f"above 10% ({f.plain.dense_1} above 1%) without a scaffold and {f.scaffold.dense_10} "
+                 f"({f.scaffold.dense_1}) with a rank-{f.rank} scaffold")
+    elif f:
         line += (f"; a rank-{f.rank} scaffold in a fresh {f.arch} SAE of the same width and k={f.k} took dense>10% "
                  f"from {f.plain.dense_10} to {f.scaffold.dense_10} and dense>1% from {f.plain.dense_1} to "
                  f"{f.scaffold.dense_1} (L0 {f.plain.l0:.1f} vs {f.scaffold.l0:.1f})")
@@ -259,11 +331,13 @@ def write(d: Diagnosis, out: Path) -> None:
     ]
     if d.fit:
         f = d.fit
+        without, with_ = (label.format(r=f.rank) for label in FIT_LABELS[f.mode])
+        what = "the SAE fine-tuned" if f.mode == "finetune" else f"fresh {f.arch} SAEs of width {f.width}"
         sections.append(Section("Would a scaffold remove them?",
-                                f"fresh {f.arch} SAEs, width {f.width}, k {f.k}, {f.train_tokens} training tokens",
+                                f"{what} on {f.train_tokens} training tokens, at matched L0: {f.matched_l0}.",
                                 tables=[Table(["SAE", "L0", "FVU", "dense >10%", "dense >1%"],
                                               [[name, s.l0, s.fvu, s.dense_10, s.dense_1] for name, s in
-                                               (("plain (rank 0)", f.plain), (f"scaffold (rank {f.rank})", f.scaffold))])]))
+                                               (("as given", f.before), (without, f.plain), (with_, f.scaffold))])]))
     title = f"scaffold-sae diagnosis of {d.sae}"
     atomic_write_text(out / "diagnosis.json", json.dumps(jsonable(asdict(d)), indent=1, allow_nan=False) + "\n")
     atomic_write_text(out / "diagnosis.md", render_markdown(title, sections))

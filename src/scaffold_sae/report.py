@@ -31,6 +31,7 @@ import math
 from dataclasses import asdict, dataclass, field, is_dataclass
 from pathlib import Path
 from typing import Any, Iterable
+from urllib.parse import quote
 
 import numpy as np
 
@@ -83,12 +84,15 @@ class Section:
     text: str = ""
     tables: list[Table] = field(default_factory=list)
     figures: list[Figure] = field(default_factory=list)
+    links: list[list[str]] = field(default_factory=list)
+    """[label, href] pairs, shown as a list of links after the text; hrefs are relative to the report's folder."""
 
     @classmethod
     def from_dict(cls, data: dict[str, Any]) -> "Section":
         figures = [Figure(**{**f, "series": [Series(**s) for s in f.get("series", [])]}) for f in data.get("figures", [])]
         return cls(title=data["title"], text=data.get("text", ""),
-                   tables=[Table(**t) for t in data.get("tables", [])], figures=figures)
+                   tables=[Table(**t) for t in data.get("tables", [])], figures=figures,
+                   links=[list(link) for link in data.get("links", [])])
 
 
 @dataclass
@@ -415,6 +419,8 @@ def render_markdown(title: str, sections: list[Section]) -> str:
         parts += ["", f"## {section.title}", ""]
         if section.text:
             parts += [section.text, ""]
+        if section.links:
+            parts += [*(f"- [{label}]({quote(href)})" for label, href in section.links), ""]
         for table in section.tables:
             parts += [markdown_table(table), ""]
         for figure in section.figures:
@@ -458,6 +464,9 @@ def render_html(title: str, sections: list[Section]) -> str:
         parts.append(f'<section id="s{i}"><h2>{html.escape(section.title)}</h2>')
         for paragraph in filter(None, (p.strip() for p in section.text.split("\n\n"))):
             parts.append(f"<p>{html.escape(paragraph)}</p>")
+        if section.links:
+            parts.append("<ul>" + "".join(f'<li><a href="{html.escape(quote(href))}">{html.escape(label)}</a></li>'
+                                          for label, href in section.links) + "</ul>")
         parts += [html_table(table) for table in section.tables]
         for figure in section.figures:
             png = base64.b64encode(render_png(figure)).decode("ascii")

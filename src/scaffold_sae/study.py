@@ -157,6 +157,12 @@ class StudyConfig:
     blocks layer+1.. over topic_docs x probe_tokens tokens per dataset."""
     topic_docs: int = 200
     """Documents per dataset in the fixed-probe topic analysis (30% test documents, never fitted on)."""
+    browse: bool = True
+    """Write feature-browser sites (scaffold-sae browse) for seed 0's baseline and the analysis hybrid into
+    <out>/browse/<sae>/; the report links to them. The hybrid's site lists the baseline latents its scaffold absorbed."""
+    browse_tokens: int = 4_096
+    """Held-out tokens the browser sites pass over (a prefix of the eval contexts, at most eval_tokens); each site is
+    one LM forward over them up to the layer."""
 
     def validate(self) -> "StudyConfig":
         if not self.ranks or 0 not in self.ranks:
@@ -169,6 +175,9 @@ class StudyConfig:
                 raise ConfigError(f"{name}={getattr(self, name)} is invalid: must be a positive integer")
         if self.ce_tokens > self.eval_tokens:
             raise ConfigError(f"ce_tokens={self.ce_tokens} is invalid: must be <= eval_tokens ({self.eval_tokens})")
+        if self.browse and self.browse_tokens < 1:
+            raise ConfigError(f"browse_tokens={self.browse_tokens} is invalid: must be a positive integer (or set "
+                              "browse to false)")
         if self.seeds < 1:
             raise ConfigError(f"seeds={self.seeds} is invalid: must be a positive integer")
         unknown = [b for b in self.baseline_kinds() if b not in EXTRA_BASELINES]
@@ -265,6 +274,13 @@ def _run_study(cfg: StudyConfig, out_dir: str | Path, progress: bool) -> dict:
     results = evaluate_all(sae_dirs, lm, layer, contexts, cfg, out / "evals", progress)
     timings["eval_s"] = time.perf_counter() - clock
 
+    sites: dict[str, str] = {}
+    if cfg.browse:
+        clock = time.perf_counter()
+        faults.progress("stage", "browse")
+        sites = browse_sites(sae_dirs, members, lm, layer, contexts, cfg, out / "browse", progress)
+        timings["browse_s"] = time.perf_counter() - clock
+
     analyses = {}
     if cfg.analyses:
         from scaffold_sae.analyses import run_analyses
@@ -291,6 +307,7 @@ def _run_study(cfg: StudyConfig, out_dir: str | Path, progress: bool) -> dict:
         "training": training_results(sae_dirs),
         "timings": timings,
         "analyses": analyses,
+        "browse": sites,
     }
 
 
@@ -333,6 +350,81 @@ def threshold_section(study: dict):
                    text="The main tables compare SAEs at exactly matched L0 (batch top-k over each evaluation "
                         "batch). This table shows each SAE with the JumpReLU threshold it is saved with, the way "
                         "SAELens and SAEBench will run it.", tables=[table])
+
+
+def browse_sites(sae_dirs: dict[str, Path], members: dict[str, StudyMember], lm, layer: int,
+                 contexts: torch.Tensor, cfg: StudyConfig, out: Path, progress: bool) -> dict[str, str]:
+    """Browser sites for seed 0's baseline and the analysis hybrid (`analyses.primary_hybrid`: analysis_rank, else
+    the largest rank), each written to a temporary folder and renamed to out/<name>, so a site that exists is
+    complete; a rerun reuses a site built from the same SAE, baseline and contexts. Returns {name: the path of its
+    index.html relative to the study's folder}."""
+    import shutil
+
+    from scaffold_sae.analyses.base import AnalysisError, primary_hybrid
+    from scaffold_sae.analyses.runner import sae_fingerprint
+    from scaffold_sae.browse import BrowseConfig, build_site
+
+    chosen = {name: m for name, m in members.items() if m.seed == 0 and m.kind in ("baseline", "hybrid")}
+    base_name = next(name for name, m in chosen.items() if m.kind == "baseline")
+    try:
+        names = [base_name, primary_hybrid(chosen, cfg.analysis_rank)]
+    except AnalysisError:  # no hybrid: the baseline's site only
+        names = [base_name]
+    contexts = contexts[:browse_contexts(cfg.browse_tokens, cfg.eval_tokens, cfg.ctx_len)]
+    browse_cfg = BrowseConfig(batch_size=cfg.harvest_batch_size, sink_factor=cfg.sink_factor, progress=progress)
+    baseline = load_sae(sae_dirs[base_name]).to(cfg.device).eval()
+    sites = {}
+    for name in names:
+        sae = baseline if name == base_name else load_sae(sae_dirs[name]).to(cfg.device).eval()
+        against = None if name == base_name else baseline
+        key = {"sae": sae_fingerprint(sae), "baseline": None if against is None else sae_fingerprint(against),
+               "contexts": list(contexts.shape), "config": asdict(replace(browse_cfg, progress=False))}
+        site = out / name
+        if not _site_matches(site, key):
+            tmp = out / f".{name}.tmp"
+            shutil.rmtree(tmp, ignore_errors=True)
+            build_site(sae, lm, layer, contexts, tmp, browse_cfg, baseline=against,
+                       meta={"sae": name, "baseline": None if against is None else base_name, "study_key": key})
+            shutil.rmtree(site, ignore_errors=True)
+            tmp.rename(site)
+        sites[name] = (site / "index.html").relative_to(out.parent).as_posix()
+    return sites
+
+
+def browse_contexts(browse_tokens: int, eval_tokens: int, ctx_len: int) -> int:
+    """How many of the eval contexts the browser sites pass over."""
+    return max(1, min(browse_tokens, eval_tokens) // ctx_len)
+
+
+def _site_matches(site: Path, key: dict) -> bool:
+    try:
+        return json.loads((site / "site.json").read_text())["meta"].get("study_key") == key
+    except (OSError, ValueError, KeyError):
+        return False
+
+
+def browse_section(study: dict, study_dir: str | Path, report_dir: str | Path):
+    """Links from the report (in report_dir) to the study's browser sites (study['browse'], relative to
+    study_dir); None when the study wrote none."""
+    import os
+
+    from scaffold_sae.report import Section
+
+    sites = study.get("browse") or {}
+    if not sites:
+        return None
+    config = study["config"]
+    n = browse_contexts(config["browse_tokens"], config["eval_tokens"], config["ctx_len"])
+    links = []
+    for name, index in sites.items():
+        kind = study["saes"].get(name, {}).get("kind", "")
+        rank = study["saes"].get(name, {}).get("rank", 0)
+        label = f"{name} ({kind}, rank {rank})" if kind else name
+        links.append([label, Path(os.path.relpath(Path(study_dir) / index, report_dir)).as_posix()])
+    return Section("Feature browser", "A static site per SAE (open from disk): every latent's density, top contexts, "
+                   "activation histogram and logit effects; the hybrid's site also shows each scaffold direction and "
+                   f"the baseline's dense latents it absorbed. Written from the first {n} held-out contexts of "
+                   f"{config['ctx_len']} tokens (browse_tokens).", links=links)
 
 
 def named_members(cfg: StudyConfig, d_model: int) -> dict[str, StudyMember]:
@@ -403,6 +495,8 @@ def study_and_report(cfg: StudyConfig, out: str | Path, progress: bool = True):
     from scaffold_sae.report import format_summary_table, write_report
 
     study = run_study(cfg, out, progress=progress)
-    paths = write_report(study, Path(out) / "report", sections=[threshold_section(study)])
+    report_dir = Path(out) / "report"
+    extra = [threshold_section(study), browse_section(study, out, report_dir)]
+    paths = write_report(study, report_dir, sections=[s for s in extra if s is not None])
     print(format_summary_table(study["saes"]))
     return paths
