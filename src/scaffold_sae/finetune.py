@@ -22,7 +22,7 @@ from torch import Tensor
 
 from scaffold_sae.comm import LocalComm
 from scaffold_sae.sae import HybridSAE, SAEConfig, lr_for_width, pca_basis
-from scaffold_sae.trainer import (SAEState, TensorSource, TrainConfig, _dead_tokens_of, _train_step, estimate_threshold,
+from scaffold_sae.trainer import (SAEState, TensorSource, TrainConfig, dead_tokens_of, train_step, estimate_threshold,
                                   input_scale, schedule)
 
 
@@ -57,7 +57,7 @@ def finetune(saes: list[HybridSAE], data: Tensor, train: TrainConfig) -> list[Hy
     scale = input_scale(sample) if train.scale_inputs else 1.0
     total_steps = max(1, train.tokens // train.batch_size)
     warmup = min(1000, max(1, total_steps // 20)) if train.lr_warmup_steps is None else train.lr_warmup_steps
-    dead_tokens = _dead_tokens_of(train)
+    dead_tokens = dead_tokens_of(train)
     states = []
     for i, start in enumerate(saes):
         sae = start.folded(1.0 / scale)  # a copy working on inputs x * scale
@@ -86,7 +86,7 @@ def finetune(saes: list[HybridSAE], data: Tensor, train: TrainConfig) -> list[Hy
             x = next(batches).to(comm.device) * scale
             factor = schedule(step, total_steps, warmup, train.lr_decay_frac)
             for state in states:
-                _train_step(state, x, factor, dead_tokens, train, comm)
+                train_step(state, x, factor, dead_tokens, train, comm)
             if bar is not None:
                 bar.update(train.batch_size)
     finally:

@@ -459,7 +459,7 @@ def _setup(cache, cfgs, train_cfg: TrainConfig, out_dir, comm: Communicator) -> 
     total_steps = train_cfg.tokens // (train_cfg.batch_size * world_size)
     warmup = (min(1000, max(1, total_steps // 20)) if train_cfg.lr_warmup_steps is None
               else train_cfg.lr_warmup_steps)
-    dead_tokens = _dead_tokens_of(train_cfg)
+    dead_tokens = dead_tokens_of(train_cfg)
     key = _config_key(cfgs, train_cfg, world_size)
     ckpt_path = out_dir / CHECKPOINT
 
@@ -534,7 +534,7 @@ def _loop(run: _Run, on_step) -> None:
                 x = x * scale
             factor = schedule(step, total_steps, run.warmup, train_cfg.lr_decay_frac)
             for st in states:
-                _train_step(st, x, factor, run.dead_tokens, train_cfg, comm)
+                train_step(st, x, factor, run.dead_tokens, train_cfg, comm)
             done = step + 1
             stop = False
             if run.heldout is not None and (done % train_cfg.heldout_every == 0 or done == total_steps):
@@ -648,7 +648,7 @@ def _sample(cache: ActivationSource, n: int, seed: int) -> Tensor:
     return cache.sample(n, seed=seed).float()
 
 
-def _train_step(st: SAEState, x: Tensor, factor: float, dead_tokens: int, train_cfg: TrainConfig,
+def train_step(st: SAEState, x: Tensor, factor: float, dead_tokens: int, train_cfg: TrainConfig,
                 comm: Communicator) -> None:
     sae = st.sae
     for group in st.optim.param_groups:
@@ -693,7 +693,7 @@ def _window_record(st: SAEState, step: int, train_cfg: TrainConfig, world_size: 
     rec = {"sae": st.name, "step": step, "tokens": step * train_cfg.batch_size * world_size,
            "lr": st.base_lr * factor, "loss": w["loss"] / n, "mse": w["mse"] / n, "aux": w["aux"] / n,
            "fvu": w["fvu"] / n, "l0": w["l0"] / n,
-           "dead": int((st.since_fired >= _dead_tokens_of(train_cfg)).sum()),
+           "dead": int((st.since_fired >= dead_tokens_of(train_cfg)).sum()),
            "dense": int((freq > train_cfg.dense_fraction).sum()),
            "dense_1pct": int((freq > 0.01).sum()),
            "ema_threshold": st.ema_threshold}
@@ -701,7 +701,7 @@ def _window_record(st: SAEState, step: int, train_cfg: TrainConfig, world_size: 
     return rec
 
 
-def _dead_tokens_of(train_cfg: TrainConfig) -> int:
+def dead_tokens_of(train_cfg: TrainConfig) -> int:
     return train_cfg.dead_tokens or min(10_000_000, max(train_cfg.batch_size, train_cfg.tokens // 10))
 
 
