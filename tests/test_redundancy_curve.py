@@ -42,3 +42,23 @@ def test_latent_ablation_zero_and_mean_against_explicit_references():
             c = 0.0 if op == "zero" else float(mean_codes[i])
             reference -= (codes[:, i:i + 1] - c) * sae.W_dec[i]
         assert torch.allclose(out, reference, atol=1e-5), op
+
+
+def test_a_control_with_too_few_latents_outside_the_set_is_reported_not_printed():
+    """Past N = m/2 fewer than N latents lie outside the top N: the report names the shortfall instead of a ratio,
+    and the count survives a JSON round trip."""
+    from scaffold_sae.stats import Estimate
+
+    density = torch.rand(10, generator=torch.Generator().manual_seed(0))
+    assert redundancy.density_matched(torch.arange(8), density, torch.Generator().manual_seed(0)).numel() == 2
+    e = Estimate(1.5, 1.4, 1.6)
+    points = [redundancy.CurvePoint(2, "zero", e, e, e, e, False, 2),
+              redundancy.CurvePoint(8, "zero", e, e, e, e, False, 2)]
+    quantiles = {"q50": 0.1, "q90": 0.2, "q99": 0.3, "max": 0.4}
+    result = redundancy.RedundancyResult("base", "hyb", 2, 4, "rule", 0.5, 0.5, 0, [], [], quantiles, 0, 0, None, None,
+                                         curve=points, curve_contexts=3)
+    curve_table = redundancy.sections(result)[0].tables[-1]
+    assert curve_table.rows[0][3] == "1.5 [1.4, 1.6]"
+    assert curve_table.rows[1][3] == curve_table.rows[1][6] == "n/a: only 2 latents lie outside the top 8"
+    from scaffold_sae.analyses.base import from_json, to_json
+    assert from_json(redundancy.RedundancyResult, to_json(result)).curve[1].n_random == 2

@@ -60,6 +60,9 @@ class CurvePoint:
     random_ce: Estimate
     paper_share: bool = False
     """This N is the paper's share of the dictionary (787 / 16,384)."""
+    n_random: int | None = None
+    """How many random latents the control ablated: N, or fewer when fewer than N latents lie outside the top N
+    (then the control is not comparable and the report says so instead of printing its ratio)."""
 
 
 @dataclass
@@ -232,10 +235,11 @@ def like_for_like_curve(context: AnalysisContext, config: RedundancyConfig, resu
     density, mean_codes = (codes != 0).double().mean(0), codes.double().mean(0)
     generator = torch.Generator().manual_seed(context.shared.seed)
     sizes = curve_sizes(int(base.cfg.width), config.redundancy_points)
-    conditions = {}
+    conditions, n_random = {}, {}
     for n, _ in sizes:
         aligned = order[:n]
         matched = density_matched(aligned, density, generator)
+        n_random[n] = int(matched.numel())
         for op in operators:
             conditions[f"aligned|{n}|{op}"] = rows_edit(latent_edit(base, aligned, op, mean_codes, inference),
                                                         "ordinary")
@@ -251,7 +255,7 @@ def like_for_like_curve(context: AnalysisContext, config: RedundancyConfig, resu
     ratio = dict(zip(losses.names, est[:k]))
     ce = dict(zip(losses.names, est[k:]))
     result.curve = [CurvePoint(n, op, ratio[f"aligned|{n}|{op}"], ratio[f"random|{n}|{op}"], ce[f"aligned|{n}|{op}"],
-                               ce[f"random|{n}|{op}"], paper) for n, paper in sizes for op in operators]
+                               ce[f"random|{n}|{op}"], paper, n_random[n]) for n, paper in sizes for op in operators]
     result.curve_contexts = int(context.ce_contexts.shape[0])
     table = context.results.get("ablation_table")
     if table is not None:
@@ -289,14 +293,21 @@ def sections(result: RedundancyResult) -> list[Section]:
             return f"{format_number(e.value)} [{format_number(e.low)}, {format_number(e.high)}]"
 
         removed = result.scaffold_removed or {}
+
+        def control(p, e):
+            if p.n_random is None or p.n_random == p.n:
+                return iv(e)
+            return f"n/a: only {p.n_random} latents lie outside the top {p.n}"
         tables.append(Table(
             ["N latents ablated", "operator", "top-N aligned: CE / clean", "N density-matched random: CE / clean",
              "scaffold removed, same operator", "aligned CE", "random CE", "paper's share (787/16384)"],
-            [[p.n, p.operator, iv(p.aligned), iv(p.random), iv(removed[p.operator]) if p.operator in removed else None,
-              iv(p.aligned_ce), iv(p.random_ce), "yes" if p.paper_share else ""] for p in result.curve],
+            [[p.n, p.operator, iv(p.aligned), control(p, p.random),
+              iv(removed[p.operator]) if p.operator in removed else None, iv(p.aligned_ce), control(p, p.random_ce),
+              "yes" if p.paper_share else ""] for p in result.curve],
             caption=f"Like for like: {result.baseline}'s latents ranked by alignment with span(U), zero- or "
                     f"mean-ablated (error kept) at ordinary positions, {result.curve_contexts} CE contexts, paired "
-                    f"bootstrap 95% intervals; the scaffold column is the causal ablation table's scaffold cell"))
+                    f"bootstrap 95% intervals; the scaffold column is the causal ablation table's scaffold cell; "
+                    f"the random latents are drawn outside the top N, so past N = m/2 there are too few of them"))
     return [Section("Scaffold redundancy in the baseline SAE", text, tables=tables)]
 
 
