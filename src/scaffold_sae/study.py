@@ -152,6 +152,11 @@ class StudyConfig:
     """Tokens per probing document, BOS included."""
     probe_datasets: str = "bbc_topic,sentiment,language"
     """Comma-separated probing datasets: bbc_topic, sentiment, language."""
+    probe_splits: int = 5
+    """Stratified random train/test splits (70/30) of the probing documents: probing reports mean +- sd over them,
+    bootstrap intervals over test documents and a paired test of each hybrid against the plain SAE."""
+    probe_ks: list[int] = field(default_factory=lambda: [1, 2, 5, 10, 20])
+    """Sparse-probing k values (latents per probe)."""
     topic_datasets: str = "bbc_topic,language"
     """Fixed-probe topic analysis: comma-separated datasets (empty disables it). Each of its 14 conditions runs
     blocks layer+1.. over topic_docs x probe_tokens tokens per dataset."""
@@ -180,6 +185,9 @@ class StudyConfig:
                               "browse to false)")
         if self.seeds < 1:
             raise ConfigError(f"seeds={self.seeds} is invalid: must be a positive integer")
+        if self.probe_splits < 1 or not self.probe_ks or min(self.probe_ks) < 1:
+            raise ConfigError(f"probe_splits={self.probe_splits}, probe_ks={self.probe_ks} are invalid: at least one "
+                              f"split and positive k values, e.g. probe_splits 5, probe_ks 1,2,5,10,20")
         unknown = [b for b in self.baseline_kinds() if b not in EXTRA_BASELINES]
         if unknown:
             raise ConfigError(f"baselines={self.baselines!r} is invalid: {', '.join(unknown)} unknown; choose from "
