@@ -325,6 +325,26 @@ def test_probing_analysis_end_to_end_on_the_tiny_model(tiny_lm, tmp_path, monkey
         assert format_number(value) in md, f"{value} missing from the report"
 
 
+def test_probing_json_written_before_the_splits_still_loads():
+    """A results.json of the one-split probing (results/D-demo) keeps loading, for `compare` and `report`."""
+    old = {"datasets": {"bbc_topic": {"classes": ["a", "b", "c"], "documents": 200, "mean_tokens": 63.0}},
+           "l0": {"bbc_topic": {"r0": 32.0, "r2": 32.0}},
+           "sparse": [{"dataset": "bbc_topic", "features": f, "rank": r, "k": 1, "accuracy": 0.49}
+                      for f, r in (("residual", None), ("r0", 0), ("r2", 2))],
+           "tpp": [{"dataset": "bbc_topic", "sae": "r0", "rank": 0, "n_ablated": 2, "score": 0.002,
+                    "target_drop": 0.008, "other_drop": 0.006}],
+           "topic": [{"dataset": "bbc_topic", "sae": "r2", "rank": 2, "features": "full", "accuracy": 0.88,
+                      "chance": 0.2}],
+           "config": {"datasets": ["bbc_topic"], "n_docs": 200, "max_tokens": 64, "ks": [1], "tpp_n": [2],
+                      "topic_dataset": "bbc_topic", "seed": 0, "sink_factor": 10.0, "batch_size": 8}}
+    result = from_json(probing_analysis.ProbingResult, old)
+    score = result.sparse[1]
+    assert score.accuracy.value == 0.49 and score.accuracy.low is None and score.per_split == [0.49]
+    assert result.paired == [] and result.config.n_splits == 1 and result.tpp[0].score_sd is None
+    assert [s.title for s in probing_analysis.sections(result)] == [
+        "Sparse probing", "Targeted probe perturbation (TPP, secondary)", "Topic probe on the scaffold"]
+
+
 def test_an_uncalibrated_threshold_is_refused(tiny_lm):
     sae = HybridSAE(SAEConfig(arch="batchtopk", d_in=tiny_lm.d_model, width=16, k=2, rank=0)).eval()
     with pytest.raises(probing.ProbingError, match="no calibrated inference threshold"):

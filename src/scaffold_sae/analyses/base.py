@@ -4,7 +4,8 @@ An analysis is one module with a config dataclass (each field documented; a fiel
 takes the study's value), a result dataclass, `run(context, config) -> result | None` (None: nothing to analyse,
 e.g. no hybrid SAE) and `sections(result) -> list[Section]`, plus one `register(...)` call. Analyses run, and their
 sections appear, in registration order; a later analysis may read the typed results of earlier ones in
-`context.results`.
+`context.results`. A result dataclass (or one nested in it) whose JSON layout changed defines a staticmethod
+`upgrade_json(data) -> data` that rewrites what earlier versions wrote, so old results.json files still load.
 """
 
 from __future__ import annotations
@@ -50,6 +51,8 @@ def from_json(cls: Any, data: Any) -> Any:
         _, value = typing.get_args(cls) or (str, Any)
         return {k: from_json(value, v) for k, v in data.items()}
     if dataclasses.is_dataclass(cls):
+        if hasattr(cls, "upgrade_json"):
+            data = cls.upgrade_json(data)
         hints = typing.get_type_hints(cls)
         names = {f.name for f in dataclasses.fields(cls) if f.init}
         return cls(**{k: from_json(hints[k], v) for k, v in data.items() if k in names})

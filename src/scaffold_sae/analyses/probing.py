@@ -82,6 +82,11 @@ class ProbeConfig:
     batch_size: int = 8
     """Documents per LM forward."""
 
+    @staticmethod
+    def upgrade_json(data: dict) -> dict:
+        """Settings written before the splits: one split, no bootstrap."""
+        return {"n_splits": 1, "n_boot": 0, **data}
+
 
 @dataclass
 class DatasetInfo:
@@ -112,6 +117,14 @@ class SparseProbeScore:
     sd: float | None
     """Sample sd of the per-split accuracies (None with one split)."""
     per_split: list[float]
+
+    @staticmethod
+    def upgrade_json(data: dict) -> dict:
+        """A score written before the splits: one accuracy, no interval."""
+        if isinstance(data.get("accuracy"), (int, float)):
+            acc = data["accuracy"]
+            data = {"sd": None, "per_split": [acc], **data, "accuracy": {"value": acc, "low": None, "high": None}}
+        return data
 
 
 @dataclass
@@ -146,6 +159,10 @@ class TPPScore:
     target_drop: float
     other_drop: float
 
+    @staticmethod
+    def upgrade_json(data: dict) -> dict:
+        return {"score_sd": None, **data}
+
 
 @dataclass
 class TopicProbeScore:
@@ -160,6 +177,10 @@ class TopicProbeScore:
     """Sample sd over splits (None with one split)."""
     chance: float
 
+    @staticmethod
+    def upgrade_json(data: dict) -> dict:
+        return {"sd": None, **data}
+
 
 @dataclass
 class ProbingResult:
@@ -171,6 +192,11 @@ class ProbingResult:
     tpp: list[TPPScore]
     topic: list[TopicProbeScore]
     config: ProbeConfig
+
+    @staticmethod
+    def upgrade_json(data: dict) -> dict:
+        """Results written before the paired test have none."""
+        return {"paired": [], **data}
 
 
 @dataclass
