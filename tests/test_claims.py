@@ -9,7 +9,8 @@ import pytest
 from scaffold_sae import claims, report
 from scaffold_sae.analyses import AnalysisResults
 from scaffold_sae.analyses.ablation_table import AblationTableResult, Cell, Comparison
-from scaffold_sae.analyses.probing import DatasetInfo, ProbeConfig, ProbingResult, SparseProbeScore
+from scaffold_sae.analyses.probing import (DatasetInfo, PairedDifference, ProbeConfig, ProbingResult,
+                                           SparseProbeScore)
 from scaffold_sae.analyses.structure import ScaffoldStructure, StructureResult
 from scaffold_sae.analyses.topic_ablation import TopicReadout, TopicResult
 from scaffold_sae.stats import Estimate
@@ -27,7 +28,7 @@ def cell(subject: str, operator: str, ratio: Estimate) -> Cell:
 
 def known_study() -> dict:
     """Numbers chosen so that each rule's outcome is known: dense reproduced (3 seeds), structure without an interval,
-    the causal ratio straddling 2, no redundancy analysis, the topic surviving, probing without an interval."""
+    the causal ratio straddling 2, no redundancy analysis, the topic surviving, the probing difference straddling 0."""
     saes = {f"{kind}{seed}": member(kind, seed, rank, dense) for kind, rank, counts in
             (("baseline", 0, (50, 52, 54)), ("hybrid", 8, (0, 1, 2))) for seed, dense in enumerate(counts)}
     structure = StructureResult([ScaffoldStructure(
@@ -51,9 +52,13 @@ def known_study() -> dict:
         TopicReadout("bbc_topic", "clean", 9, Estimate(0.9, 0.85, 0.95), 0.2),
         TopicReadout("bbc_topic", "scaffold:zero:ordinary", 9, Estimate(0.88, 0.82, 0.93), 0.2)],
         {"bbc_topic": 140}, {"bbc_topic": 60}, 256)
+    def score(sae, rank, k, acc):
+        return SparseProbeScore("bbc_topic", sae, rank, k, Estimate(acc, acc - 0.05, acc + 0.05), 0.02, [acc])
+
     probing = ProbingResult({"bbc_topic": DatasetInfo(["a", "b"], 200, 60.0)}, {}, [
-        SparseProbeScore("bbc_topic", "baseline0", 0, 5, 0.7), SparseProbeScore("bbc_topic", "hybrid0", 8, 5, 0.75),
-        SparseProbeScore("bbc_topic", "baseline0", 0, 1, 0.6)], [], [], ProbeConfig())
+        score("baseline0", 0, 5, 0.7), score("hybrid0", 8, 5, 0.75), score("baseline0", 0, 1, 0.6)],
+        [PairedDifference("bbc_topic", "hybrid0", "baseline0", 8, 5, Estimate(0.05, -0.02, 0.12), 0.03,
+                          [Estimate(0.05, -0.02, 0.12)], "undecided")], [], [], ProbeConfig())
     analyses = AnalysisResults(4096, {"structure": structure, "ablation_table": table, "probing": probing,
                                       "topic_ablation": topic})
     return {"title": "claims", "config": {"analysis_rank": None}, "saes": saes, "analyses": analyses.to_json()}
@@ -79,7 +84,8 @@ def test_known_numbers_give_the_expected_rows_and_verdicts():
     assert redundancy.verdict == "not run" and redundancy.ours == "-"
     assert (topic.value, topic.low, topic.high) == (0.88, 0.82, 0.93)
     assert "decided against halfway 0.55" in topic.against and "topic survives" in topic.note
-    assert probing.value == pytest.approx(0.05) and "k=5" in probing.ours
+    assert (probing.value, probing.low, probing.high) == (0.05, -0.02, 0.12) and "k=5" in probing.ours
+    assert "documents (now 200) would decide" in probing.note
 
 
 def test_the_rules_decide_only_outside_the_interval():

@@ -440,7 +440,9 @@ def sections(result: ProbingResult) -> list[Section]:
                                             for k, v in asdict(cfg).items()], caption="Probing settings")
     top = MEAN if MEAN in datasets else (datasets[0] if datasets else None)
     figures = [Figure(f"Sparse probing accuracy vs k ({top})",
-                      [Series(feat, ks, [score[(top, feat, k)].accuracy.value for k in ks]) for feat in names],
+                      [Series(feat, [k for k in ks if (top, feat, k) in score],
+                              [score[(top, feat, k)].accuracy.value for k in ks if (top, feat, k) in score])
+                       for feat in names],
                       xlabel="k", ylabel="accuracy")] if sparse else []
     out = [Section("Sparse probing", "SAEBench k-sparse probing on real labelled text, the headline probing metric: "
                    "each probe sees only the k latents with the largest mean difference between its classes on the "
