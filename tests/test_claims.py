@@ -115,3 +115,21 @@ def test_the_report_opens_with_the_summary_ends_with_the_configuration_and_expor
     assert set(summary[0]) == {"claim", "ours", "against", "verdict", "note", "value", "low", "high"}
     again = report.write_report(report.load_results(paths.json), tmp_path / "again")
     assert again.json.read_text() == paths.json.read_text() and again.markdown.read_text() == md
+
+
+def test_the_topic_claim_names_its_random_control():
+    """A drop to chance that r random directions removed the same way also produce is reproduced but flagged as not
+    specific to the scaffold; a control that keeps the topic is named without the flag."""
+    def topic(control: Estimate) -> TopicResult:
+        return TopicResult("hybrid0", "baseline0", 8, 9, [
+            TopicReadout("bbc_topic", "clean", 9, Estimate(0.9, 0.85, 0.95), 0.2),
+            TopicReadout("bbc_topic", "scaffold:zero:ordinary", 9, Estimate(0.2, 0.1, 0.3), 0.2),
+            TopicReadout("bbc_topic", "random:zero:ordinary", 9, control, 0.2)],
+            {"bbc_topic": 140}, {"bbc_topic": 60}, 256)
+
+    same = claims.topic_row(topic(Estimate(0.21, 0.12, 0.3)), None, 8)
+    assert same.verdict == "reproduced" and same.note.endswith(
+        "control: r random directions removed the same way give 0.21 [0.12, 0.3], so the drop is not specific to "
+        "the scaffold")
+    kept = claims.topic_row(topic(Estimate(0.85, 0.8, 0.9)), None, 8)
+    assert kept.verdict == "reproduced" and kept.note.endswith("give 0.85 [0.8, 0.9]")

@@ -282,6 +282,11 @@ def topic_row(topic: Any, probing: Any, rank: int | None) -> ClaimRow:
         note = "the interval lies above halfway from chance to clean: the topic survives"
     elif verdict == UNDECIDED:
         note = _decide("test documents", a.value, a.low, a.high, halfway, n)
+    control = at.get(("random" + removed.condition[len("scaffold"):], topic.layer))
+    if control is not None:
+        same = side_of(control.accuracy.low, control.accuracy.high, halfway, claim_below=True)
+        note += (f"; control: r random directions removed the same way give {iv(control.accuracy)}"
+                 + (", so the drop is not specific to the scaffold" if same == verdict == REPRODUCED else ""))
     return ClaimRow(claim, ours, against, verdict, note, a.value, a.low, a.high)
 
 
