@@ -322,12 +322,12 @@ def _run_study(cfg: StudyConfig, out_dir: str | Path, progress: bool) -> dict:
 def training_results(sae_dirs: dict[str, Path]) -> dict[str, dict]:
     """Per SAE: how its training ended (steps, budget, stop reason, convergence step, final held-out FVU, from its
     saved summary) and its curves (log-window loss and held-out FVU against tokens, from train_log.jsonl)."""
-    from scaffold_sae.trainer import LOG
+    from scaffold_sae.trainer import LOG, read_log
 
     records: list[dict] = []
     for log in {Path(d).parent / LOG for d in sae_dirs.values()}:
         if log.is_file():
-            records += [json.loads(line) for line in log.read_text().splitlines() if line.strip()]
+            records += read_log(log)
     out = {}
     for name, directory in sae_dirs.items():
         summary = json.loads((Path(directory) / "scaffold_sae.json").read_text()).get("summary", {})
