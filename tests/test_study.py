@@ -141,6 +141,15 @@ def test_study_config_values_are_typed_like_flags(tmp_path):
     assert result.returncode == 2 and "scaffold_tied='maybe' is invalid: expected bool" in result.stderr
 
 
+def test_zero_bootstrap_samples_fail_at_once_with_the_fix():
+    """Without this check the study harvested, trained and evaluated, then failed inside the first bootstrap."""
+    from scaffold_sae.sae import ConfigError
+    from scaffold_sae.study import StudyConfig
+
+    with pytest.raises(ConfigError, match="bootstrap_samples=0 is invalid"):
+        StudyConfig(bootstrap_samples=0).validate()
+
+
 def test_study_can_train_an_uncentred_scaffold():
     from scaffold_sae.sae import SAEConfig
     from scaffold_sae.trainer import sae_names
