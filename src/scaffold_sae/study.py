@@ -456,12 +456,16 @@ def member_keys(member: StudyMember) -> dict:
 
 
 def train_missing(cache: ActivationCache, cfg: StudyConfig, out: Path, progress: bool) -> dict[str, Path]:
-    """Train (in lockstep) the study's SAEs that are not saved yet; returns name -> directory for all."""
-    from scaffold_sae.trainer import sae_names, resolve_configs
+    """Train (in lockstep) the study's SAEs that are not saved yet; returns name -> directory for all. A run stopped
+    while saving (some SAEs saved, its checkpoint still there) is resumed whole: the checkpoint holds every SAE, so a
+    subset would not match it, and until_converged stops them all together."""
+    from scaffold_sae.trainer import CHECKPOINT, sae_names, resolve_configs
 
     cfgs = resolve_configs(cfg.sae_configs(), cache.d_model)
     names = sae_names(cfgs)
     missing = [c for c, n in zip(cfgs, names) if not (out / n / "scaffold_sae.json").exists()]
+    if missing and (out / CHECKPOINT).exists():
+        missing = cfgs
     if missing:
         train_cfg = cfg.train_config()
         train_cfg.progress = progress
