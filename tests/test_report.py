@@ -166,6 +166,24 @@ def test_report_cli_regenerates(tmp_path, study):
     assert missing.returncode == 2 and "does not exist" in missing.stderr
 
 
+def test_a_report_redrawn_elsewhere_keeps_its_relative_links(tmp_path, study):
+    """`scaffold-sae report --out` another folder: the stored links (the study's browser sites) still reach their
+    files; redrawn in place they are unchanged; absolute URLs and anchors are left alone."""
+    from urllib.parse import unquote
+
+    site = tmp_path / "run" / "browse" / "sae one" / "index.html"
+    site.parent.mkdir(parents=True)
+    site.write_text("<html></html>")
+    links = [["site", "../browse/sae one/index.html"], ["paper", "https://example.org/p"], ["top", "#summary"]]
+    first = report.write_report(study, tmp_path / "run" / "report", sections=[Section("Feature browser", links=links)])
+    for out in (tmp_path / "elsewhere" / "deeper", first.json.parent):
+        paths = report.report_from_results(report.ReportConfig(results=str(first.json), out=str(out)))
+        (href,) = re.findall(r"\[site\]\(([^)]+)\)", paths.markdown.read_text())
+        stored = json.loads(paths.json.read_text())["sections"][0]["links"]
+        assert (out / unquote(href)).resolve() == site.resolve() and stored[1:] == links[1:]
+    assert stored == links  # redrawn in place: unchanged
+
+
 def test_seeds_give_mean_and_sd_and_the_dense_claim_names_each_baseline(tmp_path):
     """Two seeds of a plain SAE, a hybrid and a capacity-matched SAE: the tables show mean ± sd (sample sd) and
     the hybrid's dense count against each baseline, paired by seed; a study without roles reads rank 0 as the

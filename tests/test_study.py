@@ -141,6 +141,35 @@ def test_study_config_values_are_typed_like_flags(tmp_path):
     assert result.returncode == 2 and "scaffold_tied='maybe' is invalid: expected bool" in result.stderr
 
 
+def test_zero_bootstrap_samples_fail_at_once_with_the_fix():
+    """Without this check the study harvested, trained and evaluated, then failed inside the first bootstrap."""
+    from scaffold_sae.sae import ConfigError
+    from scaffold_sae.study import StudyConfig
+
+    with pytest.raises(ConfigError, match="bootstrap_samples=0 is invalid"):
+        StudyConfig(bootstrap_samples=0).validate()
+
+
+def test_a_study_stopped_while_saving_resumes_its_whole_lockstep_run(tmp_path, monkeypatch):
+    """Killed between two saves of the final step: some SAEs are saved and the checkpoint is kept. The rerun trains
+    every SAE from that checkpoint (a subset would not match its configuration key), not only the missing ones."""
+    from types import SimpleNamespace
+
+    from scaffold_sae import study
+    from scaffold_sae.study import StudyConfig, train_missing
+
+    cfg = StudyConfig(ranks=[0, 4], width=32, k=4)
+    calls = []
+    monkeypatch.setattr(study, "train_saes", lambda cache, cfgs, train, out: calls.append([c.rank for c in cfgs]))
+    out = tmp_path / "saes"
+    (out / "batchtopk_m32_k4_r0_resin").mkdir(parents=True)
+    (out / "batchtopk_m32_k4_r0_resin" / "scaffold_sae.json").write_text("{}")
+    train_missing(SimpleNamespace(d_model=16), cfg, out, progress=False)
+    (out / "checkpoint.pt").write_bytes(b"x")
+    train_missing(SimpleNamespace(d_model=16), cfg, out, progress=False)
+    assert calls == [[4], [0, 4]]
+
+
 def test_study_can_train_an_uncentred_scaffold():
     from scaffold_sae.sae import SAEConfig
     from scaffold_sae.trainer import sae_names

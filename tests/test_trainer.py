@@ -320,6 +320,20 @@ def test_a_converging_run_resumed_mid_way_gives_the_same_weights_and_stop(tmp_pa
     assert [load_sae(p).summary["steps"] for p in resumed] == [load_sae(p).summary["steps"] for p in full]
 
 
+def test_a_torn_log_line_from_a_killed_run_does_not_stop_the_resume(tmp_path):
+    """A run killed while appending leaves a torn last line in train_log.jsonl: the resume drops it (and this run's
+    records past the resume point), keeps every other record, and rewrites the log atomically."""
+    from scaffold_sae.trainer import _Loggers, read_log
+
+    log = tmp_path / "train_log.jsonl"
+    log.write_text('{"sae": "a", "step": 4, "loss": 1.0}\n{"sae": "b", "step": 9}\n'
+                   '{"sae": "a", "step": 8, "loss": 0.5}\n{"sae": "a", "st')
+    _Loggers(tmp_path, tcfg(), start_step=4, process_rank=0, names=["a"]).close()
+    kept = [{"sae": "a", "step": 4, "loss": 1.0}, {"sae": "b", "step": 9}]
+    assert [json.loads(line) for line in log.read_text().splitlines()] == kept == read_log(log)
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["train_log.jsonl"]
+
+
 def test_held_out_rows_are_never_trained_on_and_bad_settings_fail_with_the_fix(tmp_path):
     data = synthetic(1024)
     data[-256:] = float("nan")                     # a NaN in any training batch or init sample would poison the SAE

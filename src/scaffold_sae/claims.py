@@ -227,8 +227,9 @@ def redundancy_row(result: Any) -> ClaimRow:
     if point is None or scaffold is None:
         ours = f"{result.n_aligned} aligned latents ablated: x{format_number(result.ratio_aligned_ablated)} clean CE"
         against = f"scaffold removed: x{format_number(result.ratio_scaffold_removed)}; {against_paper}"
-        return ClaimRow(claim, ours, against, UNDECIDED, "no interval: run the like-for-like curve "
-                        "(redundancy_points > 0) with the causal ablation table's zero operator to decide",
+        return ClaimRow(claim, ours, against, UNDECIDED, "no interval: rerun the study with the causal ablation "
+                        "table's scaffold subject, zero operator and ordinary positions (ablation_subjects, "
+                        "ablation_operators, ablation_positions), which the redundancy curve is compared with",
                         result.ratio_aligned_ablated)
     ours = (f"{point.n} most aligned latents zeroed: {iv(point.aligned)} x clean CE "
             f"({result.curve_contexts} contexts)")

@@ -245,8 +245,9 @@ COMMANDS = [
     Command("diagnose", "dense latents of any saved SAE, and whether a scaffold would remove them",
             (DiagnoseRun, DiagnoseConfig), _diagnose,
             description="Dense latents, their alignment with the top PCs and massive dims, antipodal pairs and the "
-                        "reconstruction's share in the top PCs; then a fresh plain and scaffolded SAE of the same "
-                        "width and k compared at matched L0. Writes diagnosis.json, .md and .html.",
+                        "reconstruction's share in the top PCs; then, at matched L0, the SAE fine-tuned without and "
+                        "with a rank-r scaffold (--fit finetune, the default) or a fresh plain and scaffolded SAE of "
+                        "the same width and k (--fit fresh). Writes diagnosis.json, .md and .html.",
             switches={"progress": "--no-progress"}),
 ]
 

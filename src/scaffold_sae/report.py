@@ -535,5 +535,28 @@ class ReportConfig:
 
 
 def report_from_results(cfg: ReportConfig) -> ReportPaths:
-    """(Re)write the report of ``cfg.results`` into ``cfg.out``."""
-    return write_report(load_results(cfg.results), cfg.out)
+    """(Re)write the report of ``cfg.results`` into ``cfg.out``; the stored sections' relative links (e.g. the
+    study's feature-browser sites) are rewritten to reach the same files from ``cfg.out``."""
+    return write_report(rebase_links(load_results(cfg.results), Path(cfg.results).parent, cfg.out), cfg.out)
+
+
+def rebase_links(study: dict[str, Any], from_dir: str | Path, to_dir: str | Path) -> dict[str, Any]:
+    """The study with every relative href of its stored sections, written for a report in ``from_dir`` (the folder
+    of its results.json), rewritten for a report in ``to_dir``; absolute URLs, absolute paths and #anchors stay."""
+    import os
+    from urllib.parse import urlsplit
+
+    source, target = Path(from_dir).resolve(), Path(to_dir).resolve()
+
+    def rebased(href: str) -> str:
+        parts = urlsplit(href)
+        if parts.scheme or parts.netloc or not parts.path or parts.path.startswith("/"):
+            return href
+        path = Path(os.path.relpath(source / parts.path, target)).as_posix()
+        return path + (f"#{parts.fragment}" if parts.fragment else "")
+
+    if source == target or not study.get("sections"):
+        return study
+    sections = [{**s, "links": [[label, rebased(href)] for label, href in s["links"]]}
+                if isinstance(s, dict) and s.get("links") else s for s in study["sections"]]
+    return {**study, "sections": sections}

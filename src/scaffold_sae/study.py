@@ -120,7 +120,8 @@ class StudyConfig:
     seed: int = 0
     """Seed for data order and initialisation."""
     analyses: bool = True
-    """Run the scaffold analyses (structure, causality, redundancy, probing, rank selection) after evaluating."""
+    """Run the scaffold analyses (structure, causality, the causal ablation table, redundancy, probing, the
+    fixed-probe topic analysis, rank selection) after evaluating."""
     analysis_tokens: int = 8_192
     """Held-out tokens for the structure, redundancy and rank-selection statistics."""
     analysis_ce_tokens: int = 512
@@ -140,7 +141,8 @@ class StudyConfig:
     ablation_random_bases: int = 5
     """Causal ablation table: random r-dimensional bases."""
     bootstrap_samples: int = 2000
-    """Bootstrap resamples of the CE contexts behind every interval of the causal ablation table."""
+    """Bootstrap resamples behind the intervals of the causal ablation table and the redundancy curve (over CE
+    contexts) and of probing (over test documents)."""
     outlier_factor: float = 10.0
     """Outlier (massive-activation) dims: mean |x| above this multiple of the median dim's mean |x|."""
     redundancy_factor: float = 10.0
@@ -159,7 +161,7 @@ class StudyConfig:
     """Sparse-probing k values (latents per probe)."""
     topic_datasets: str = "bbc_topic,language"
     """Fixed-probe topic analysis: comma-separated datasets (empty disables it). Each of its 14 conditions runs
-    blocks layer+1.. over topic_docs x probe_tokens tokens per dataset."""
+    blocks layer+1.. over topic_docs x 64 tokens per dataset."""
     topic_docs: int = 200
     """Documents per dataset in the fixed-probe topic analysis (30% test documents, never fitted on)."""
     browse: bool = True
@@ -185,6 +187,9 @@ class StudyConfig:
                               "browse to false)")
         if self.seeds < 1:
             raise ConfigError(f"seeds={self.seeds} is invalid: must be a positive integer")
+        if self.bootstrap_samples < 1:
+            raise ConfigError(f"bootstrap_samples={self.bootstrap_samples} is invalid: the intervals of the analyses "
+                              "need at least one resample, e.g. 2000")
         if self.probe_splits < 1 or not self.probe_ks or min(self.probe_ks) < 1:
             raise ConfigError(f"probe_splits={self.probe_splits}, probe_ks={self.probe_ks} are invalid: at least one "
                               f"split and positive k values, e.g. probe_splits 5, probe_ks 1,2,5,10,20")
@@ -322,12 +327,12 @@ def _run_study(cfg: StudyConfig, out_dir: str | Path, progress: bool) -> dict:
 def training_results(sae_dirs: dict[str, Path]) -> dict[str, dict]:
     """Per SAE: how its training ended (steps, budget, stop reason, convergence step, final held-out FVU, from its
     saved summary) and its curves (log-window loss and held-out FVU against tokens, from train_log.jsonl)."""
-    from scaffold_sae.trainer import LOG
+    from scaffold_sae.trainer import LOG, read_log
 
     records: list[dict] = []
     for log in {Path(d).parent / LOG for d in sae_dirs.values()}:
         if log.is_file():
-            records += [json.loads(line) for line in log.read_text().splitlines() if line.strip()]
+            records += read_log(log)
     out = {}
     for name, directory in sae_dirs.items():
         summary = json.loads((Path(directory) / "scaffold_sae.json").read_text()).get("summary", {})
@@ -451,12 +456,16 @@ def member_keys(member: StudyMember) -> dict:
 
 
 def train_missing(cache: ActivationCache, cfg: StudyConfig, out: Path, progress: bool) -> dict[str, Path]:
-    """Train (in lockstep) the study's SAEs that are not saved yet; returns name -> directory for all."""
-    from scaffold_sae.trainer import sae_names, resolve_configs
+    """Train (in lockstep) the study's SAEs that are not saved yet; returns name -> directory for all. A run stopped
+    while saving (some SAEs saved, its checkpoint still there) is resumed whole: the checkpoint holds every SAE, so a
+    subset would not match it, and until_converged stops them all together."""
+    from scaffold_sae.trainer import CHECKPOINT, sae_names, resolve_configs
 
     cfgs = resolve_configs(cfg.sae_configs(), cache.d_model)
     names = sae_names(cfgs)
     missing = [c for c, n in zip(cfgs, names) if not (out / n / "scaffold_sae.json").exists()]
+    if missing and (out / CHECKPOINT).exists():
+        missing = cfgs
     if missing:
         train_cfg = cfg.train_config()
         train_cfg.progress = progress

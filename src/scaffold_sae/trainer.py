@@ -334,8 +334,9 @@ class _Loggers:
         if self.path.exists():  # drop this run's records beyond the resume point; other SAEs' records stay
             def kept(record: dict) -> bool:
                 return record.get("sae") not in names or record.get("step", 0) <= start_step
-            keep = [line for line in self.path.read_text().splitlines() if line.strip() and kept(json.loads(line))]
-            self.path.write_text("".join(line + "\n" for line in keep))
+            keep = [json.dumps(record) for record in read_log(self.path) if kept(record)]
+            # atomically: a kill during this rewrite must not lose the records of earlier runs and other SAEs
+            atomic_write_bytes(self.path, "".join(line + "\n" for line in keep).encode())
         if train_cfg.wandb_project:
             try:
                 import wandb
@@ -370,6 +371,20 @@ class _Loggers:
             self.wandb.finish()
         if self.tb is not None:
             self.tb.close()
+
+
+def read_log(path: Path) -> list[dict]:
+    """The records of a train_log.jsonl; a line that does not parse (the torn last line of a killed run) is
+    skipped, so a rerun still resumes."""
+    records = []
+    for line in Path(path).read_text().splitlines():
+        try:
+            record = json.loads(line)
+        except ValueError:
+            continue
+        if isinstance(record, dict):
+            records.append(record)
+    return records
 
 
 def _metadata(source: object) -> dict:

@@ -1,5 +1,6 @@
 """What the scaffold is: one module per analysis (structure, causality, the causal ablation table, redundancy, probing,
-rank selection), each registered with `register` (see base.py); `run_analyses` runs them all inside the study.
+the fixed-probe topic analysis, rank selection), each registered with `register` (see base.py); `run_analyses` runs
+them all inside the study.
 
 Every statistic uses held-out tokens at the positions lm_passes.eval_mask keeps, and every edit of the residual
 stream is applied at those positions only (BOS and sinks keep their original values); CE leaves out the prediction
