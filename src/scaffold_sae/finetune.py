@@ -21,9 +21,9 @@ import torch
 from torch import Tensor
 
 from scaffold_sae.comm import LocalComm
-from scaffold_sae.sae import HybridSAE, SAEConfig, lr_for_width, pca_basis
-from scaffold_sae.trainer import (SAEState, TensorSource, TrainConfig, dead_tokens_of, train_step, estimate_threshold,
-                                  input_scale, schedule)
+from scaffold_sae.sae import HybridSAE, SAEConfig, pca_basis
+from scaffold_sae.trainer import (TensorSource, TrainConfig, dead_tokens_of, estimate_threshold, input_scale,
+                                  new_state, schedule, train_step, warmup_steps)
 
 
 @torch.no_grad()
@@ -56,7 +56,7 @@ def finetune(saes: list[HybridSAE], data: Tensor, train: TrainConfig) -> list[Hy
     sample = source.sample(train.init_sample_tokens, seed=train.seed)
     scale = input_scale(sample) if train.scale_inputs else 1.0
     total_steps = max(1, train.tokens // train.batch_size)
-    warmup = min(1000, max(1, total_steps // 20)) if train.lr_warmup_steps is None else train.lr_warmup_steps
+    warmup = warmup_steps(train, total_steps)
     dead_tokens = dead_tokens_of(train)
     states = []
     for i, start in enumerate(saes):
@@ -64,15 +64,7 @@ def finetune(saes: list[HybridSAE], data: Tensor, train: TrainConfig) -> list[Hy
         sae.requires_grad_(True)
         if sae.rank > 0 and sae.cfg.scaffold_init == "pca":
             sae.set_scaffold(pca_basis(sample * scale, sae.b_dec.detach(), sae.rank))
-        sae = sae.to(comm.device).train()
-        base_lr = train.lr or lr_for_width(sae.cfg.width)
-        groups = [{"params": sae.dictionary_parameters(), "lr": base_lr, "lr_mult": 1.0}]
-        if sae.rank > 0:
-            groups.append({"params": sae.scaffold_parameters(), "lr": base_lr * sae.cfg.scaffold_lr_mult,
-                           "lr_mult": sae.cfg.scaffold_lr_mult})
-        optim = torch.optim.Adam(groups, betas=(train.adam_beta1, train.adam_beta2), fused=True)
-        state = SAEState(f"sae{i}", sae, optim, base_lr,
-                         torch.zeros(sae.cfg.width, dtype=torch.long, device=comm.device))
+        state = new_state(f"sae{i}", sae.to(comm.device).train(), train, comm.device)
         state.reset_window()
         states.append(state)
     batches = source.batches(train.batch_size, seed=train.seed)

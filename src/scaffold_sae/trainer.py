@@ -472,8 +472,7 @@ def _setup(cache, cfgs, train_cfg: TrainConfig, out_dir, comm: Communicator) -> 
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
     total_steps = train_cfg.tokens // (train_cfg.batch_size * world_size)
-    warmup = (min(1000, max(1, total_steps // 20)) if train_cfg.lr_warmup_steps is None
-              else train_cfg.lr_warmup_steps)
+    warmup = warmup_steps(train_cfg, total_steps)
     dead_tokens = dead_tokens_of(train_cfg)
     key = _config_key(cfgs, train_cfg, world_size)
     ckpt_path = out_dir / CHECKPOINT
@@ -491,16 +490,7 @@ def _setup(cache, cfgs, train_cfg: TrainConfig, out_dir, comm: Communicator) -> 
     for cfg, name in zip(cfgs, names):
         init_seed = train_cfg.seed if cfg.seed is None else cfg.seed
         sae = HybridSAE(cfg, torch.Generator().manual_seed(init_seed)).to(device)
-        base_lr = train_cfg.lr or lr_for_width(cfg.width)
-        groups = [{"params": sae.dictionary_parameters(), "lr": base_lr, "lr_mult": 1.0}]
-        if cfg.rank > 0 and cfg.scaffold_lr_mult == 0:  # frozen: no gradient, no clipping share, no QR
-            for p in sae.scaffold_parameters():
-                p.requires_grad_(False)
-        elif cfg.rank > 0:
-            groups.append({"params": sae.scaffold_parameters(), "lr": base_lr * cfg.scaffold_lr_mult,
-                           "lr_mult": cfg.scaffold_lr_mult})
-        optim = torch.optim.Adam(groups, betas=(train_cfg.adam_beta1, train_cfg.adam_beta2), fused=True)
-        states.append(SAEState(name, sae, optim, base_lr, torch.zeros(cfg.width, dtype=torch.long, device=device)))
+        states.append(new_state(name, sae, train_cfg, device))
     # a checkpoint holds weights and two Adam moments; saving adds the SAEs and a temp copy of one file
     need = sum(p.numel() for st in states for p in st.sae.parameters()) * 4 * 5
     if comm.rank == 0:
@@ -523,6 +513,29 @@ def _setup(cache, cfgs, train_cfg: TrainConfig, out_dir, comm: Communicator) -> 
     scale = comm.setup(states, start, scale)
     return _Run(cache, train_cfg, comm, out_dir, names, states, start, total_steps, warmup, dead_tokens, key,
                 scale, need, heldout)
+
+
+def warmup_steps(train_cfg: TrainConfig, total_steps: int) -> int:
+    """lr warm-up steps: train_cfg.lr_warmup_steps, else 5% of the run (at least 1, at most 1000)."""
+    if train_cfg.lr_warmup_steps is not None:
+        return train_cfg.lr_warmup_steps
+    return min(1000, max(1, total_steps // 20))
+
+
+def new_state(name: str, sae: HybridSAE, train_cfg: TrainConfig, device) -> SAEState:
+    """Training state of `sae` (already on `device`): Adam over the dictionary and, unless frozen by
+    scaffold_lr_mult 0, the scaffold at its own lr multiple."""
+    cfg = sae.cfg
+    base_lr = train_cfg.lr or lr_for_width(cfg.width)
+    groups = [{"params": sae.dictionary_parameters(), "lr": base_lr, "lr_mult": 1.0}]
+    if cfg.rank > 0 and cfg.scaffold_lr_mult == 0:  # frozen: no gradient, no clipping share, no QR
+        for p in sae.scaffold_parameters():
+            p.requires_grad_(False)
+    elif cfg.rank > 0:
+        groups.append({"params": sae.scaffold_parameters(), "lr": base_lr * cfg.scaffold_lr_mult,
+                       "lr_mult": cfg.scaffold_lr_mult})
+    optim = torch.optim.Adam(groups, betas=(train_cfg.adam_beta1, train_cfg.adam_beta2), fused=True)
+    return SAEState(name, sae, optim, base_lr, torch.zeros(cfg.width, dtype=torch.long, device=device))
 
 
 def _loop(run: _Run, on_step) -> None:
