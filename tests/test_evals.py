@@ -417,6 +417,19 @@ def test_ce_on_a_prefix_keeps_statistics_on_all_contexts(lm, contexts):
     assert part.ce_score_zero == pytest.approx(prefix.ce_score_zero, rel=1e-9)
 
 
+def test_mean_ablation_mean_is_fitted_off_the_ce_contexts(lm, contexts):
+    sae = {"hybrid": random_sae(lm.d_model, 40, seed=2, rank=4)}
+    default = evals.evaluate_many(sae, lm, 1, contexts, batch_size=3, progress=False, ce_contexts=2)["hybrid"]
+    held_out = evals.mean_activation(lm, 1, contexts[2:], progress=False)
+    in_sample = evals.mean_activation(lm, 1, contexts[:2], progress=False)
+    fair = evals.evaluate_many(sae, lm, 1, contexts, batch_size=3, mean_resid=held_out, progress=False,
+                               ce_contexts=2)["hybrid"]
+    circular = evals.evaluate_many(sae, lm, 1, contexts, batch_size=3, mean_resid=in_sample, progress=False,
+                                   ce_contexts=2)["hybrid"]
+    assert default.ce_mean == pytest.approx(fair.ce_mean, rel=1e-9)
+    assert abs(default.ce_mean - circular.ce_mean) > 1e-6
+
+
 def test_sink_tokens_are_excluded_and_kept_in_the_splice(lm, contexts):
     resid = lm.residual(contexts[:2], 1)
     keep = evals.eval_mask(lm, resid, contexts[:2], sink_factor=10.0)

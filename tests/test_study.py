@@ -150,6 +150,15 @@ def test_zero_bootstrap_samples_fail_at_once_with_the_fix():
         StudyConfig(bootstrap_samples=0).validate()
 
 
+def test_ce_tokens_must_leave_eval_contexts_for_the_mean_ablation_mean():
+    from scaffold_sae.sae import ConfigError
+    from scaffold_sae.study import StudyConfig
+
+    with pytest.raises(ConfigError, match="ce_tokens=1024 is invalid: must leave at least one eval context"):
+        StudyConfig(eval_tokens=1024, ce_tokens=1024).validate()
+    StudyConfig(eval_tokens=1152, ce_tokens=1024).validate()
+
+
 def test_a_study_stopped_while_saving_resumes_its_whole_lockstep_run(tmp_path, monkeypatch):
     """Killed between two saves of the final step: some SAEs are saved and the checkpoint is kept. The rerun trains
     every SAE from that checkpoint (a subset would not match its configuration key), not only the missing ones."""

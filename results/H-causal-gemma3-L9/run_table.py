@@ -37,6 +37,8 @@ def main() -> None:
     parser.add_argument("--random-bases", type=int, default=5)
     parser.add_argument("--redundancy-points", type=int, default=6)
     parser.add_argument("--bootstrap", type=int, default=2000)
+    parser.add_argument("--probe-docs", type=int, default=0,
+                        help="documents per probing dataset (with --analyses probing; other probe settings: study's)")
     parser.add_argument("--threads", type=int, default=2)
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
@@ -48,7 +50,7 @@ def main() -> None:
                              "ablation_operators": args.operators, "ablation_positions": args.positions,
                              "ablation_random_bases": args.random_bases,
                              "ablation_subjects": args.subjects, "ablation_splices": args.splices == "true", "bootstrap_samples": args.bootstrap,
-                             "redundancy_points": args.redundancy_points, "probe_docs": 0,
+                             "redundancy_points": args.redundancy_points, "probe_docs": args.probe_docs,
                              "harvest_batch_size": 4})
     lm = load_model(study["model"])
     layer = study["layer"]

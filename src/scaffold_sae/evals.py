@@ -390,8 +390,9 @@ def evaluate_many(saes: Mapping[str, Any], lm, layer: int, contexts: torch.Tenso
     """Core evaluation of several SAEs on the same contexts, streaming over batches of contexts.
 
     Per batch the model runs 3 + len(saes) forwards: clean, zero-ablated and mean-ablated (shared by every
-    SAE), then one with each reconstruction spliced in. The mean activation takes one partial pass over all
-    contexts first unless `mean_resid` is given. `inference` is one mode for all or {name: mode}.
+    SAE), then one with each reconstruction spliced in. Unless `mean_resid` is given, the mean activation takes one
+    partial pass first over the contexts after the first `ce_contexts` (over all of them, in-sample, when every context
+    is a CE context: pass a mean fitted elsewhere to avoid that). `inference` is one mode for all or {name: mode}.
     Memory: O(batch_size * T * V) for the logits plus O(d + width) per SAE, whatever the number of contexts.
     With `ce_contexts`, only the first that many contexts get the (costly) spliced CE / KL; reconstruction and
     density statistics use all of them. Position 0, BOS/special tokens and attention sinks are excluded from
@@ -412,9 +413,10 @@ def evaluate_many(saes: Mapping[str, Any], lm, layer: int, contexts: torch.Tenso
         if int(d_sae) != d:
             raise EvalError(f"SAE {name!r} has input size {d_sae} but {lm.spec} has d_model {d} at layer "
                             f"{layer}: evaluate the SAE on the model and layer it was trained on")
-    if mean_resid is None:
-        mean_resid = mean_activation(lm, layer, contexts, batch_size, progress, sink_factor)
     n_ce = contexts.shape[0] if ce_contexts is None else min(int(ce_contexts), contexts.shape[0])
+    if mean_resid is None:  # fitted off the CE contexts where there are others
+        fit = contexts[n_ce:] if n_ce < contexts.shape[0] else contexts
+        mean_resid = mean_activation(lm, layer, fit, batch_size, progress, sink_factor)
     seen = 0
     recon = {name: ReconstructionAccumulator(d=d, width=sae_width(sae)) for name, sae in saes.items()}
     splice = SpliceAccumulator()
@@ -571,13 +573,21 @@ def run_core_eval(cfg: CoreEvalConfig) -> tuple[CoreEval, Path]:
     opened = open_sae_with_model(cfg.sae, cfg.model, cfg.layer, cfg.device, EvalError)
     sae_path, sae, lm, model_spec, layer = opened.path, opened.sae, opened.lm, opened.model, opened.layer
     corpus = corpus_mod.load_corpus(cfg.corpus)
-    contexts = corpus_mod.pack_contexts(lm.tokenizer, corpus, ctx_len=cfg.ctx_len, n_tokens=cfg.tokens,
+    # twice the tokens: CE and statistics on the first half, the mean-ablation mean fitted on the second
+    contexts = corpus_mod.pack_contexts(lm.tokenizer, corpus, ctx_len=cfg.ctx_len, n_tokens=2 * cfg.tokens,
                                         split="heldout", bos_id=lm.bos_token_id)
-    result = evaluate(sae, lm, int(layer), contexts, batch_size=cfg.batch_size, inference=cfg.inference)
+    if contexts.shape[0] < 2:
+        raise EvalError(f"the {cfg.corpus} corpus gives {contexts.shape[0]} held-out context(s) of {cfg.ctx_len} "
+                        "tokens: need two (one to evaluate, one to fit the mean-ablation mean); lower --ctx-len")
+    n_eval = min(-(-cfg.tokens // cfg.ctx_len), contexts.shape[0] - 1)
+    mean = mean_activation(lm, int(layer), contexts[n_eval:], cfg.batch_size, False)
+    result = evaluate(sae, lm, int(layer), contexts[:n_eval], batch_size=cfg.batch_size, inference=cfg.inference,
+                      mean_resid=mean)
     out = Path(cfg.out) if cfg.out else (sae_path if sae_path.is_dir() else sae_path.parent) / f"eval-{cfg.inference}.json"
     out.parent.mkdir(parents=True, exist_ok=True)
     payload = {"sae": str(sae_path), "model": model_spec, "layer": int(layer), "corpus": cfg.corpus,
-               "tokens": cfg.tokens, "ctx_len": cfg.ctx_len, "inference": cfg.inference, "eval": asdict(result)}
+               "tokens": cfg.tokens, "ctx_len": cfg.ctx_len, "inference": cfg.inference,
+               "mean_fit": "held-out contexts after the evaluated ones", "eval": asdict(result)}
     fetch.atomic_write_text(out, json.dumps(jsonable(payload), indent=1, allow_nan=False) + "\n")
     return result, out
 

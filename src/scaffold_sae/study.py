@@ -180,8 +180,10 @@ class StudyConfig:
                      "batch_size"):
             if getattr(self, name) < 1:
                 raise ConfigError(f"{name}={getattr(self, name)} is invalid: must be a positive integer")
-        if self.ce_tokens > self.eval_tokens:
-            raise ConfigError(f"ce_tokens={self.ce_tokens} is invalid: must be <= eval_tokens ({self.eval_tokens})")
+        if self.ce_tokens // self.ctx_len >= self.eval_tokens // self.ctx_len:
+            raise ConfigError(f"ce_tokens={self.ce_tokens} is invalid: must leave at least one eval context "
+                              f"({self.ctx_len} tokens) beyond it in eval_tokens ({self.eval_tokens}), where the "
+                              "mean-ablation mean is fitted; raise eval_tokens")
         if self.browse and self.browse_tokens < 1:
             raise ConfigError(f"browse_tokens={self.browse_tokens} is invalid: must be a positive integer (or set "
                               "browse to false)")
@@ -473,24 +475,41 @@ def train_missing(cache: ActivationCache, cfg: StudyConfig, out: Path, progress:
     return {n: out / n for n in names}
 
 
+MEAN_FIT = "eval contexts after the CE prefix"
+"""Where the mean-ablation mean of the CE score comes from. Eval records without it (before 2026-11-28) fitted the
+mean on the CE contexts themselves and are recomputed."""
+
+
+def _current_eval(path: Path) -> bool:
+    """A cached eval record exists and was computed with the current mean-ablation rule."""
+    try:
+        return json.loads(path.read_text()).get("mean_fit") == MEAN_FIT
+    except (OSError, ValueError):
+        return False
+
+
 def evaluate_all(sae_dirs: dict[str, Path], lm, layer: int, contexts: torch.Tensor, cfg: StudyConfig,
                  out: Path, progress: bool) -> dict[str, dict]:
     """Evaluate every SAE at matched L0 (batch top-k inference for BatchTopK SAEs) and with its exported
     JumpReLU threshold; cached per SAE in out/<name>.json."""
     out.mkdir(parents=True, exist_ok=True)
-    pending = {n: d for n, d in sae_dirs.items() if not (out / f"{n}.json").exists()}
+    pending = {n: d for n, d in sae_dirs.items() if not _current_eval(out / f"{n}.json")}
     if pending:
         saes = {n: load_sae(d).to(cfg.device) for n, d in pending.items()}
         n_ce = max(1, cfg.ce_tokens // cfg.ctx_len)
         modes = list(archs.get(cfg.arch).inference_modes)
-        mean = evals.mean_activation(lm, layer, contexts[:n_ce], cfg.harvest_batch_size, progress, cfg.sink_factor)
+        if contexts.shape[0] <= n_ce:
+            raise ConfigError(f"ce_tokens={cfg.ce_tokens} uses all {contexts.shape[0]} eval contexts, leaving none to "
+                              "fit the mean-ablation mean on: raise eval_tokens above ce_tokens")
+        # the mean-ablation mean is fitted on the eval contexts after the CE prefix, never on a CE context
+        mean = evals.mean_activation(lm, layer, contexts[n_ce:], cfg.harvest_batch_size, progress, cfg.sink_factor)
         runs = {f"{name}@{mode}": sae for name, sae in saes.items() for mode in modes}
         results = evals.evaluate_many(runs, lm, layer, contexts, ce_contexts=n_ce,
                                       inference={run: run.split("@")[1] for run in runs},
                                       batch_size=cfg.harvest_batch_size, progress=progress, mean_resid=mean,
                                       sink_factor=cfg.sink_factor)
         for name in saes:
-            record = {"rank": saes[name].cfg.rank, "dir": str(sae_dirs[name]),
+            record = {"rank": saes[name].cfg.rank, "dir": str(sae_dirs[name]), "mean_fit": MEAN_FIT,
                       **{mode: asdict(results[f"{name}@{mode}"]) for mode in modes}}
             atomic_write_text(out / f"{name}.json", json.dumps(record) + "\n")
     return {n: json.loads((out / f"{n}.json").read_text()) for n in sae_dirs}
