@@ -14,6 +14,7 @@ OUT=results/H4-causal-smollm2-L15-200ctx
 [ -d $R/uncentred-saes/batchtopk_m2304_k32_r24_resin_uncentred ] || \
 $PY -m scaffold_sae train --cache $R/study/cache --out $R/uncentred-saes --arch batchtopk --width 2304 --k 32 \
     --ranks 8,24 --encoder-input residual --scaffold-centred false --tokens 1228800 --batch-size 4096 --seed 0 \
+    --until-converged --heldout-every 20 \
     --no-progress
 link() {  # link NAME SAE_DIR
     mkdir -p $R/$1/saes && cp $R/study/study_config.json $R/$1/
