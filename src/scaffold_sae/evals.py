@@ -9,7 +9,8 @@ Conventions (one place, used by every number here):
   sparse codes only; FVU, MSE, cosine and the spliced CE use the full reconstruction (scaffold + sparse).
   `fvu_sparse` is the FVU of the sparse path alone (x_hat minus the scaffold term).
 - CE loss score = (CE_abl - CE_sae) / (CE_abl - CE_clean), KL score = (KL_abl - KL_sae) / KL_abl, against
-  zero-ablation and, separately, mean-ablation (residual replaced by its mean over the eval tokens).
+  zero-ablation and, separately, mean-ablation (residual replaced by its mean over held-out tokens that are not
+  CE tokens).
 - A latent is dense at 10% if it fires on MORE than 10% of the eval tokens (likewise 1%); dead if it never
   fires on them.
 """
