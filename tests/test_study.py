@@ -159,6 +159,18 @@ def test_ce_tokens_must_leave_eval_contexts_for_the_mean_ablation_mean():
     StudyConfig(eval_tokens=1152, ce_tokens=1024).validate()
 
 
+def test_eval_records_from_the_in_sample_mean_rule_are_recomputed(tmp_path):
+    import json
+
+    from scaffold_sae import study
+
+    old, new, torn = tmp_path / "old.json", tmp_path / "new.json", tmp_path / "torn.json"
+    old.write_text(json.dumps({"rank": 0}))
+    new.write_text(json.dumps({"rank": 0, "mean_fit": study.MEAN_FIT}))
+    torn.write_text('{"rank": 0, "mean_')
+    assert [study._current_eval(p) for p in (old, new, torn, tmp_path / "missing.json")] == [False, True, False, False]
+
+
 def test_a_study_stopped_while_saving_resumes_its_whole_lockstep_run(tmp_path, monkeypatch):
     """Killed between two saves of the final step: some SAEs are saved and the checkpoint is kept. The rerun trains
     every SAE from that checkpoint (a subset would not match its configuration key), not only the missing ones."""
