@@ -243,9 +243,17 @@ def test_run_analyses_end_to_end_caches_and_reports_every_number(tiny_lm, tmp_pa
     row = compared.tables[0].rows[0]
     assert len(compared.tables[0].rows) == 2 and row[:6] == ["a", "tiny", 1, 2, 7, 1]
 
+    real = runner.heldout_activations
     monkeypatch.setattr(runner, "heldout_activations", lambda *a, **k: pytest.fail("recomputed"))
     again, _ = analyses.run_analyses(tiny_lm, 1, saes, "r0", None, ids, tiny_cfg(), out=tmp_path, progress=False)
     assert again == results
+
+    other = ids.clone()  # same shape, one token different: the cached results must not be reused
+    other[-1, -1] = 5 if ids[-1, -1] != 5 else 6
+    calls = []
+    monkeypatch.setattr(runner, "heldout_activations", lambda *a, **k: calls.append(1) or real(*a, **k))
+    analyses.run_analyses(tiny_lm, 1, saes, "r0", None, other, tiny_cfg(), out=tmp_path, progress=False)
+    assert calls == [1]
 
 
 def test_clear_errors():

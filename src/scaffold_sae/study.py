@@ -376,7 +376,7 @@ def browse_sites(sae_dirs: dict[str, Path], members: dict[str, StudyMember], lm,
     import shutil
 
     from scaffold_sae.analyses.base import AnalysisError, primary_hybrid
-    from scaffold_sae.analyses.runner import sae_fingerprint
+    from scaffold_sae.analyses.runner import contexts_digest, sae_fingerprint
     from scaffold_sae.browse import BrowseConfig, build_site
 
     chosen = {name: m for name, m in members.items() if m.seed == 0 and m.kind in ("baseline", "hybrid")}
@@ -393,7 +393,7 @@ def browse_sites(sae_dirs: dict[str, Path], members: dict[str, StudyMember], lm,
         sae = baseline if name == base_name else load_sae(sae_dirs[name]).to(cfg.device).eval()
         against = None if name == base_name else baseline
         key = {"sae": sae_fingerprint(sae), "baseline": None if against is None else sae_fingerprint(against),
-               "contexts": list(contexts.shape), "config": asdict(replace(browse_cfg, progress=False))}
+               "contexts": contexts_digest(contexts), "config": asdict(replace(browse_cfg, progress=False))}
         site = out / name
         if not _site_matches(site, key):
             tmp = out / f".{name}.tmp"

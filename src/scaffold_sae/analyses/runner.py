@@ -110,6 +110,12 @@ def sae_fingerprint(sae) -> str:
     return digest.hexdigest()[:16]
 
 
+def contexts_digest(contexts: torch.Tensor) -> str:
+    """Shape and a hash of every token id: cached results are reused only on exactly the same contexts."""
+    ids = contexts.detach().to("cpu", torch.int64).contiguous()
+    return f"{list(ids.shape)}:{hashlib.sha256(ids.numpy().tobytes()).hexdigest()[:16]}"
+
+
 def analysis_settings(cfg: Any, analyses: Mapping[str, Analysis] | None = None) -> dict[str, Any]:
     """The study settings the analyses depend on: the shared ones and each analysis config's fields."""
     analyses = registered() if analyses is None else analyses
@@ -129,7 +135,7 @@ def run_analyses(lm, layer: int, saes: dict, baseline_name: str, cache, contexts
     analyses = registered() if analyses is None else dict(analyses)
     settings = analysis_settings(cfg, analyses)
     key = {"saes": {name: sae_fingerprint(sae) for name, sae in sorted(saes.items())}, "baseline": baseline_name,
-           "layer": int(layer), "model": str(lm.spec), "contexts": list(contexts.shape),
+           "layer": int(layer), "model": str(lm.spec), "contexts": contexts_digest(contexts),
            "analyses": list(analyses), "settings": settings}
     path = Path(out) / "analyses.json" if out is not None else None
     if path is not None and path.is_file():
