@@ -501,13 +501,11 @@ def evaluate_all(sae_dirs: dict[str, Path], lm, layer: int, contexts: torch.Tens
         if contexts.shape[0] <= n_ce:
             raise ConfigError(f"ce_tokens={cfg.ce_tokens} uses all {contexts.shape[0]} eval contexts, leaving none to "
                               "fit the mean-ablation mean on: raise eval_tokens above ce_tokens")
-        # the mean-ablation mean is fitted on the eval contexts after the CE prefix, never on a CE context
-        mean = evals.mean_activation(lm, layer, contexts[n_ce:], cfg.harvest_batch_size, progress, cfg.sink_factor)
         runs = {f"{name}@{mode}": sae for name, sae in saes.items() for mode in modes}
         results = evals.evaluate_many(runs, lm, layer, contexts, ce_contexts=n_ce,
                                       inference={run: run.split("@")[1] for run in runs},
-                                      batch_size=cfg.harvest_batch_size, progress=progress, mean_resid=mean,
-                                      sink_factor=cfg.sink_factor)
+                                      batch_size=cfg.harvest_batch_size, progress=progress,
+                                      sink_factor=cfg.sink_factor)  # mean fitted on contexts[n_ce:] (MEAN_FIT)
         for name in saes:
             record = {"rank": saes[name].cfg.rank, "dir": str(sae_dirs[name]), "mean_fit": MEAN_FIT,
                       **{mode: asdict(results[f"{name}@{mode}"]) for mode in modes}}
