@@ -39,6 +39,10 @@ def main() -> None:
     parser.add_argument("--bootstrap", type=int, default=2000)
     parser.add_argument("--probe-docs", type=int, default=0,
                         help="documents per probing dataset (with --analyses probing; other probe settings: study's)")
+    parser.add_argument("--topic-docs", type=int, default=0,
+                        help="documents per topic dataset (with --analyses topic_ablation; default: study's)")
+    parser.add_argument("--topic-operators", default=None, help="topic ablation operators (default: study's)")
+    parser.add_argument("--topic-positions", default=None, help="topic ablation positions (default: study's)")
     parser.add_argument("--threads", type=int, default=2)
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
@@ -51,7 +55,10 @@ def main() -> None:
                              "ablation_random_bases": args.random_bases,
                              "ablation_subjects": args.subjects, "ablation_splices": args.splices == "true", "bootstrap_samples": args.bootstrap,
                              "redundancy_points": args.redundancy_points, "probe_docs": args.probe_docs,
-                             "harvest_batch_size": 4})
+                             "harvest_batch_size": 4,
+                             "topic_docs": args.topic_docs or study.get("topic_docs", 200),
+                             "topic_operators": args.topic_operators or study.get("topic_operators", "zero,mean"),
+                             "topic_positions": args.topic_positions or study.get("topic_positions", "ordinary,all")})
     lm = load_model(study["model"])
     layer = study["layer"]
     contexts = pack_contexts(lm.tokenizer, load_corpus(study["corpus"]), ctx_len,
