@@ -208,11 +208,13 @@ def test_seeds_give_mean_and_sd_and_the_dense_claim_names_each_baseline(tmp_path
     assert "| hybrid r=8 | baseline | 2 | 3 ± 1.414 | 52 ± 2.828 | -49 ± 1.414 | -94% | fewer in every seed |" in md
     assert "| hybrid r=8 | capacity_matched | 2 | 3 ± 1.414 | 2 ± 1.414 | 1 ± 2.828 | +50% | not fewer |" in md
     assert "## Over seeds" in md and "| capacity_matched r=8 | batchtopk | batchtopk | 2 |" in md
+    assert "Mean ± sd over 2 seeds." in md and "With one seed" not in md
 
     legacy = {"r0": fake_eval(0, 69, 0.36, 0), "r8": fake_eval(8, 2, 0.27, 1)}
     (only,) = roles.dense_comparisons(legacy)
     assert (only.against, only.hybrid_mean, only.against_mean, only.seeds) == ("baseline", 2.0, 69.0, 1)
     assert not roles.sections(legacy)[1:]                                   # one seed: no 'Over seeds' section
+    assert "With one seed there is no sd" in roles.sections(legacy)[0].text
 
 
 def test_training_curves_and_how_each_run_ended(tmp_path, study):

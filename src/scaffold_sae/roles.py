@@ -175,8 +175,9 @@ def sections(saes: dict[str, dict[str, Any]]) -> list[Section]:
         kinds = [k for k in AGAINST if any(row[1] == k for row in claim.rows)]
         text = ("The dense-latent claim (fewer latents firing on > 10% of held-out tokens at matched L0), stated "
                 "against each baseline the study trained: " +
-                "; ".join(f"{k} = {DESCRIPTIONS[k]}" for k in kinds) + ". With one seed there is no sd: "
-                "differences of a few latents are within seed noise.")
+                "; ".join(f"{k} = {DESCRIPTIONS[k]}" for k in kinds) + ". " +
+                ("With one seed there is no sd: differences of a few latents are within seed noise."
+                 if n_seeds(saes) == 1 else f"Mean ± sd over {n_seeds(saes)} seeds."))
         out.append(Section("Dense latents against each baseline", text, tables=[claim]))
     if n_seeds(saes) > 1:
         figures = [_seed_figure(saes, "Dense latents (>10%) over seeds", "dense_10", "latents firing on > 10%"),

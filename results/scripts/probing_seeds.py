@@ -1,0 +1,51 @@
+"""Gather the probing analysis of several training seeds (one run_table.py table.json per seed) into mean ± sd over
+seeds and a t-interval of each hybrid's paired difference from the plain SAE of its own seed.
+
+    python results/scripts/probing_seeds.py results/K3-probing-seeds-gemma3-L9/seed*/table.json
+
+Per seed, the difference is the analysis's own: accuracy of the hybrid minus the plain SAE on the same test documents,
+averaged over its splits (its bootstrap interval covers test documents). Over seeds: mean ± sample sd and a 95%
+t-interval (df = seeds - 1), which covers SAE training.
+"""
+
+import json
+import sys
+
+import numpy as np
+from scipy.stats import t
+
+
+def over_seeds(values: list[float]) -> str:
+    v = np.asarray(values, dtype=float)
+    if len(v) < 2:
+        return f"{v.mean():+.3f} (one seed)"
+    sd = v.std(ddof=1)
+    half = t.ppf(0.975, len(v) - 1) * sd / np.sqrt(len(v))
+    return f"{v.mean():+.3f} ± {sd:.3f} [{v.mean() - half:+.3f}, {v.mean() + half:+.3f}]"
+
+
+def main(paths: list[str]) -> None:
+    tables = [json.load(open(p))["analyses"]["probing"] for p in paths]
+    keys = sorted({(row["rank"], row["k"], row["dataset"]) for row in tables[0]["paired"]})
+    print(f"{len(tables)} seeds ({', '.join(paths)})\n")
+    print("Hybrid minus plain SAE (k-sparse probing accuracy), mean ± sd over seeds [95% t-interval]; per seed: the "
+          "difference [paired bootstrap 95% over test documents]\n")
+    print("| r | k | dataset | over seeds | per seed |\n|---|---|---|---|---|")
+    for rank, k, dataset in keys:
+        rows = [next(r for r in tab["paired"] if (r["rank"], r["k"], r["dataset"]) == (rank, k, dataset))
+                for tab in tables]
+        per_seed = ", ".join(f"{r['difference']['value']:+.3f} [{r['difference']['low']:+.3f}, "
+                             f"{r['difference']['high']:+.3f}]" for r in rows)
+        print(f"| {rank} | {k} | {dataset} | {over_seeds([r['difference']['value'] for r in rows])} | {per_seed} |")
+    print("\nAccuracy at k = 5 (mean of the datasets' split means), per seed and mean ± sd over seeds\n")
+    ranks = sorted({row["rank"] for row in tables[0]["sparse"]}, key=lambda r: -1 if r is None else r)
+    print("| features | per seed | mean ± sd |\n|---|---|---|")
+    for rank in ranks:
+        accs = [np.mean([r["accuracy"]["value"] for r in tab["sparse"] if r["rank"] == rank and r["k"] == 5])
+                for tab in tables]
+        name = "residual dims" if rank is None else "plain SAE" if rank == 0 else f"hybrid r = {rank}"
+        sd = np.std(accs, ddof=1) if len(accs) > 1 else 0.0
+        print(f"| {name} | {', '.join(f'{a:.3f}' for a in accs)} | {np.mean(accs):.3f} ± {sd:.3f} |")
+
+if __name__ == "__main__":
+    main(sys.argv[1:])
