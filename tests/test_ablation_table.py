@@ -161,6 +161,30 @@ def test_table_on_the_tiny_model(tiny_lm):
     assert again.cells[0].ce == result.cells[0].ce and again.comparisons[0].ce_ratio == result.comparisons[0].ce_ratio
     (section,) = at.sections(result)
     assert section.title == "Causal ablation table" and len(section.tables) == 2
+    assert "also removes U V^T b_dec" in section.text            # the centred scaffold's zero reading, named
+
+
+def test_zeroing_a_centred_scaffold_also_removes_its_share_of_b_dec(tiny_lm):
+    """With b_dec != 0 the 'scaffold, zero' cell is x - U V^T x and the error-kept splice is x - U V^T (x - b_dec):
+    each against the same edit computed by hand."""
+    d = tiny_lm.d_model
+    ids, fit = contexts(4, 10, seed=11), contexts(4, 10, seed=12)
+    basis = orthonormalise(torch.randn(d, 2, generator=torch.Generator().manual_seed(5)))
+    sae = hybrid(basis, d)
+    with torch.no_grad():
+        sae.b_dec.copy_(3.0 * basis[:, 0] + torch.randn(d, generator=torch.Generator().manual_seed(6)))
+    cfg = at.AblationTableConfig(ablation_subjects="scaffold", ablation_operators="zero", ablation_positions="all",
+                                 bootstrap_samples=50, rows_per_forward=4)
+    result = at.ablation_table(tiny_lm, 1, sae, ids, fit, basis, "r2", cfg, sink_factor=0)
+    proj = basis @ basis.t()
+
+    def ce(edit):
+        return tiny_lm.token_ce(ids, layer=1, edit=edit)[:, 1:].double().mean().item()
+
+    zero, kept = ce(lambda r: r - r @ proj), ce(lambda r: r - (r - sae.b_dec) @ proj)
+    assert result.cell("scaffold", "zero", "all").ce.value == pytest.approx(zero, rel=1e-4)
+    assert result.cell(at.WITHOUT_SCAFFOLD, at.ERROR_KEPT, "all").ce.value == pytest.approx(kept, rel=1e-4)
+    assert abs(zero - kept) > 1e-3
 
 
 def test_fit_and_ce_contexts_are_disjoint(tiny_lm, monkeypatch):

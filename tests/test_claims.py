@@ -133,3 +133,19 @@ def test_the_topic_claim_names_its_random_control():
         "the scaffold")
     kept = claims.topic_row(topic(Estimate(0.85, 0.8, 0.9)), None, 8)
     assert kept.verdict == "reproduced" and kept.note.endswith("give 0.85 [0.8, 0.9]")
+
+
+def test_the_topic_claim_names_the_paired_difference_from_the_top_pcs():
+    from scaffold_sae.analyses.topic_ablation import TopicDifference
+
+    result = TopicResult("hybrid0", "baseline0", 8, 9, [
+        TopicReadout("bbc_topic", "clean", 9, Estimate(0.9, 0.85, 0.95), 0.2),
+        TopicReadout("bbc_topic", "scaffold:zero:ordinary", 9, Estimate(0.2, 0.1, 0.3), 0.2)],
+        {"bbc_topic": 140}, {"bbc_topic": 60}, 256,
+        [TopicDifference("bbc_topic", "scaffold:zero:ordinary", "pca:zero:ordinary", 9, Estimate(-0.1, -0.2, -0.02)),
+         TopicDifference("bbc_topic", "scaffold:zero:ordinary", "pca:zero:ordinary", 12, Estimate(0.1, -0.1, 0.3))])
+    row = claims.topic_row(result, None, 8)
+    assert row.note.endswith("scaffold minus the top-r PCs removed the same way, paired: -0.1 [-0.2, -0.02] (the "
+                             "scaffold leaves less topic)")
+    result.differences[0].difference = Estimate(0.05, -0.05, 0.15)
+    assert claims.topic_row(result, None, 8).note.endswith("(undecided)")

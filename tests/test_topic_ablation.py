@@ -1,6 +1,7 @@
 """Fixed-probe topic readout: probes fitted once on clean activations, read after edits at later layers."""
 
 import numpy as np
+import pytest
 import torch
 
 from scaffold_sae.analyses import ablation_table as at
@@ -30,7 +31,8 @@ def test_fixed_probes_read_edits_at_the_layer_and_after_it(tiny_lm):
     assert set(features) == {"clean", "identity", "residual:zero"}
     assert np.allclose(features["residual:zero"][0], 0.0)                       # nothing left at layer 0
     train, test = np.arange(28), np.arange(28, 40)            # classes alternate: both sides balanced
-    readouts, probes = ta.fixed_probe_readouts(features, labels, train, test, "toy", n_boot=100)
+    readouts, probes, differences = ta.fixed_probe_readouts(features, labels, train, test, "toy", n_boot=100)
+    assert differences == []                                  # no scaffold condition, nothing to pair
     acc = {(o.condition, o.read_layer): o.accuracy.value for o in readouts}
     assert acc[("clean", 0)] > 0.9 and acc[("identity", 0)] == acc[("clean", 0)]
     assert acc[("identity", 1)] == acc[("clean", 1)]
@@ -76,3 +78,29 @@ def test_topic_analysis_runs_in_the_protocol_and_round_trips(tiny_lm):
     assert result.train_docs["bbc_topic"] + result.test_docs["bbc_topic"] == 20
     assert analyses.from_json(ta.TopicResult, analyses.to_json(result)) == result
     assert sections[0].title == "Topic with fixed probes"
+    pairs = {(d.condition, d.against, d.read_layer) for d in result.differences}
+    assert pairs == {(f"scaffold:zero:{p}", f"{s}:zero:{p}", j) for p in ("ordinary", "all") for s in ("pca", "random")
+                     for j in (0, 1)}
+    acc = {(o.condition, o.read_layer): o.accuracy.value for o in result.readouts}
+    for d in result.differences:
+        assert d.difference.value == pytest.approx(acc[(d.condition, d.read_layer)] - acc[(d.against, d.read_layer)])
+        assert d.difference.low <= d.difference.value <= d.difference.high
+
+
+def test_paired_differences_against_a_slow_reference():
+    """The scaffold-minus-PCA accuracy interval resamples documents jointly: it equals a loop over resamples."""
+    rng = np.random.default_rng(1)
+    n, d = 60, 4
+    labels = np.arange(n) % 2
+    clean = rng.normal(size=(n, d)) + labels[:, None] * 2.0
+    features = {"clean": {0: clean}, "scaffold:zero:all": {0: clean + rng.normal(size=(n, d)) * 1.5},
+                "pca:zero:all": {0: clean + rng.normal(size=(n, d)) * 3.0}}
+    train, test = np.arange(30), np.arange(30, 60)
+    readouts, probes, (diff,) = ta.fixed_probe_readouts(features, labels, train, test, "toy", n_boot=300)
+    right = {c: (probes[0].predict(features[c][0][test]) == labels[test]).astype(float) for c in features}
+    delta = right["scaffold:zero:all"] - right["pca:zero:all"]
+    assert diff.difference.value == pytest.approx(delta.mean())
+    draws = np.random.default_rng(0).integers(0, len(test), size=(300, len(test)))   # stats.resample_weights' draws
+    samples = np.array([delta[idx].mean() for idx in draws])
+    low, high = np.percentile(samples, [2.5, 97.5])
+    assert (diff.difference.low, diff.difference.high) == (pytest.approx(low), pytest.approx(high))

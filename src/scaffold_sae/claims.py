@@ -288,6 +288,13 @@ def topic_row(topic: Any, probing: Any, rank: int | None) -> ClaimRow:
         same = side_of(control.accuracy.low, control.accuracy.high, halfway, claim_below=True)
         note += (f"; control: r random directions removed the same way give {iv(control.accuracy)}"
                  + (", so the drop is not specific to the scaffold" if same == verdict == REPRODUCED else ""))
+    paired = next((d for d in getattr(topic, "differences", []) if d.dataset == dataset and d.read_layer == topic.layer
+                   and d.condition == removed.condition and d.against.startswith("pca:")), None)
+    if paired is not None:
+        e = paired.difference
+        note += (f"; scaffold minus the top-r PCs removed the same way, paired: {iv(e)}"
+                 + (" (the scaffold leaves less topic)" if e.high < 0 else
+                    " (the scaffold leaves more topic)" if e.low > 0 else " (undecided)"))
     return ClaimRow(claim, ours, against, verdict, note, a.value, a.low, a.high)
 
 

@@ -355,9 +355,13 @@ def sections(result: AblationTableResult) -> list[Section]:
              if c.denominator.startswith("pca") and c.reaches_2 == "yes"]
     open_ = [f"{c.numerator} / {c.denominator} ({c.positions})" for c in result.comparisons
              if c.denominator.startswith("pca") and c.reaches_2 == "undecided"]
+    term = ("The scaffold's trained term is s(x) = U V^T (x - b_dec), so 'scaffold' zeroed (x - U V^T x) also removes "
+            "U V^T b_dec, b_dec's share along span(U); the row 'sae without scaffold, error kept' removes s(x) alone "
+            "(for mean and resample b_dec cancels). " if result.scaffold_centred else
+            "The scaffold's trained term is s(x) = U V^T x, so 'scaffold' zeroed removes exactly that term. ")
     text = ("What removing the scaffold does to next-token CE, under each reading of 'remove'. "
-            + "; ".join(f"{k}: {v}" for k, v in result.definitions.items())
-            + ". mu and x' come from the same position class (ordinary / BOS-and-sinks) of fit tokens; the fit "
+            + "; ".join(f"{k}: {v}" for k, v in result.definitions.items()) + ". " + term
+            + "mu and x' come from the same position class (ordinary / BOS-and-sinks) of fit tokens; the fit "
             f"contexts ({result.n_fit_contexts}, {result.n_fit_tokens} ordinary and {result.n_fit_special} special "
             "tokens) share no context with the CE contexts. Readings whose scaffold-vs-top-r-PCA CE ratio is 2 or "
             f"more (whole interval): {', '.join(reach) or 'none'}; undecided: {', '.join(open_) or 'none'}. "

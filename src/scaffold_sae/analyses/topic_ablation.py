@@ -12,7 +12,7 @@ paired bootstrap 95% interval over test documents.
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import numpy as np
 import torch
@@ -61,6 +61,20 @@ class TopicReadout:
 
 
 @dataclass
+class TopicDifference:
+    """Accuracy after one ablation minus accuracy after another, on the same test documents and read layer."""
+
+    dataset: str
+    condition: str
+    """scaffold:operator:positions."""
+    against: str
+    """pca:... or random:... under the same operator and positions."""
+    read_layer: int
+    difference: Estimate
+    """Paired bootstrap 95% interval over test documents."""
+
+
+@dataclass
 class TopicResult:
     sae: str
     baseline: str
@@ -71,6 +85,8 @@ class TopicResult:
     test_docs: dict[str, int]
     control_latents: int
     """Baseline latents most aligned with the layer-L probe ablated in the control."""
+    differences: list[TopicDifference] = field(default_factory=list)
+    """The scaffold against the top-r PCs and random directions under the same edit (paired over documents)."""
 
 
 def tokenise(lm, texts: list[str], max_tokens: int) -> list[list[int]]:
@@ -114,7 +130,8 @@ def pooled_after(lm, layer: int, docs: list[list[int]], conditions: dict[str, Re
 def fixed_probe_readouts(features: dict[str, dict[int, np.ndarray]], labels: np.ndarray, train: np.ndarray,
                          test: np.ndarray, dataset: str, seed: int = 0, n_boot: int = 2000):
     """Fit one probe per read layer on the clean features of the train documents; evaluate it, unchanged, on the test
-    documents of every condition. Returns (readouts, the probes by read layer)."""
+    documents of every condition. Returns (readouts, the probes by read layer, the scaffold's paired differences
+    from the top-r PCs and from random directions under the same edit)."""
     probes = {j: probing.fit_probe(x[train], labels[train], seed) for j, x in features["clean"].items()}
     chance = float(np.bincount(labels[test]).max() / len(test))
     names = list(features)
@@ -124,8 +141,19 @@ def fixed_probe_readouts(features: dict[str, dict[int, np.ndarray]], labels: np.
         for j, probe in probes.items():
             columns.append((probe.predict(features[name][j][test]) == labels[test]).astype(float))
             keys.append((name, j))
-    est = paired_bootstrap(np.stack(columns, 1), lambda s: s[..., 1:] / s[..., :1], n_boot, seed)
-    return [TopicReadout(dataset, name, j, e, chance) for (name, j), e in zip(keys, est)], probes
+    pairs = [(a, b, j) for a, j in keys if a.startswith("scaffold:")
+             for b in ("pca" + a[len("scaffold"):], "random" + a[len("scaffold"):]) if (b, j) in keys]
+    col = {key: i + 1 for i, key in enumerate(keys)}
+    first = np.array([col[(a, j)] for a, _, j in pairs], dtype=int)
+    second = np.array([col[(b, j)] for _, b, j in pairs], dtype=int)
+
+    def statistic(s: np.ndarray) -> np.ndarray:
+        return np.concatenate([s[..., 1:], s[..., first] - s[..., second]], -1) / s[..., :1]
+
+    est = paired_bootstrap(np.stack(columns, 1), statistic, n_boot, seed)
+    readouts = [TopicReadout(dataset, name, j, e, chance) for (name, j), e in zip(keys, est)]
+    differences = [TopicDifference(dataset, a, b, j, e) for (a, b, j), e in zip(pairs, est[len(keys):])]
+    return readouts, probes, differences
 
 
 def probe_aligned_latents(probe, w_dec: torch.Tensor, n: int) -> torch.Tensor:
@@ -168,7 +196,7 @@ def run(context: AnalysisContext, config: TopicConfig) -> TopicResult | None:
                   for s, (left, right) in subjects.items() for op in operators for pos in positions}
     reads = read_layers(layer, context.lm.n_layers, config.topic_read_after)
     n_control = max(1, int(round(PAPER_CONTROL_SHARE * int(base.cfg.width))))
-    readouts, train_docs, test_docs = [], {}, {}
+    readouts, differences, train_docs, test_docs = [], [], {}, {}
     for dataset in datasets:
         data = probing.load_dataset(dataset, config.topic_docs, shared.seed)
         labels = np.asarray(data.labels)
@@ -177,16 +205,17 @@ def run(context: AnalysisContext, config: TopicConfig) -> TopicResult | None:
         docs = tokenise(context.lm, data.texts, config.topic_tokens)
         features = pooled_after(context.lm, layer, docs, conditions, reads, shared.harvest_batch_size,
                                 shared.sink_factor)
-        found, probes = fixed_probe_readouts(features, labels, train, test, dataset, shared.seed)
+        found, probes, found_differences = fixed_probe_readouts(features, labels, train, test, dataset, shared.seed)
+        differences += found_differences
         aligned = probe_aligned_latents(probes[layer], base.W_dec, n_control)
         mode = probing.inference_mode(base)
         control = {f"aligned_latents:{n_control}": rows_edit(latent_edit(base, aligned, "zero", torch.zeros(1),
                                                                          mode), "ordinary")}
         extra = pooled_after(context.lm, layer, docs, control, reads, shared.harvest_batch_size, shared.sink_factor)
-        extra_readouts, _ = fixed_probe_readouts(extra, labels, train, test, dataset, shared.seed)
+        extra_readouts, _, _ = fixed_probe_readouts(extra, labels, train, test, dataset, shared.seed)
         readouts += found + [o for o in extra_readouts if o.condition != "clean"]
         train_docs[dataset], test_docs[dataset] = int(len(train)), int(len(test))
-    return TopicResult(name, context.baseline, r, layer, readouts, train_docs, test_docs, n_control)
+    return TopicResult(name, context.baseline, r, layer, readouts, train_docs, test_docs, n_control, differences)
 
 
 def sections(result: TopicResult) -> list[Section]:
@@ -206,6 +235,14 @@ def sections(result: TopicResult) -> list[Section]:
                             caption=f"{dataset}: fixed probes trained on clean activations of "
                                     f"{result.train_docs[dataset]} documents, tested on {result.test_docs[dataset]} "
                                     f"others; chance (majority class) {format_number(chance)}"))
+    if result.differences:
+        tables.append(Table(["dataset", "scaffold removed", "against", "read at layer", "accuracy difference",
+                             "scaffold leaves"],
+                            [[d.dataset, d.condition, d.against, d.read_layer, iv(d.difference),
+                              "less" if d.difference.high < 0 else "more" if d.difference.low > 0 else "undecided"]
+                             for d in result.differences],
+                            caption="the scaffold's ablation minus the same ablation of the top-r PCs or of r random "
+                                    "directions, on the same test documents (paired bootstrap 95%)"))
     text = ("Topic, faithfully: does removing the scaffold take the topic away? (Paper: MMLU topic 98.7% -> chance "
             "without the scaffold; 2,048 topic-aligned features ablated: unchanged.) Probes are trained once on clean "
             "activations and held fixed; each ablation at layer L is read at L and at later layers after it has "
