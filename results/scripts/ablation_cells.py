@@ -1,4 +1,5 @@
-"""Print the cells and comparisons of causal-ablation tables (table.json from run_table.py) as markdown.
+"""Print the cells and comparisons of causal-ablation tables, and the readouts and paired differences of topic
+analyses (table.json from run_table.py), as markdown.
 
     python results/scripts/ablation_cells.py results/H3-causal-gemma3-L9-200ctx-grid/*/table.json
 """
@@ -13,9 +14,25 @@ def interval(v: dict | None, digits: int = 2) -> str:
     return f"{v['value']:.{digits}f} [{v['low']:.{digits}f}, {v['high']:.{digits}f}]"
 
 
+def topic(path: str, result: dict) -> None:
+    print(f"\n### {path}: topic, {result['sae']} (r = {result['rank']}, layer {result['layer']}), test documents "
+          f"{result['test_docs']}\n")
+    print("| dataset | condition | read at | accuracy | chance |\n|---|---|---|---|---|")
+    for r in result["readouts"]:
+        print(f"| {r['dataset']} | {r['condition']} | {r['read_layer']} | {interval(r['accuracy'])} | {r['chance']:.2f} |")
+    print("\n| dataset | scaffold condition | minus | read at | accuracy difference |\n|---|---|---|---|---|")
+    for d in result.get("differences") or []:
+        print(f"| {d['dataset']} | {d['condition']} | {d['against']} | {d['read_layer']} | {interval(d['difference'])} |")
+
+
 for path in sys.argv[1:]:
     data = json.load(open(path))
-    table = data["analyses"]["ablation_table"]
+    data = data if "analyses" in data else {"analyses": data, "wall_s": data.get("wall_s", 0)}
+    if data["analyses"].get("topic_ablation"):
+        topic(path, data["analyses"]["topic_ablation"])
+    table = data["analyses"].get("ablation_table")
+    if not table:
+        continue
     print(f"\n### {path}: {table['sae']} (r = {table['rank']}, centred {table['scaffold_centred']}), "
           f"{table['n_predictions']} predictions, clean CE {interval(table['ce_clean'])}, wall {data['wall_s']:.0f} s\n")
     print("| subject | operator | positions | CE / clean | dCE | KL | per-basis ratios |\n|---|---|---|---|---|---|---|")
