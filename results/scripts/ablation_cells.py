@@ -27,7 +27,6 @@ def topic(path: str, result: dict) -> None:
 
 for path in sys.argv[1:]:
     data = json.load(open(path))
-    data = data if "analyses" in data else {"analyses": data, "wall_s": data.get("wall_s", 0)}
     if data["analyses"].get("topic_ablation"):
         topic(path, data["analyses"]["topic_ablation"])
     table = data["analyses"].get("ablation_table")
