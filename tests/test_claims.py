@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import json
 
 import pytest
@@ -80,7 +81,7 @@ def test_known_numbers_give_the_expected_rows_and_verdicts():
         "40 contexts)",
         "top-8 PCs removed by the same operator; threshold 2 (paper: 7.5 / 2.8 = 2.7)", "undecided",
         "the interval straddles 2: about 640 CE contexts (now 40) would decide, if the estimate stays where it is; "
-        "other operators reach 2: mean: no", 1.9, 1.5, 2.3)
+        "other operators reach 2: mean: no", 1.9, 1.5, 2.3, threshold=2.0)
     assert redundancy.verdict == "not run" and redundancy.ours == "-"
     assert (topic.value, topic.low, topic.high) == (0.88, 0.82, 0.93)
     assert "decided against halfway 0.55" in topic.against and "topic survives" in topic.note
@@ -112,7 +113,8 @@ def test_the_report_opens_with_the_summary_ends_with_the_configuration_and_expor
     summary = json.loads(paths.json.read_text())["summary"]
     assert [row["verdict"] for row in summary] == ["reproduced", "undecided", "undecided", "not run",
                                                    "not reproduced", "undecided"]
-    assert set(summary[0]) == {"claim", "ours", "against", "verdict", "note", "value", "low", "high"}
+    assert set(summary[0]) == {"claim", "ours", "against", "verdict", "note", "value", "low", "high", "threshold",
+                               "claim_below"}
     again = report.write_report(report.load_results(paths.json), tmp_path / "again")
     assert again.json.read_text() == paths.json.read_text() and again.markdown.read_text() == md
 
@@ -149,3 +151,50 @@ def test_the_topic_claim_names_the_paired_difference_from_the_top_pcs():
                              "scaffold leaves less topic)")
     result.differences[0].difference = Estimate(0.05, -0.05, 0.15)
     assert claims.topic_row(result, None, 8).note.endswith("(undecided)")
+
+
+def structure_of(mean_cos2: float, name: str) -> StructureResult:
+    return StructureResult([ScaffoldStructure(
+        sae=name, rank=8, n_tokens=4096, principal_angles_deg=[2.0, 80.0], mean_cos2=mean_cos2,
+        variance_share_scaffold=0.5, variance_share_pca=0.6, scaffold_explained_variance=0.5, outlier_rule="rule",
+        outlier_dims=[], outlier_mean_abs=[], median_mean_abs=0.5, outlier_dim_in_scaffold=[],
+        outlier_energy_scaffold_centred=None, outlier_energy_scaffold_uncentred=None,
+        outlier_energy_pca_centred=None, outlier_energy_pca_uncentred=None)])
+
+
+def with_seeds(study: dict, more: list[AnalysisResults]) -> dict:
+    return json.loads(json.dumps({**study, "seed_analyses": {str(i + 1): a.to_json() for i, a in enumerate(more)}}))
+
+
+def test_claims_over_analysed_seeds_use_a_t_interval_that_every_seed_agrees_with(tmp_path):
+    """Three analysed seeds: structure (no interval within a seed) is decided by the t-interval of mean cos^2 over
+    seeds against 0.5; the causal ratio's t-interval lies below 2 but seed 0's own interval straddles 2, so it stays
+    undecided; a seed without a claim's analysis leaves that row at seed 0's."""
+    base = known_study()
+    typed = AnalysisResults.from_json(base["analyses"])
+    base["analyses"] = AnalysisResults(4096, {**typed.results, "structure": structure_of(0.30, "hybrid0")}).to_json()
+    more = []
+    for seed, cos2, ratio in ((1, 0.32, Estimate(1.8, 1.7, 1.9)), (2, 0.28, Estimate(1.85, 1.75, 1.95))):
+        table = dataclasses.replace(typed["ablation_table"], comparisons=[dataclasses.replace(
+            typed["ablation_table"].comparisons[0], ce_ratio=ratio, reaches_2="no")])
+        more.append(AnalysisResults(4096, {"structure": structure_of(cos2, f"hybrid{seed}"), "ablation_table": table}))
+    rows = claims.claim_rows(with_seeds(base, more))
+    structure, causal, topic = rows[1], rows[2], rows[4]
+    half = 4.302652729749462 * 0.02 / 3 ** 0.5                                  # sd of 0.30, 0.32, 0.28 is 0.02
+    assert structure.verdict == "not reproduced" and structure.value == pytest.approx(0.30)
+    assert (structure.low, structure.high) == (pytest.approx(0.30 - half), pytest.approx(0.30 + half))
+    assert structure.ours.startswith("0.3 ± 0.02 over 3 seeds (95% t-interval [0.2503, 0.3497]; per seed 0.3, "
+                                     "0.32, 0.28); seed 0: r=8")
+    assert structure.note == "the t-interval over 3 seeds lies below 0.5"
+    assert causal.verdict == "undecided" and causal.value == pytest.approx((1.9 + 1.8 + 1.85) / 3)
+    assert causal.note.startswith("the t-interval over 3 seeds lies below 2, but not every seed's own interval does "
+                                  "(seed 0: undecided, seed 1: not reproduced, seed 2: not reproduced)")
+    assert topic.verdict == "not reproduced" and topic.ours.startswith("fixed probe") and "seeds [1, 2]" in topic.note
+    assert "The analyses ran on 3 seeds" in report.write_report(with_seeds(base, more), tmp_path).markdown.read_text()
+
+
+def test_over_seeds_names_the_seeds_that_would_decide():
+    rows = [claims.ClaimRow("c", "o", "a", "undecided", "n", v, None, None, threshold=0.5) for v in (0.4, 0.6, 0.55)]
+    row = claims.over_seeds(rows)
+    assert row.verdict == "undecided" and row.threshold == 0.5
+    assert row.note.startswith("the interval straddles 0.5: about ") and "seeds (now 3)" in row.note

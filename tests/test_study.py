@@ -234,6 +234,30 @@ def test_seeds_and_baselines_train_in_one_pass_with_roles(tmp_path, tiny_model_d
         assert f"| hybrid r=2 | {against} | 2 |" in md
 
 
+def test_analyses_run_on_each_requested_seed_and_the_summary_decides_over_them(tmp_path, tiny_model_dir, tiny_corpus):
+    """analysis_seeds 2: seed 1's plain SAE and hybrid get their own analyses (cached in analyses_seed1/, reused by a
+    rerun), results.json holds them under seed_analyses, and the summary's structure row is the mean over both
+    seeds' scaffolds."""
+    from dataclasses import replace
+
+    from scaffold_sae.claims import claim_rows
+
+    cfg = replace(tiny_study(tiny_model_dir, tiny_corpus), ranks=[0, 2], seeds=2, analysis_seeds=2, probe_docs=0)
+    with pytest.raises(ConfigError, match=r"analysis_seeds=3 is invalid: between 1 and seeds \(2\)"):
+        replace(cfg, analysis_seeds=3).validate()
+    study = run_study(cfg, tmp_path, progress=False)
+    names = {(ev["kind"], ev["seed"]): name for name, ev in study["saes"].items()}
+    seed1 = study["seed_analyses"]["1"]
+    assert list(study["seed_analyses"]) == ["1"] and (tmp_path / "analyses_seed1" / "analyses.json").is_file()
+    assert [s["sae"] for s in seed1["structure"]["saes"]] == [names[("hybrid", 1)]]
+    assert [s["sae"] for s in study["analyses"]["structure"]["saes"]] == [names[("hybrid", 0)]]
+    assert seed1["redundancy"]["baseline"] == names[("baseline", 1)]
+    cos2 = [a["structure"]["saes"][0]["mean_cos2"] for a in (study["analyses"], seed1)]
+    structure = claim_rows(study)[1]
+    assert structure.value == pytest.approx(sum(cos2) / 2) and " over 2 seeds (95% t-interval [" in structure.ours
+    assert run_study(cfg, tmp_path, progress=False)["seed_analyses"] == study["seed_analyses"]   # timings: reused
+
+
 def test_one_seed_keeps_the_old_names(tmp_path):
     cfg = StudyConfig(ranks=[0, 8])
     assert [m.cfg.seed for m in cfg.members()] == [None, None]

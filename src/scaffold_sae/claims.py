@@ -4,6 +4,8 @@ what it is measured against, and a verdict.
 A verdict is "reproduced" or "not reproduced" only where the interval excludes the other outcome; otherwise it is
 "undecided", with the sample that would decide (from interval half-widths shrinking as 1/sqrt(n)). A claim with no
 interval (one seed; statistics without resampling) is undecided. A claim whose analysis did not run says "not run".
+When the analyses ran on several seeds (the study's analysis_seeds), each claim is decided over the seeds: a t-interval
+of value - threshold over the seeds, and every seed's own interval (where it has one) must agree with it.
 Pure functions of a study's results dict (the typed analysis results are rebuilt from it), so `scaffold-sae report`
 redraws the summary from results.json alone.
 """
@@ -11,7 +13,8 @@ redraws the summary from results.json alone.
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass, is_dataclass
+import statistics
+from dataclasses import dataclass, is_dataclass, replace
 from typing import Any
 
 from scaffold_sae.report import Section, Table, format_number
@@ -38,19 +41,35 @@ class ClaimRow:
     low: float | None = None
     """Its 95% interval (None when there is none)."""
     high: float | None = None
+    threshold: float | None = None
+    """What `value` is decided against (None: no rule)."""
+    claim_below: bool = False
+    """The paper's claim holds when `value` lies below `threshold` (else at or above it)."""
 
 
 def claim_rows(study: dict[str, Any]) -> list[ClaimRow]:
     """The summary rows of a study's results dict (config, saes, analyses), in the paper's order."""
-    typed = _typed_analyses(study.get("analyses"))
-    saes = study.get("saes", {})
     rank = primary_rank(study)
-    return [dense_row(saes, rank), structure_row(typed.get("structure"), rank),
-            causal_row(typed.get("ablation_table")), redundancy_row(typed.get("redundancy")),
+    init = study.get("config", {}).get("scaffold_init", "pca")
+    per_seed = [analysis_rows(_typed_analyses(data), rank, init) for data in seeds_analyses(study)]
+    rows = [over_seeds(list(rows)) for rows in zip(*per_seed)] if len(per_seed) > 1 else per_seed[0]
+    return [dense_row(study.get("saes", {}), rank), *rows]
+
+
+def analysis_rows(typed: dict[str, Any], rank: int | None, init: str = "pca") -> list[ClaimRow]:
+    """The claims the analyses of one seed decide, in the paper's order."""
+    return [structure_row(typed.get("structure"), rank, init), causal_row(typed.get("ablation_table")),
+            redundancy_row(typed.get("redundancy")),
             topic_row(typed.get("topic_ablation"), typed.get("probing"), rank), probing_row(typed.get("probing"), rank)]
 
 
-def claims_section(rows: list[ClaimRow]) -> Section:
+def seeds_analyses(study: dict[str, Any]) -> list[Any]:
+    """Each analysed seed's analyses JSON: seed 0's ("analyses"), then "seed_analyses" by seed."""
+    more = study.get("seed_analyses") or {}
+    return [study.get("analyses"), *(more[key] for key in sorted(more, key=int))]
+
+
+def claims_section(rows: list[ClaimRow], analysis_seeds: int = 1) -> Section:
     table = Table(["claim", "ours", "against", "verdict", "why / what would decide"],
                   [[r.claim, r.ours, r.against, r.verdict, r.note] for r in rows],
                   caption="Intervals are 95%: paired bootstrap over contexts or documents, or a t-interval over "
@@ -59,7 +78,52 @@ def claims_section(rows: list[ClaimRow]) -> Section:
     counts = {v: sum(r.verdict == v for r in rows) for v in (REPRODUCED, NOT_REPRODUCED, UNDECIDED, NOT_RUN)}
     text = ("Each claim of the paper, our number and the verdict (details in the sections below): "
             + ", ".join(f"{n} {v}" for v, n in counts.items() if n) + ".")
+    if analysis_seeds > 1:
+        text += (f" The analyses ran on {analysis_seeds} seeds: their rows give mean ± sd over the seeds and are "
+                 "decided by a t-interval over the seeds that every seed's own interval agrees with; the analysis "
+                 "sections below are seed 0's (results.json holds every seed's under seed_analyses).")
     return Section("Summary: the paper's claims", text, tables=[table])
+
+
+def over_seeds(rows: list[ClaimRow]) -> ClaimRow:
+    """One claim decided over seeds from each seed's row: the t-interval of value - threshold over the seeds decides,
+    and a seed whose own interval says otherwise (or is undecided) leaves the claim undecided."""
+    first = rows[0]
+    if any(r.value is None or r.threshold is None for r in rows):
+        missing = [i for i, r in enumerate(rows) if r.value is None or r.threshold is None]
+        return replace(first, note=f"{first.note}; seed 0 only: seeds {missing} have no number for this claim")
+    n = len(rows)
+    values = [r.value for r in rows]
+    margins = [r.value - r.threshold for r in rows]
+    t = t_quantile(n - 1) / math.sqrt(n)
+    mean_v, sd_v = statistics.fmean(values), statistics.stdev(values)
+    mean_m, sd_m = statistics.fmean(margins), statistics.stdev(margins)
+    low_m, high_m = mean_m - t * sd_m, mean_m + t * sd_m
+    across = side_of(low_m, high_m, 0.0, first.claim_below)
+    own = [(i, r.verdict) for i, r in enumerate(rows) if r.low is not None and r.high is not None]
+    thresholds = {r.threshold for r in rows}
+    limit = format_number(first.threshold) if len(thresholds) == 1 else "each seed's threshold"
+    side = "below" if (across == REPRODUCED) == first.claim_below else "above"
+    if across != UNDECIDED and all(v == across for _, v in own):
+        verdict = across
+        note = (f"the t-interval over {n} seeds lies {side} {limit}"
+                + (", and so does every seed's own interval" if own else ""))
+    elif across != UNDECIDED:
+        verdict = UNDECIDED
+        note = (f"the t-interval over {n} seeds lies {side} {limit}, but not every seed's own interval does ("
+                + ", ".join(f"seed {i}: {v}" for i, v in own) + "): more contexts or documents per seed would decide")
+    else:
+        verdict = UNDECIDED
+        note = _seeds_to_decide(mean_m, sd_m, n, limit)
+    per_seed = ", ".join(format_number(v) for v in values)
+    ours = (f"{format_number(mean_v)} ± {format_number(sd_v)} over {n} seeds (95% t-interval "
+            f"[{format_number(mean_v - t * sd_v)}, {format_number(mean_v + t * sd_v)}]; per seed {per_seed}); "
+            f"seed 0: {first.ours}")
+    against = first.against if len(thresholds) == 1 else (
+        f"{first.against}; decided on value - threshold per seed: {interval_text(mean_m, low_m, high_m)}")
+    return replace(first, ours=ours, against=against, verdict=verdict, note=note, value=mean_v,
+                   low=mean_v - t * sd_v, high=mean_v + t * sd_v, threshold=first.threshold if len(thresholds) == 1
+                   else None)
 
 
 def primary_rank(study: dict[str, Any]) -> int | None:
@@ -153,7 +217,7 @@ def dense_row(saes: dict[str, dict[str, Any]], rank: int | None) -> ClaimRow:
         ours = f"hybrid {format_number(c.hybrid_mean)}: difference {format_number(c.diff_mean)}{change}"
         return ClaimRow(claim, ours + " (1 seed, no interval)", against, UNDECIDED,
                         "one seed gives no interval: train 3 or more seeds (the study's seeds field) to decide",
-                        c.diff_mean)
+                        c.diff_mean, threshold=0.0, claim_below=True)
     half = t_quantile(c.seeds - 1) * c.diff_sd / math.sqrt(c.seeds)
     low, high = c.diff_mean - half, c.diff_mean + half
     ours = (f"hybrid {format_number(c.hybrid_mean)}: difference "
@@ -162,20 +226,28 @@ def dense_row(saes: dict[str, dict[str, Any]], rank: int | None) -> ClaimRow:
     note = "fewer when the interval of the difference lies below 0"
     if verdict == UNDECIDED:
         note = _seeds_to_decide(c.diff_mean, c.diff_sd, c.seeds)
-    return ClaimRow(claim, ours, against, verdict, note, c.diff_mean, low, high)
+    return ClaimRow(claim, ours, against, verdict, note, c.diff_mean, low, high, threshold=0.0, claim_below=True)
 
 
-def _seeds_to_decide(mean: float, sd: float, seeds: int) -> str:
+def _seeds_to_decide(mean: float, sd: float, seeds: int, threshold: str = "0") -> str:
+    """How many seeds would make a t-interval of a margin (mean, sd over `seeds`) exclude 0, the margin being the
+    value minus `threshold` (as shown)."""
     if mean == 0:
-        return "the mean difference is 0: no number of seeds shows fewer dense latents"
+        return f"the mean sits on {threshold}: no number of seeds decides"
     for n in range(seeds + 1, 1001):
         if t_quantile(n - 1) * sd / math.sqrt(n) < abs(mean):
-            return f"the interval straddles 0: about {n} seeds (now {seeds}) would decide, if mean and sd stay"
-    return "the interval straddles 0: more than 1000 seeds would be needed"
+            return f"the interval straddles {threshold}: about {n} seeds (now {seeds}) would decide, if mean and sd stay"
+    return f"the interval straddles {threshold}: more than 1000 seeds would be needed"
 
 
-def structure_row(result: Any, rank: int | None) -> ClaimRow:
-    """span(U) against the top-r PCs and the outlier dimensions; the analysis has no resampling, so no interval."""
+STRUCTURE_COS2 = 0.5
+"""The structure claim holds when the mean cos^2 of the principal angles between span(U) and the top-r PCs is at least
+this: span(U) lies closer to the top-r PCs than to their orthogonal complement, on average over its r directions."""
+
+
+def structure_row(result: Any, rank: int | None, init: str = "pca") -> ClaimRow:
+    """span(U) against the top-r PCs and the outlier dimensions; the analysis has no resampling, so one seed gives no
+    interval (several analysed seeds decide against STRUCTURE_COS2)."""
     claim = "scaffold = top principal components and massive dimensions (structure)"
     if result is None or not result.saes:
         return not_run(claim, "the structure analysis did not run")
@@ -184,11 +256,14 @@ def structure_row(result: Any, rank: int | None) -> ClaimRow:
             f"(angles {format_number(min(s.principal_angles_deg))}-{format_number(max(s.principal_angles_deg))} "
             "deg); " + (f"outlier-dim energy in span(U) {format_number(s.outlier_energy_scaffold_centred)}"
                         if s.outlier_dims else "no outlier dims"))
-    against = ("the top-r PCs (mean cos^2 1 = the same subspace, r/d for a random one); paper: the scaffold aligns "
-               "with the top PCs and the massive-activation dimensions")
+    against = (f"the top-r PCs (mean cos^2 1 = the same subspace, r/d for a random one), decided against "
+               f"{format_number(STRUCTURE_COS2)}; paper: the scaffold aligns with the top PCs and the massive-activation "
+               "dimensions" + ("; the scaffold was initialised at the top PCs (scaffold_init: pca), so closeness is "
+                               "by construction: scaffold_init random tests it" if init == "pca" else
+                               f"; scaffold_init: {init}"))
     return ClaimRow(claim, ours, against, UNDECIDED,
-                    f"no interval: one SAE (seed 0) on {s.n_tokens} held-out tokens without resampling; a "
-                    "bootstrap over tokens or several seeds' scaffolds would decide", s.mean_cos2)
+                    f"no interval: one SAE on {s.n_tokens} held-out tokens without resampling; the analyses over "
+                    "several seeds (analysis_seeds) decide", s.mean_cos2, threshold=STRUCTURE_COS2)
 
 
 def causal_row(result: Any) -> ClaimRow:
@@ -212,7 +287,8 @@ def causal_row(result: Any) -> ClaimRow:
     note = {REPRODUCED: "ratio >= 2 over the whole interval", NOT_REPRODUCED: "ratio < 2 over the whole interval",
             UNDECIDED: _decide("CE contexts", e.value, e.low, e.high, 2.0, result.n_contexts)}[verdict]
     note += f"; other operators reach 2: {others}" if others else ""
-    return ClaimRow(claim, ours, against, verdict, note, head.ce_ratio.value, head.ce_ratio.low, head.ce_ratio.high)
+    return ClaimRow(claim, ours, against, verdict, note, head.ce_ratio.value, head.ce_ratio.low, head.ce_ratio.high,
+                    threshold=2.0)
 
 
 def redundancy_row(result: Any) -> ClaimRow:
@@ -246,7 +322,8 @@ def redundancy_row(result: Any) -> ClaimRow:
         note = ("the two intervals overlap: " + (f"about {max(n + 1, math.ceil(n * (half / gap) ** 2))} CE contexts "
                 f"(now {n}) would separate them, if the estimates stay" if gap > 0 and n else
                 "the estimates coincide: no sample size separates them"))
-    return ClaimRow(claim, ours, against, verdict, note, a.value, a.low, a.high)
+    return ClaimRow(claim, ours, against, verdict, note, a.value, a.low, a.high, threshold=scaffold.value,
+                    claim_below=True)
 
 
 def topic_row(topic: Any, probing: Any, rank: int | None) -> ClaimRow:
@@ -295,7 +372,7 @@ def topic_row(topic: Any, probing: Any, rank: int | None) -> ClaimRow:
         note += (f"; scaffold minus the top-r PCs removed the same way, paired: {iv(e)}"
                  + (" (the scaffold leaves less topic)" if e.high < 0 else
                     " (the scaffold leaves more topic)" if e.low > 0 else " (undecided)"))
-    return ClaimRow(claim, ours, against, verdict, note, a.value, a.low, a.high)
+    return ClaimRow(claim, ours, against, verdict, note, a.value, a.low, a.high, threshold=halfway, claim_below=True)
 
 
 def probing_row(result: Any, rank: int | None) -> ClaimRow:
@@ -334,7 +411,7 @@ def probing_row(result: Any, rank: int | None) -> ClaimRow:
     note = {REPRODUCED: "the paired interval over test documents lies above 0",
             NOT_REPRODUCED: "the paired interval over test documents lies below 0: the hybrid probes worse"}.get(
         verdict) or _decide("documents", d.value, d.low, d.high, 0.0, n)
-    return ClaimRow(claim, ours, against, verdict, note, d.value, d.low, d.high)
+    return ClaimRow(claim, ours, against, verdict, note, d.value, d.low, d.high, threshold=0.0)
 
 
-__all__ = ["ClaimRow", "claim_rows", "claims_section", "primary_rank", "sample_to_decide", "side_of"]
+__all__ = ["ClaimRow", "claim_rows", "claims_section", "over_seeds", "primary_rank", "sample_to_decide", "side_of"]

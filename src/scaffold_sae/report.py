@@ -203,7 +203,7 @@ def build_sections(study: dict[str, Any]) -> list[Section]:
     if rows:
         from scaffold_sae.claims import claims_section
 
-        sections.append(claims_section(rows))
+        sections.append(claims_section(rows, analysis_seeds=1 + len(study.get("seed_analyses") or {})))
     if saes:
         from scaffold_sae import roles  # mean +- sd over seeds and the claim against each baseline
 

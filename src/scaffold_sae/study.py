@@ -122,6 +122,11 @@ class StudyConfig:
     analyses: bool = True
     """Run the scaffold analyses (structure, causality, the causal ablation table, redundancy, probing, the
     fixed-probe topic analysis, rank selection) after evaluating."""
+    analysis_seeds: int = 1
+    """How many seeds (0 .. analysis_seeds - 1, at most seeds) the analyses run on, each on that seed's plain SAE and
+    hybrids; results.json keeps seed 0's under "analyses" and the others' under "seed_analyses", and the report's
+    summary decides each claim over the seeds (a t-interval) as well as within each seed. Each seed repeats the
+    analyses' cost."""
     analysis_tokens: int = 8_192
     """Held-out tokens for the structure, redundancy and rank-selection statistics."""
     analysis_ce_tokens: int = 512
@@ -189,6 +194,9 @@ class StudyConfig:
                               "browse to false)")
         if self.seeds < 1:
             raise ConfigError(f"seeds={self.seeds} is invalid: must be a positive integer")
+        if not 1 <= self.analysis_seeds <= self.seeds:
+            raise ConfigError(f"analysis_seeds={self.analysis_seeds} is invalid: between 1 and seeds ({self.seeds}); "
+                              f"raise seeds to train that many")
         if self.bootstrap_samples < 1:
             raise ConfigError(f"bootstrap_samples={self.bootstrap_samples} is invalid: the intervals of the analyses "
                               "need at least one resample, e.g. 2000")
@@ -296,18 +304,16 @@ def _run_study(cfg: StudyConfig, out_dir: str | Path, progress: bool) -> dict:
         sites = browse_sites(sae_dirs, members, lm, layer, contexts, cfg, out / "browse", progress)
         timings["browse_s"] = time.perf_counter() - clock
 
-    analyses = {}
+    analyses, seed_analyses = {}, {}
     if cfg.analyses:
-        from scaffold_sae.analyses import run_analyses
-
         clock = time.perf_counter()
-        faults.progress("stage", "analyses")
-        # one plain SAE and one hybrid per rank: seed 0's (extra baselines and seeds are compared in the tables)
-        chosen = [name for name, m in members.items() if m.seed == 0 and m.kind in ("baseline", "hybrid")]
-        saes = {name: load_sae(sae_dirs[name]).to(cfg.device) for name in chosen}
-        baseline = next(name for name in chosen if members[name].kind == "baseline")
-        typed, _ = run_analyses(lm, layer, saes, baseline, cache, contexts, cfg, out=out, progress=progress)
-        analyses = typed.to_json()
+        per_seed = []
+        for seed in range(cfg.analysis_seeds):
+            faults.progress("stage", "analyses" if cfg.analysis_seeds == 1 else f"analyses, seed {seed}")
+            where = out if seed == 0 else out / f"analyses_seed{seed}"
+            per_seed.append(analyses_of_seed(seed, members, sae_dirs, lm, layer, cache, contexts, cfg, where,
+                                             progress))
+        analyses, seed_analyses = per_seed[0], {str(seed): data for seed, data in enumerate(per_seed) if seed}
         timings["analyses_s"] = time.perf_counter() - clock
 
     primary = archs.get(cfg.arch).primary_inference
@@ -322,8 +328,23 @@ def _run_study(cfg: StudyConfig, out_dir: str | Path, progress: bool) -> dict:
         "training": training_results(sae_dirs),
         "timings": timings,
         "analyses": analyses,
+        **({"seed_analyses": seed_analyses} if seed_analyses else {}),
         "browse": sites,
     }
+
+
+def analyses_of_seed(seed: int, members: dict[str, StudyMember], sae_dirs: dict[str, Path], lm, layer: int, cache,
+                     contexts: torch.Tensor, cfg: StudyConfig, out: Path, progress: bool) -> dict:
+    """The analyses (as results.json stores them) of one seed's plain SAE and hybrids, cached in out/analyses.json;
+    the extra baselines are compared in the tables, not here."""
+    from scaffold_sae.analyses import run_analyses
+
+    chosen = [name for name, m in members.items() if m.seed == seed and m.kind in ("baseline", "hybrid")]
+    saes = {name: load_sae(sae_dirs[name]).to(cfg.device) for name in chosen}
+    baseline = next(name for name in chosen if members[name].kind == "baseline")
+    out.mkdir(parents=True, exist_ok=True)
+    typed, _ = run_analyses(lm, layer, saes, baseline, cache, contexts, cfg, out=out, progress=progress)
+    return typed.to_json()
 
 
 def training_results(sae_dirs: dict[str, Path]) -> dict[str, dict]:
