@@ -190,6 +190,7 @@ def test_claims_over_analysed_seeds_use_a_t_interval_that_every_seed_agrees_with
     assert causal.note.startswith("the t-interval over 3 seeds lies below 2, but not every seed's own interval does "
                                   "(seed 0: undecided, seed 1: not reproduced, seed 2: not reproduced)")
     assert topic.verdict == "not reproduced" and topic.ours.startswith("fixed probe") and "seeds [1, 2]" in topic.note
+    assert (rows[3].verdict, rows[3].note) == ("not run", "the redundancy analysis did not run")      # in no seed
     assert "The analyses ran on 3 seeds" in report.write_report(with_seeds(base, more), tmp_path).markdown.read_text()
 
 

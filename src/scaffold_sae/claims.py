@@ -89,6 +89,8 @@ def over_seeds(rows: list[ClaimRow]) -> ClaimRow:
     """One claim decided over seeds from each seed's row: the t-interval of value - threshold over the seeds decides,
     and a seed whose own interval says otherwise (or is undecided) leaves the claim undecided."""
     first = rows[0]
+    if all(r.value is None for r in rows):
+        return first
     if any(r.value is None or r.threshold is None for r in rows):
         missing = [i for i, r in enumerate(rows) if r.value is None or r.threshold is None]
         return replace(first, note=f"{first.note}; seed 0 only: seeds {missing} have no number for this claim")
