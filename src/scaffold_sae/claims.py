@@ -117,6 +117,7 @@ def over_seeds(rows: list[ClaimRow]) -> ClaimRow:
     else:
         verdict = UNDECIDED
         note = _seeds_to_decide(mean_m, sd_m, n, limit)
+    note += f"; seed 0: {first.note}"
     per_seed = ", ".join(format_number(v) for v in values)
     ours = (f"{format_number(mean_v)} ± {format_number(sd_v)} over {n} seeds (95% t-interval "
             f"[{format_number(mean_v - t * sd_v)}, {format_number(mean_v + t * sd_v)}]; per seed {per_seed}); "
