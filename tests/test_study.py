@@ -242,7 +242,8 @@ def test_analyses_run_on_each_requested_seed_and_the_summary_decides_over_them(t
 
     from scaffold_sae.claims import claim_rows
 
-    cfg = replace(tiny_study(tiny_model_dir, tiny_corpus), ranks=[0, 2], seeds=2, analysis_seeds=2, probe_docs=0)
+    cfg = replace(tiny_study(tiny_model_dir, tiny_corpus), ranks=[0, 2], seeds=2, analysis_seeds=2, probe_docs=0,
+                  topic_datasets="", ablation_operators="zero", ablation_random_bases=1, bootstrap_samples=200)
     with pytest.raises(ConfigError, match=r"analysis_seeds=3 is invalid: between 1 and seeds \(2\)"):
         replace(cfg, analysis_seeds=3).validate()
     study = run_study(cfg, tmp_path, progress=False)
