@@ -191,6 +191,24 @@ def test_a_study_stopped_while_saving_resumes_its_whole_lockstep_run(tmp_path, m
     assert calls == [[4], [0, 4]]
 
 
+def test_train_missing_can_train_one_seed_alone(tmp_path, monkeypatch):
+    """seeds={1}: only seed 1's SAEs are trained (an experiment adds a seed next to saved ones) and only theirs are
+    returned; seed 0's are neither trained nor returned."""
+    from types import SimpleNamespace
+
+    from scaffold_sae import study
+    from scaffold_sae.study import StudyConfig, train_missing
+
+    cfg = StudyConfig(ranks=[0, 4], width=32, k=4, seeds=2)
+    calls = []
+    monkeypatch.setattr(study, "train_saes", lambda cache, cfgs, train, out: calls.append([(c.rank, c.seed)
+                                                                                          for c in cfgs]))
+    out = tmp_path / "saes"
+    dirs = train_missing(SimpleNamespace(d_model=16), cfg, out, progress=False, seeds={1})
+    assert calls == [[(0, 1), (4, 1)]]
+    assert sorted(dirs) == ["batchtopk_m32_k4_r0_resin_s1", "batchtopk_m32_k4_r4_resin_s1"]
+
+
 def test_study_can_train_an_uncentred_scaffold():
     from scaffold_sae.sae import SAEConfig
     from scaffold_sae.trainer import sae_names

@@ -18,15 +18,11 @@ import time
 from dataclasses import asdict
 from pathlib import Path
 
-from scaffold_sae.cache import harvest
 from scaffold_sae.config import build, load_config_file
-from scaffold_sae.corpus import load_corpus, pack_contexts
 from scaffold_sae.models import load_model
 from scaffold_sae.report import format_summary_table, write_report
-from scaffold_sae import archs
-from scaffold_sae.study import (StudyConfig, default_layer, evaluate_all, member_keys, named_members,
-                                threshold_section, training_results)
-from scaffold_sae.trainer import resolve_configs, sae_names, train_saes
+from scaffold_sae.study import (StudyConfig, default_layer, eval_contexts, evaluate_all, named_members, sae_records,
+                                study_cache, threshold_section, training_results, train_missing)
 
 HERE = Path(__file__).parent
 CONFIG = HERE.parent / "configs" / "gemma-L9-budget.yaml"
@@ -46,36 +42,23 @@ def main() -> None:
     clock = time.perf_counter()
     lm = load_model(cfg.model, device=cfg.device)
     layer = default_layer(cfg.model, lm.n_layers) if cfg.layer is None else cfg.layer
-    cache = harvest(lm, layer, cfg.corpus, cfg.train_tokens, out / "cache", ctx_len=cfg.ctx_len,
-                    batch_size=cfg.harvest_batch_size, split="train", sink_factor=cfg.sink_factor, seed=cfg.seed,
-                    progress=False)
+    cache = study_cache(cfg, lm, layer, out, progress=False)
     timings["harvest_s"] = time.perf_counter() - clock
     assert cache.manifest["fingerprint"] == before["cache"]["fingerprint"], "not experiment L's cache"
 
-    members = named_members(cfg, cache.d_model)
-    new = {name: m for name, m in members.items() if m.seed == args.new_seed}
     clock = time.perf_counter()
-    cfgs = resolve_configs([m.cfg for m in new.values()], cache.d_model)
-    assert sae_names(cfgs) == list(new), (sae_names(cfgs), list(new))
-    train_cfg = cfg.train_config()
-    train_cfg.progress = False
-    if not all((out / "saes" / n / "scaffold_sae.json").exists() for n in new):
-        train_saes(cache, cfgs, train_cfg, out / "saes")
-    sae_dirs = {n: out / "saes" / n for n in new}
+    sae_dirs = train_missing(cache, cfg, out / "saes", progress=False, seeds={args.new_seed})
     timings["train_s"] = time.perf_counter() - clock
 
     clock = time.perf_counter()
-    contexts = pack_contexts(lm.tokenizer, load_corpus(cfg.corpus), cfg.ctx_len, cfg.eval_tokens, split="heldout",
-                             seed=cfg.seed, bos_id=lm.bos_token_id)
-    results = evaluate_all(sae_dirs, lm, layer, contexts, cfg, out / "evals", progress=False)
+    results = evaluate_all(sae_dirs, lm, layer, eval_contexts(cfg, lm), cfg, out / "evals", progress=False)
     timings["eval_s"] = time.perf_counter() - clock
 
-    primary = archs.get(cfg.arch).primary_inference
+    new = sae_records(results, named_members(cfg, cache.d_model), cfg.arch)
     study = dict(before)
     study["config"] = {**asdict(cfg), "layer": layer}
-    study["saes"] = {**before["saes"], **{n: {**r[primary], **member_keys(new[n])} for n, r in results.items()}}
-    study["threshold_evals"] = {**before["threshold_evals"],
-                                **{n: {**r["threshold"], **member_keys(new[n])} for n, r in results.items()}}
+    study["saes"] = {**before["saes"], **new["saes"]}
+    study["threshold_evals"] = {**before["threshold_evals"], **new["threshold_evals"]}
     study["training"] = {**before["training"], **training_results(sae_dirs)}
     study["timings"] = {**before["timings"], **{f"seed{args.new_seed}_{k}": v for k, v in timings.items()}}
     study.pop("sections", None)

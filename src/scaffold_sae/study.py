@@ -279,10 +279,7 @@ def _run_study(cfg: StudyConfig, out_dir: str | Path, progress: bool) -> dict:
     timings["load_model_s"] = time.perf_counter() - clock
 
     clock = time.perf_counter()
-    cache_dir = Path(cfg.cache_dir) if cfg.cache_dir else out / "cache"
-    cache = harvest(lm, layer, cfg.corpus, cfg.train_tokens, cache_dir, ctx_len=cfg.ctx_len,
-                    batch_size=cfg.harvest_batch_size, split="train", sink_factor=cfg.sink_factor, seed=cfg.seed,
-                    progress=progress)
+    cache = study_cache(cfg, lm, layer, out, progress)
     timings["harvest_s"] = time.perf_counter() - clock
 
     clock = time.perf_counter()
@@ -292,8 +289,7 @@ def _run_study(cfg: StudyConfig, out_dir: str | Path, progress: bool) -> dict:
 
     clock = time.perf_counter()
     faults.progress("stage", "evaluation")
-    contexts = pack_contexts(lm.tokenizer, load_corpus(cfg.corpus), cfg.ctx_len, cfg.eval_tokens, split="heldout",
-                             seed=cfg.seed, bos_id=lm.bos_token_id)
+    contexts = eval_contexts(cfg, lm)
     results = evaluate_all(sae_dirs, lm, layer, contexts, cfg, out / "evals", progress)
     timings["eval_s"] = time.perf_counter() - clock
 
@@ -316,21 +312,41 @@ def _run_study(cfg: StudyConfig, out_dir: str | Path, progress: bool) -> dict:
         analyses, seed_analyses = per_seed[0], {str(seed): data for seed, data in enumerate(per_seed) if seed}
         timings["analyses_s"] = time.perf_counter() - clock
 
-    primary = archs.get(cfg.arch).primary_inference
     return {
         "title": f"scaffold-sae study: {cfg.model} layer {layer}",
         "config": resolved,
-        "inference": primary,
+        "inference": archs.get(cfg.arch).primary_inference,
         "cache": {k: cache.manifest.get(k) for k in ("model", "fingerprint", "layer", "n_rows", "excluded")},
-        "saes": {name: {**result[primary], **member_keys(members[name])} for name, result in results.items()},
-        "threshold_evals": {name: {**result["threshold"], **member_keys(members[name])}
-                            for name, result in results.items()},
+        **sae_records(results, members, cfg.arch),
         "training": training_results(sae_dirs),
         "timings": timings,
         "analyses": analyses,
         **({"seed_analyses": seed_analyses} if seed_analyses else {}),
         "browse": sites,
     }
+
+
+def study_cache(cfg: StudyConfig, lm, layer: int, out: Path, progress: bool) -> ActivationCache:
+    """The study's activation cache in cfg.cache_dir (default out/cache): harvested, or reused when it is complete."""
+    cache_dir = Path(cfg.cache_dir) if cfg.cache_dir else out / "cache"
+    return harvest(lm, layer, cfg.corpus, cfg.train_tokens, cache_dir, ctx_len=cfg.ctx_len,
+                   batch_size=cfg.harvest_batch_size, split="train", sink_factor=cfg.sink_factor, seed=cfg.seed,
+                   progress=progress)
+
+
+def eval_contexts(cfg: StudyConfig, lm) -> torch.Tensor:
+    """The held-out contexts every evaluation and analysis of the study uses (never in the training cache)."""
+    return pack_contexts(lm.tokenizer, load_corpus(cfg.corpus), cfg.ctx_len, cfg.eval_tokens, split="heldout",
+                         seed=cfg.seed, bos_id=lm.bos_token_id)
+
+
+def sae_records(results: dict[str, dict], members: dict[str, StudyMember], arch: str) -> dict[str, dict]:
+    """results.json's "saes" (at matched L0) and "threshold_evals" (JumpReLU) entries: each SAE's evaluation with its
+    place in the study."""
+    primary = archs.get(arch).primary_inference
+    return {"saes": {name: {**result[primary], **member_keys(members[name])} for name, result in results.items()},
+            "threshold_evals": {name: {**result["threshold"], **member_keys(members[name])}
+                                for name, result in results.items()}}
 
 
 def analyses_of_seed(seed: int, members: dict[str, StudyMember], sae_dirs: dict[str, Path], lm, layer: int, cache,
@@ -478,14 +494,19 @@ def member_keys(member: StudyMember) -> dict:
             "encoder_input": member.cfg.encoder_input}
 
 
-def train_missing(cache: ActivationCache, cfg: StudyConfig, out: Path, progress: bool) -> dict[str, Path]:
-    """Train (in lockstep) the study's SAEs that are not saved yet; returns name -> directory for all. A run stopped
-    while saving (some SAEs saved, its checkpoint still there) is resumed whole: the checkpoint holds every SAE, so a
-    subset would not match it, and until_converged stops them all together."""
+def train_missing(cache: ActivationCache, cfg: StudyConfig, out: Path, progress: bool,
+                  seeds: set[int] | None = None) -> dict[str, Path]:
+    """Train (in lockstep) the study's SAEs that are not saved yet, only those of the given seed indices when seeds
+    is set; returns name -> directory for all of them. A run stopped while saving (some SAEs saved, its checkpoint
+    still there) is resumed whole: the checkpoint holds every SAE, so a subset would not match it, and
+    until_converged stops them all together."""
     from scaffold_sae.trainer import CHECKPOINT, sae_names, resolve_configs
 
-    cfgs = resolve_configs(cfg.sae_configs(), cache.d_model)
+    members = named_members(cfg, cache.d_model)
+    chosen = [n for n, m in members.items() if seeds is None or m.seed in seeds]
+    cfgs = resolve_configs([members[n].cfg for n in chosen], cache.d_model)
     names = sae_names(cfgs)
+    assert names == chosen, (names, chosen)
     missing = [c for c, n in zip(cfgs, names) if not (out / n / "scaffold_sae.json").exists()]
     if missing and (out / CHECKPOINT).exists():
         missing = cfgs

@@ -1,0 +1,42 @@
+"""The scaffold / top-r PCs CE ratio of causal-ablation tables over training seeds, as markdown: each seed's ratio
+with its paired bootstrap interval over contexts, then mean +- sd and the 95% t-interval over seeds, per (operator,
+positions) comparison of the scaffold against the PCs.
+
+    python results/scripts/causal_seeds.py results/H4-causal-smollm2-L15-200ctx/u8/table.json \
+        results/H14-causal-seeds-smollm2-L15/u8-seed1/table.json results/H14-causal-seeds-smollm2-L15/u8-seed2/table.json
+"""
+
+import json
+import statistics
+import sys
+
+from scaffold_sae.claims import t_quantile
+
+
+def ratios(path: str) -> dict[tuple[str, str], dict]:
+    table = json.load(open(path))["analyses"]["ablation_table"]
+    out = {}
+    for c in table["comparisons"]:
+        (subject, operator), (against, other) = c["numerator"].split(":"), c["denominator"].split(":")
+        if subject == "scaffold" and against == "pca" and operator == other:
+            out[(operator, c["positions"])] = c["ce_ratio"]
+    return out
+
+
+def main(paths: list[str]) -> None:
+    per_seed = [ratios(p) for p in paths]
+    keys = [k for k in per_seed[0] if all(k in seed for seed in per_seed)]
+    print("| operator, positions | " + " | ".join(f"seed {i}" for i in range(len(paths)))
+          + " | mean ± sd [95% t-interval over seeds] |")
+    print("|---|" + "---|" * (len(paths) + 1))
+    for key in keys:
+        values = [seed[key]["value"] for seed in per_seed]
+        mean, sd = statistics.mean(values), statistics.stdev(values)
+        half = t_quantile(len(values) - 1) * sd / len(values) ** 0.5
+        cells = [f"{s[key]['value']:.3f} [{s[key]['low']:.3f}, {s[key]['high']:.3f}]" for s in per_seed]
+        print(f"| {key[0]}, {key[1]} | " + " | ".join(cells)
+              + f" | {mean:.3f} ± {sd:.3f} [{mean - half:.3f}, {mean + half:.3f}] |")
+
+
+if __name__ == "__main__":
+    main(sys.argv[1:])

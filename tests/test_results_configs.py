@@ -1,0 +1,22 @@
+"""The experiment configs in results/configs: each loads as a valid StudyConfig (a renamed or removed field would
+break its reproduce command), and each trains at least 3 seeds or says which 3-seed experiment supersedes it."""
+
+from pathlib import Path
+
+import pytest
+
+from scaffold_sae.config import build, load_config_file
+from scaffold_sae.study import StudyConfig
+
+CONFIGS = sorted((Path(__file__).parents[1] / "results" / "configs").glob("*.yaml"))
+
+
+def test_there_are_experiment_configs():
+    assert len(CONFIGS) >= 10
+
+
+@pytest.mark.parametrize("path", CONFIGS, ids=lambda p: p.name)
+def test_an_experiment_config_is_valid_and_has_three_seeds_or_names_its_successor(path):
+    cfg = build(StudyConfig, load_config_file(path)).validate()
+    header = "".join(line for line in path.read_text().splitlines(keepends=True) if line.startswith("#"))
+    assert cfg.seeds >= 3 or "Superseded by:" in header, f"{path.name}: {cfg.seeds} seed(s) and no successor named"
