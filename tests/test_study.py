@@ -357,3 +357,25 @@ def test_the_study_writes_browser_sites_that_the_report_links_to(tmp_path, tiny_
     study_and_report(cfg, tmp_path, progress=False)
     assert {p: p.stat().st_mtime_ns for p in (tmp_path / "browse").rglob("*")} == mtimes
     capsys.readouterr()
+
+
+def test_training_curves_of_an_sae_linked_from_another_run(tmp_path):
+    """A study that links a saved SAE from another run (experiment O's seed 0) reports the curves that run logged
+    under the name the SAE was trained with; its own SAEs keep theirs."""
+    from scaffold_sae.study import training_results
+
+    def saved(folder, name, records):
+        (folder / name).mkdir(parents=True)
+        (folder / name / "scaffold_sae.json").write_text(json.dumps({"summary": {"steps": 3, "stop_reason": "budget"}}))
+        with open(folder / "train_log.jsonl", "a") as log:
+            for r in records:
+                log.write(json.dumps({"sae": name, **r}) + "\n")
+
+    saved(tmp_path / "old" / "saes", "sae_r0", [{"tokens": 10, "loss": 0.5}, {"tokens": 20, "heldout_fvu": 0.3}])
+    saved(tmp_path / "new" / "saes", "sae_r8_s1", [{"tokens": 10, "loss": 0.4}])
+    (tmp_path / "new" / "saes" / "sae_r0_s0").symlink_to(tmp_path / "old" / "saes" / "sae_r0")
+    got = training_results({"sae_r0_s0": tmp_path / "new" / "saes" / "sae_r0_s0",
+                            "sae_r8_s1": tmp_path / "new" / "saes" / "sae_r8_s1"})
+    assert got["sae_r0_s0"]["curve"] == {"tokens": [10], "loss": [0.5]}
+    assert got["sae_r0_s0"]["heldout"] == {"tokens": [20], "fvu": [0.3]}
+    assert got["sae_r8_s1"]["curve"] == {"tokens": [10], "loss": [0.4]} and got["sae_r8_s1"]["steps"] == 3

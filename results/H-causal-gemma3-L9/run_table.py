@@ -43,6 +43,7 @@ def main() -> None:
                         help="documents per topic dataset (with --analyses topic_ablation; default: study's)")
     parser.add_argument("--topic-operators", default=None, help="topic ablation operators (default: study's)")
     parser.add_argument("--topic-positions", default=None, help="topic ablation positions (default: study's)")
+    parser.add_argument("--topic-datasets", default=None, help="topic ablation datasets (default: study's)")
     parser.add_argument("--threads", type=int, default=2)
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
@@ -58,7 +59,8 @@ def main() -> None:
                              "harvest_batch_size": 4,
                              "topic_docs": args.topic_docs or study.get("topic_docs", 200),
                              "topic_operators": args.topic_operators or study.get("topic_operators", "zero,mean"),
-                             "topic_positions": args.topic_positions or study.get("topic_positions", "ordinary,all")})
+                             "topic_positions": args.topic_positions or study.get("topic_positions", "ordinary,all"),
+                             "topic_datasets": args.topic_datasets or study.get("topic_datasets", "bbc_topic,language")})
     lm = load_model(study["model"])
     layer = study["layer"]
     contexts = pack_contexts(lm.tokenizer, load_corpus(study["corpus"]), ctx_len,

@@ -365,17 +365,20 @@ def analyses_of_seed(seed: int, members: dict[str, StudyMember], sae_dirs: dict[
 
 def training_results(sae_dirs: dict[str, Path]) -> dict[str, dict]:
     """Per SAE: how its training ended (steps, budget, stop reason, convergence step, final held-out FVU, from its
-    saved summary) and its curves (log-window loss and held-out FVU against tokens, from train_log.jsonl)."""
+    saved summary) and its curves (log-window loss and held-out FVU against tokens, from train_log.jsonl). An SAE
+    linked from another run (a symlink) is found in that run's log under the name it was trained with."""
     from scaffold_sae.trainer import LOG, read_log
 
-    records: list[dict] = []
-    for log in {Path(d).parent / LOG for d in sae_dirs.values()}:
-        if log.is_file():
-            records += read_log(log)
+    trained = {name: Path(directory).resolve() for name, directory in sae_dirs.items()}
+    records: dict[Path, list[dict]] = {}
+    for where in trained.values():
+        if where.parent not in records:
+            log = where.parent / LOG
+            records[where.parent] = read_log(log) if log.is_file() else []
     out = {}
     for name, directory in sae_dirs.items():
         summary = json.loads((Path(directory) / "scaffold_sae.json").read_text()).get("summary", {})
-        mine = [r for r in records if r.get("sae") == name]
+        mine = [r for r in records[trained[name].parent] if r.get("sae") == trained[name].name]
         window = [r for r in mine if "loss" in r]
         held = [r for r in mine if "heldout_fvu" in r]
         out[name] = {**{key: summary.get(key) for key in ("steps", "max_steps", "tokens", "stop_reason",

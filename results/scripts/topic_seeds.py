@@ -1,0 +1,52 @@
+"""A fixed-probe topic reading over training seeds, as markdown: for one condition (e.g. scaffold:zero:all) of BBC
+topic read at the last block, each seed's accuracy and paired differences against the top-r PCs and random
+directions zeroed at the same positions (bootstrap intervals over test documents), then mean +- sd and the 95%
+t-interval over seeds.
+
+    python results/scripts/topic_seeds.py seed0/table.json seed1/table.json seed2/table.json \
+        --condition scaffold:zero:all
+"""
+
+import argparse
+import json
+import statistics
+
+from scaffold_sae.claims import t_quantile
+
+
+def readings(path: str, condition: str, dataset: str) -> dict[str, dict]:
+    topic = json.load(open(path))["analyses"]["topic_ablation"]
+    last = max(r["read_layer"] for r in topic["readouts"])
+    _, operator, positions = condition.split(":")
+    out = {"chance": {"value": next(r["chance"] for r in topic["readouts"] if r["dataset"] == dataset)}}
+    for r in topic["readouts"]:
+        if r["dataset"] == dataset and r["read_layer"] == last and r["condition"] in ("clean", condition):
+            out[r["condition"]] = r["accuracy"]
+    for d in topic.get("differences") or []:
+        if d["dataset"] == dataset and d["read_layer"] == last and d["condition"] == condition:
+            out["minus " + d["against"]] = d["difference"]
+    return out
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("tables", nargs="+")
+    parser.add_argument("--condition", required=True)
+    parser.add_argument("--dataset", default="bbc_topic")
+    args = parser.parse_args()
+    per_seed = [readings(p, args.condition, args.dataset) for p in args.tables]
+    rows = [k for k in per_seed[0] if k != "chance" and all(k in seed for seed in per_seed)]
+    print(f"\n{args.dataset}, {args.condition}, read at the last block (chance {per_seed[0]['chance']['value']:.2f})\n")
+    print("| reading | " + " | ".join(f"seed {i}" for i in range(len(per_seed)))
+          + " | mean ± sd [95% t-interval over seeds] |")
+    print("|---|" + "---|" * (len(per_seed) + 1))
+    for key in rows:
+        values = [seed[key]["value"] for seed in per_seed]
+        mean, sd = statistics.mean(values), statistics.stdev(values)
+        half = t_quantile(len(values) - 1) * sd / len(values) ** 0.5
+        cells = [f"{s[key]['value']:.3f} [{s[key]['low']:.3f}, {s[key]['high']:.3f}]" for s in per_seed]
+        print(f"| {key} | " + " | ".join(cells) + f" | {mean:.3f} ± {sd:.3f} [{mean - half:.3f}, {mean + half:.3f}] |")
+
+
+if __name__ == "__main__":
+    main()
