@@ -27,7 +27,7 @@ browser:
 	  echo "note: could not install chromium (needs apt-get as root); the real-browser test will skip"
 
 test: lint browser
-	$(PY) -m pytest -q -ra
+	$(PY) -m pytest -q -ra --durations=20
 
 test-fast: lint
 	$(PY) -m pytest -q -ra -m "not slow"
