@@ -268,11 +268,13 @@ def load_model(spec: str, device: str | torch.device = "cpu", dtype: torch.dtype
             source = converted_gguf(path, key=key)
     else:
         source = spec
+    # HF_HUB_OFFLINE is read when the call is made (huggingface_hub reads it once, at import): set after import, it
+    # still keeps a hub id from waiting on the network.
+    offline = os.environ.get("HF_HUB_OFFLINE") == "1"
     try:
-        tokenizer = AutoTokenizer.from_pretrained(str(source))
-        hf_model = AutoModelForCausalLM.from_pretrained(str(source), dtype=dtype)
+        tokenizer = AutoTokenizer.from_pretrained(str(source), local_files_only=offline)
+        hf_model = AutoModelForCausalLM.from_pretrained(str(source), dtype=dtype, local_files_only=offline)
     except OSError as error:
-        offline = os.environ.get("HF_HUB_OFFLINE") == "1"
         raise ModelError(f"cannot load model {spec!r}: not an embedded model ({', '.join(EMBEDDED)}), a local "
                          f"directory, a .gguf file, or a hub id reachable {'(HF_HUB_OFFLINE=1 is set)' if offline else 'from here'}"
                          f" [{str(error).splitlines()[0][:160]}]") from None
