@@ -7,10 +7,9 @@ positions) comparison of the scaffold against the PCs.
 """
 
 import json
-import statistics
 import sys
 
-from scaffold_sae.claims import t_quantile
+from seeds_table import seeds_table
 
 
 def ratios(path: str) -> dict[tuple[str, str], dict]:
@@ -26,16 +25,7 @@ def ratios(path: str) -> dict[tuple[str, str], dict]:
 def main(paths: list[str]) -> None:
     per_seed = [ratios(p) for p in paths]
     keys = [k for k in per_seed[0] if all(k in seed for seed in per_seed)]
-    print("| operator, positions | " + " | ".join(f"seed {i}" for i in range(len(paths)))
-          + " | mean ± sd [95% t-interval over seeds] |")
-    print("|---|" + "---|" * (len(paths) + 1))
-    for key in keys:
-        values = [seed[key]["value"] for seed in per_seed]
-        mean, sd = statistics.mean(values), statistics.stdev(values)
-        half = t_quantile(len(values) - 1) * sd / len(values) ** 0.5
-        cells = [f"{s[key]['value']:.3f} [{s[key]['low']:.3f}, {s[key]['high']:.3f}]" for s in per_seed]
-        print(f"| {key[0]}, {key[1]} | " + " | ".join(cells)
-              + f" | {mean:.3f} ± {sd:.3f} [{mean - half:.3f}, {mean + half:.3f}] |")
+    print(seeds_table("operator, positions", {f"{k[0]}, {k[1]}": [seed[k] for seed in per_seed] for k in keys}))
 
 
 if __name__ == "__main__":

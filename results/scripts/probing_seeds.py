@@ -12,16 +12,15 @@ import json
 import sys
 
 import numpy as np
-from scipy.stats import t
+
+from scaffold_sae.claims import t_interval
 
 
 def over_seeds(values: list[float]) -> str:
-    v = np.asarray(values, dtype=float)
-    if len(v) < 2:
-        return f"{v.mean():+.3f} (one seed)"
-    sd = v.std(ddof=1)
-    half = t.ppf(0.975, len(v) - 1) * sd / np.sqrt(len(v))
-    return f"{v.mean():+.3f} ± {sd:.3f} [{v.mean() - half:+.3f}, {v.mean() + half:+.3f}]"
+    if len(values) < 2:
+        return f"{np.mean(values):+.3f} (one seed)"
+    mean, sd, low, high = t_interval(values)
+    return f"{mean:+.3f} ± {sd:.3f} [{low:+.3f}, {high:+.3f}]"
 
 
 def main(paths: list[str]) -> None:

@@ -9,9 +9,8 @@ t-interval over seeds.
 
 import argparse
 import json
-import statistics
 
-from scaffold_sae.claims import t_quantile
+from seeds_table import seeds_table
 
 
 def readings(path: str, condition: str, dataset: str) -> dict[str, dict]:
@@ -37,15 +36,7 @@ def main() -> None:
     per_seed = [readings(p, args.condition, args.dataset) for p in args.tables]
     rows = [k for k in per_seed[0] if k != "chance" and all(k in seed for seed in per_seed)]
     print(f"\n{args.dataset}, {args.condition}, read at the last block (chance {per_seed[0]['chance']['value']:.2f})\n")
-    print("| reading | " + " | ".join(f"seed {i}" for i in range(len(per_seed)))
-          + " | mean ± sd [95% t-interval over seeds] |")
-    print("|---|" + "---|" * (len(per_seed) + 1))
-    for key in rows:
-        values = [seed[key]["value"] for seed in per_seed]
-        mean, sd = statistics.mean(values), statistics.stdev(values)
-        half = t_quantile(len(values) - 1) * sd / len(values) ** 0.5
-        cells = [f"{s[key]['value']:.3f} [{s[key]['low']:.3f}, {s[key]['high']:.3f}]" for s in per_seed]
-        print(f"| {key} | " + " | ".join(cells) + f" | {mean:.3f} ± {sd:.3f} [{mean - half:.3f}, {mean + half:.3f}] |")
+    print(seeds_table("reading", {key: [seed[key] for seed in per_seed] for key in rows}))
 
 
 if __name__ == "__main__":

@@ -97,10 +97,8 @@ def over_seeds(rows: list[ClaimRow]) -> ClaimRow:
     n = len(rows)
     values = [r.value for r in rows]
     margins = [r.value - r.threshold for r in rows]
-    t = t_quantile(n - 1) / math.sqrt(n)
-    mean_v, sd_v = statistics.fmean(values), statistics.stdev(values)
-    mean_m, sd_m = statistics.fmean(margins), statistics.stdev(margins)
-    low_m, high_m = mean_m - t * sd_m, mean_m + t * sd_m
+    mean_v, sd_v, low_v, high_v = t_interval(values)
+    mean_m, sd_m, low_m, high_m = t_interval(margins)
     across = side_of(low_m, high_m, 0.0, first.claim_below)
     own = [(i, r.verdict) for i, r in enumerate(rows) if r.low is not None and r.high is not None]
     thresholds = {r.threshold for r in rows}
@@ -120,12 +118,12 @@ def over_seeds(rows: list[ClaimRow]) -> ClaimRow:
     note += f"; seed 0: {first.note}"
     per_seed = ", ".join(format_number(v) for v in values)
     ours = (f"{format_number(mean_v)} ± {format_number(sd_v)} over {n} seeds (95% t-interval "
-            f"[{format_number(mean_v - t * sd_v)}, {format_number(mean_v + t * sd_v)}]; per seed {per_seed}); "
+            f"[{format_number(low_v)}, {format_number(high_v)}]; per seed {per_seed}); "
             f"seed 0: {first.ours}")
     against = first.against if len(thresholds) == 1 else (
         f"{first.against}; decided on value - threshold per seed: {interval_text(mean_m, low_m, high_m)}")
     return replace(first, ours=ours, against=against, verdict=verdict, note=note, value=mean_v,
-                   low=mean_v - t * sd_v, high=mean_v + t * sd_v, threshold=first.threshold if len(thresholds) == 1
+                   low=low_v, high=high_v, threshold=first.threshold if len(thresholds) == 1
                    else None)
 
 
@@ -194,6 +192,14 @@ def t_quantile(df: int) -> float:
     from scipy.stats import t
 
     return float(t.ppf(0.975, df))
+
+
+def t_interval(values: list[float]) -> tuple[float, float, float, float]:
+    """Mean, sample sd and the 95% t-interval (df = n - 1) of at least two values, e.g. one number per seed."""
+    n = len(values)
+    mean, sd = statistics.fmean(values), statistics.stdev(values)
+    half = t_quantile(n - 1) * sd / math.sqrt(n)
+    return mean, sd, mean - half, mean + half
 
 
 # ---------------------------------------------------------------------------------------------- one row per claim

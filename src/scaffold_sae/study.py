@@ -505,11 +505,10 @@ def train_missing(cache: ActivationCache, cfg: StudyConfig, out: Path, progress:
     until_converged stops them all together."""
     from scaffold_sae.trainer import CHECKPOINT, sae_names, resolve_configs
 
-    members = named_members(cfg, cache.d_model)
-    chosen = [n for n, m in members.items() if seeds is None or m.seed in seeds]
-    cfgs = resolve_configs([members[n].cfg for n in chosen], cache.d_model)
-    names = sae_names(cfgs)
-    assert names == chosen, (names, chosen)
+    every = resolve_configs(cfg.sae_configs(), cache.d_model)
+    keep = [seeds is None or m.seed in seeds for m in cfg.members()]
+    cfgs = [c for c, k in zip(every, keep) if k]
+    names = [n for n, k in zip(sae_names(every), keep) if k]
     missing = [c for c, n in zip(cfgs, names) if not (out / n / "scaffold_sae.json").exists()]
     if missing and (out / CHECKPOINT).exists():
         missing = cfgs
