@@ -1,0 +1,65 @@
+"""The results/scripts that turn per-seed records into the over-seeds tables of RESULTS.md: their numbers against
+a direct computation (mean, sample sd, Student-t quantile from scipy)."""
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+from scipy import stats
+
+SCRIPTS = Path(__file__).resolve().parents[1] / "results" / "scripts"
+
+
+def run_script(name: str, *args: str) -> str:
+    done = subprocess.run([sys.executable, str(SCRIPTS / name), *args], capture_output=True, text=True, check=True)
+    return done.stdout
+
+
+def reference(values) -> tuple[float, float, float, float]:
+    v = np.asarray(values, dtype=float)
+    mean, sd = v.mean(), v.std(ddof=1)
+    half = stats.t.ppf(0.975, len(v) - 1) * sd / np.sqrt(len(v))
+    return mean, sd, mean - half, mean + half
+
+
+def sae_record(dense: int, fvu: float, ce: float, dead: int) -> dict:
+    return {"dense_10": dense, "fvu": fvu, "ce_score_zero": ce, "dead": dead}
+
+
+def test_design_seeds_gives_per_seed_values_and_paired_t_intervals(tmp_path):
+    plain, tied = [53, 54, 50], [0, 1, 0]
+    fvu_plain, fvu_tied = [0.0706, 0.0708, 0.0700], [0.0500, 0.0498, 0.0503]
+    a = {"saes": {f"plain_s{s}": sae_record(plain[s], fvu_plain[s], 0.92, 9) for s in range(3)}}
+    b = {"saes": {f"tied_s{s}": sae_record(tied[s], fvu_tied[s], 0.95, 0) for s in range(3)}}
+    (tmp_path / "a.json").write_text(json.dumps(a))
+    (tmp_path / "b.json").write_text(json.dumps(b))
+    out = run_script("design_seeds.py", "--seeds", "3", f"plain={tmp_path / 'a.json'}:plain_s{{s}}",
+                     f"tied={tmp_path / 'b.json'}:tied_s{{s}}", "--pairs", "tied-plain")
+    rows = {line.split(" | ")[0].strip("| "): line.split(" | ")[1:] for line in out.splitlines()[2:]}
+    assert set(rows) == {"plain", "tied", "tied - plain (paired by seed)"}
+    mean, sd, low, high = reference(np.subtract(tied, plain))
+    assert rows["tied - plain (paired by seed)"][0] == (f"-53, -53, -50; {mean:.4g} ± {sd:.2g} "
+                                                         f"[{low:.4g}, {high:.4g}]")
+    mean, sd, low, high = reference(fvu_tied)
+    assert rows["tied"][1] == f"0.05, 0.0498, 0.0503; {mean:.4g} ± {sd:.2g} [{low:.4g}, {high:.4g}]"
+
+
+def test_causal_seeds_reads_the_scaffold_against_pca_ratio_under_the_same_operator(tmp_path):
+    values = [1.42, 1.49, 2.06]
+    paths = []
+    for s, v in enumerate(values):
+        comparisons = [
+            {"numerator": "scaffold:zero", "denominator": "pca:zero", "positions": "all",
+             "ce_ratio": {"value": v, "low": v - 0.02, "high": v + 0.02}},
+            {"numerator": "scaffold:zero", "denominator": "pca:mean", "positions": "all",  # unlike operators: left out
+             "ce_ratio": {"value": 9.0, "low": 8.0, "high": 10.0}}]
+        path = tmp_path / f"seed{s}.json"
+        path.write_text(json.dumps({"analyses": {"ablation_table": {"comparisons": comparisons}}}))
+        paths.append(str(path))
+    lines = run_script("causal_seeds.py", *paths).splitlines()
+    assert len(lines) == 3
+    mean, sd, low, high = reference(values)
+    assert lines[2] == ("| zero, all | 1.420 [1.400, 1.440] | 1.490 [1.470, 1.510] | 2.060 [2.040, 2.080] | "
+                        f"{mean:.3f} ± {sd:.3f} [{low:.3f}, {high:.3f}] |")
