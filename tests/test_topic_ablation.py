@@ -52,6 +52,11 @@ def test_probe_aligned_latents_and_read_layers():
     w_dec = torch.eye(6, dtype=torch.float64)
     top = ta.probe_aligned_latents(probe, w_dec, 1)
     assert top.tolist() == [2]                                # the axis the probe reads
+    ranked = ta.probe_aligned_latents(probe, w_dec, 6)
+    skip = torch.zeros(6, dtype=torch.bool)
+    skip[[2, ranked[2].item()]] = True                         # e.g. dense latents: left out, order kept
+    kept = ta.probe_aligned_latents(probe, w_dec, 3, exclude=skip)
+    assert kept.tolist() == [i for i in ranked.tolist() if not skip[i]][:3]
     assert ta.read_layers(9, 18, "0,3,last") == [9, 12, 17]
     assert ta.read_layers(16, 18, "0,3,last") == [16, 17]
 
@@ -73,7 +78,9 @@ def test_topic_analysis_runs_in_the_protocol_and_round_trips(tiny_lm):
     result = results["topic_ablation"]
     conditions = {o.condition for o in result.readouts}
     assert conditions == {"clean", "scaffold:zero:ordinary", "scaffold:zero:all", "pca:zero:ordinary",
-                          "pca:zero:all", "random:zero:ordinary", "random:zero:all", "aligned_latents:4"}
+                          "pca:zero:all", "random:zero:ordinary", "random:zero:all", "aligned_latents:4",
+                          "aligned_sparse_latents:4"}
+    assert 0 <= result.control_dense["bbc_topic"] <= 4
     assert {o.read_layer for o in result.readouts} == {0, 1}
     assert result.train_docs["bbc_topic"] + result.test_docs["bbc_topic"] == 20
     assert analyses.from_json(ta.TopicResult, analyses.to_json(result)) == result

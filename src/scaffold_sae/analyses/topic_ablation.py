@@ -20,6 +20,7 @@ import torch
 from scaffold_sae import probing
 from scaffold_sae.analyses.ablation_table import (ClassReference, component_edit, parse_choices, rows_edit)
 from scaffold_sae.analyses.base import AnalysisContext, register
+from scaffold_sae.analyses.codes import firing_density
 from scaffold_sae.analyses.redundancy import latent_edit
 from scaffold_sae.lm_passes import ResidEdit, eval_mask, position_class_rows, residuals_after
 from scaffold_sae.report import Section, Table, format_number
@@ -28,6 +29,8 @@ from scaffold_sae.stats import Estimate, paired_bootstrap
 
 PAPER_CONTROL_SHARE = 2048 / 16_384
 """The paper's 2,048 topic-aligned features of a 16,384-latent dictionary."""
+DENSE = 0.1
+"""A latent firing on more than this share of held-out tokens is dense (as evals' dense_10)."""
 
 
 @dataclass
@@ -87,6 +90,9 @@ class TopicResult:
     """Baseline latents most aligned with the layer-L probe ablated in the control."""
     differences: list[TopicDifference] = field(default_factory=list)
     """The scaffold against the top-r PCs and random directions under the same edit (paired over documents)."""
+    control_dense: dict[str, int] = field(default_factory=dict)
+    """dataset -> dense baseline latents (> DENSE of held-out tokens) among the control's; the second control
+    (aligned_sparse_latents) takes the most aligned latents with the dense ones left out."""
 
 
 def tokenise(lm, texts: list[str], max_tokens: int) -> list[list[int]]:
@@ -156,15 +162,18 @@ def fixed_probe_readouts(features: dict[str, dict[int, np.ndarray]], labels: np.
     return readouts, probes, differences
 
 
-def probe_aligned_latents(probe, w_dec: torch.Tensor, n: int) -> torch.Tensor:
+def probe_aligned_latents(probe, w_dec: torch.Tensor, n: int, exclude: torch.Tensor | None = None) -> torch.Tensor:
     """The n decoder rows with the largest share of their direction in the row space of the probe's class weights
-    (in raw activation space: the standardiser's scale divided out)."""
+    (in raw activation space: the standardiser's scale divided out), skipping rows where `exclude` (bool [m]) is set."""
     scaler, model = probe[0], probe[-1]
     w = np.atleast_2d(model.coef_) / scaler.scale_[None, :]
     q, _ = np.linalg.qr(w.T)
     dec = w_dec.detach().double().cpu().numpy()
     share = ((dec @ q) ** 2).sum(1) / np.maximum((dec ** 2).sum(1), 1e-300)
-    return torch.from_numpy(np.argsort(-share, kind="stable")[:n].copy())
+    order = np.argsort(-share, kind="stable")
+    if exclude is not None:
+        order = order[~exclude.cpu().numpy()[order]]
+    return torch.from_numpy(order[:n].copy())
 
 
 def read_layers(layer: int, n_layers: int, spec: str) -> list[int]:
@@ -196,7 +205,9 @@ def run(context: AnalysisContext, config: TopicConfig) -> TopicResult | None:
                   for s, (left, right) in subjects.items() for op in operators for pos in positions}
     reads = read_layers(layer, context.lm.n_layers, config.topic_read_after)
     n_control = max(1, int(round(PAPER_CONTROL_SHARE * int(base.cfg.width))))
-    readouts, differences, train_docs, test_docs = [], [], {}, {}
+    mode = probing.inference_mode(base)
+    dense = firing_density(base, context.activations, mode) > DENSE
+    readouts, differences, train_docs, test_docs, control_dense = [], [], {}, {}, {}
     for dataset in datasets:
         data = probing.load_dataset(dataset, config.topic_docs, shared.seed)
         labels = np.asarray(data.labels)
@@ -208,14 +219,16 @@ def run(context: AnalysisContext, config: TopicConfig) -> TopicResult | None:
         found, probes, found_differences = fixed_probe_readouts(features, labels, train, test, dataset, shared.seed)
         differences += found_differences
         aligned = probe_aligned_latents(probes[layer], base.W_dec, n_control)
-        mode = probing.inference_mode(base)
-        control = {f"aligned_latents:{n_control}": rows_edit(latent_edit(base, aligned, "zero", torch.zeros(1),
-                                                                         mode), "ordinary")}
+        sparse = probe_aligned_latents(probes[layer], base.W_dec, n_control, exclude=dense)
+        control_dense[dataset] = int(dense[aligned].sum())
+        control = {f"{name}:{n_control}": rows_edit(latent_edit(base, chosen, "zero", torch.zeros(1), mode), "ordinary")
+                   for name, chosen in (("aligned_latents", aligned), ("aligned_sparse_latents", sparse))}
         extra = pooled_after(context.lm, layer, docs, control, reads, shared.harvest_batch_size, shared.sink_factor)
         extra_readouts, _, _ = fixed_probe_readouts(extra, labels, train, test, dataset, shared.seed)
         readouts += found + [o for o in extra_readouts if o.condition != "clean"]
         train_docs[dataset], test_docs[dataset] = int(len(train)), int(len(test))
-    return TopicResult(name, context.baseline, r, layer, readouts, train_docs, test_docs, n_control, differences)
+    return TopicResult(name, context.baseline, r, layer, readouts, train_docs, test_docs, n_control, differences,
+                       control_dense)
 
 
 def sections(result: TopicResult) -> list[Section]:
@@ -247,8 +260,12 @@ def sections(result: TopicResult) -> list[Section]:
             "without the scaffold; 2,048 topic-aligned features ablated: unchanged.) Probes are trained once on clean "
             "activations and held fixed; each ablation at layer L is read at L and at later layers after it has "
             f"propagated. The control zero-ablates the {result.control_latents} latents of {result.baseline} (the "
-            "paper's 2,048/16,384 share) most aligned with the layer-L probe, keeping the SAE error. Intervals: "
-            "paired bootstrap 95% over test documents.")
+            "paper's 2,048/16,384 share) most aligned with the layer-L probe, keeping the SAE error; the second "
+            f"control (aligned_sparse_latents) takes the most aligned latents that are not dense (> {DENSE:g} of "
+            "held-out tokens): dense latents picked by the first control carry much of the activation and can take the "
+            "topic with them (results/RESULTS.md H18). Dense latents among the first control's: "
+            + (", ".join(f"{k} {v}" for k, v in result.control_dense.items()) or "not recorded")
+            + ". Intervals: paired bootstrap 95% over test documents.")
     return [Section("Topic with fixed probes", text, tables=tables)]
 
 
