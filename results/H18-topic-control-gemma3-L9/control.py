@@ -28,12 +28,10 @@ from sklearn.model_selection import train_test_split
 from scaffold_sae import probing
 from scaffold_sae.analyses.ablation_table import rows_edit
 from scaffold_sae.analyses.redundancy import latent_edit
-from scaffold_sae.analyses.topic_ablation import (PAPER_CONTROL_SHARE, fixed_probe_readouts, pooled_after,
+from scaffold_sae.analyses.topic_ablation import (DENSE, PAPER_CONTROL_SHARE, fixed_probe_readouts, pooled_after,
                                                   probe_aligned_latents, read_layers, tokenise)
 from scaffold_sae.models import load_model
 from scaffold_sae.saving import load_sae
-
-DENSE = 0.1
 
 
 def measured(rows, sizes: list[float]):
@@ -75,8 +73,7 @@ def main() -> None:
         dense = torch.nonzero(density > DENSE).flatten()
         n = max(1, int(round(PAPER_CONTROL_SHARE * int(base.cfg.width))))
         aligned = probe_aligned_latents(probe, base.W_dec, n)
-        ranking = probe_aligned_latents(probe, base.W_dec, int(base.cfg.width))
-        sparse = ranking[density[ranking] <= DENSE][:n]
+        sparse = probe_aligned_latents(probe, base.W_dec, n, exclude=density > DENSE)
         subsets = {f"aligned:{n}": aligned, f"aligned_sparse:{n}": sparse, f"dense:{dense.numel()}": dense}
         sizes = {c: [] for c in subsets}
         conditions = {c: rows_edit(measured(latent_edit(base, idx, "zero", torch.zeros(1), mode), sizes[c]),
