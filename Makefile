@@ -17,7 +17,7 @@ demo: $(STAMP)
 	$(VENV)/bin/scaffold-sae demo
 
 lint: $(STAMP)
-	$(PY) -m pyflakes src tests bench
+	$(PY) -m pyflakes src tests bench results
 
 # Headless Chromium for the feature browser's real-browser test (tests/test_browse.py); where apt-get is missing or
 # not allowed this only prints a note and that test skips.

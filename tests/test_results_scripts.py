@@ -63,3 +63,37 @@ def test_causal_seeds_reads_the_scaffold_against_pca_ratio_under_the_same_operat
     mean, sd, low, high = reference(values)
     assert lines[2] == ("| zero, all | 1.420 [1.400, 1.440] | 1.490 [1.470, 1.510] | 2.060 [2.040, 2.080] | "
                         f"{mean:.3f} ± {sd:.3f} [{low:.3f}, {high:.3f}] |")
+
+
+def redundancy_record(aligned: dict[str, float], random: dict[str, float], scaffold: dict[str, float]) -> dict:
+    def estimate(v: float) -> dict:
+        return {"value": v, "low": v - 0.01, "high": v + 0.02}
+
+    curve = [{"n": n, "operator": op, "paper_share": n == 98, "aligned": estimate(aligned[op] if n == 98 else 9.0),
+              "random": estimate(random[op] if n == 98 else 9.0)} for n in (1, 98, 2048) for op in ("zero", "mean")]
+    return {"results": {"redundancy": {
+        "curve": curve, "scaffold_removed": {op: estimate(v) for op, v in scaffold.items()}, "n_aligned": 118,
+        "dense_aligned": 31, "dense_latents": 53, "curve_contexts": 200}}}
+
+
+def test_redundancy_seeds_reads_the_paper_share_and_bounds_each_seeds_difference(tmp_path):
+    aligned = [{"zero": 1.63, "mean": 1.35}, {"zero": 1.70, "mean": 1.40}, {"zero": 1.66, "mean": 1.30}]
+    random = [{"zero": 1.46, "mean": 1.28}, {"zero": 1.50, "mean": 1.29}, {"zero": 1.40, "mean": 1.20}]
+    scaffold = [{"zero": 2.93, "mean": 1.10}, {"zero": 3.10, "mean": 1.12}, {"zero": 2.80, "mean": 1.05}]
+    paths = []
+    for s in range(3):
+        path = tmp_path / f"seed{s}.json"
+        path.write_text(json.dumps(redundancy_record(aligned[s], random[s], scaffold[s])))
+        paths.append(str(path))
+    out = run_script("redundancy_seeds.py", "--label", "gemma", *paths)
+    assert out.startswith("## gemma\n")
+    assert "- seed 1: N = 98 of 2048 latents, 118 above the alignment threshold (31 of 53 dense), 200 contexts" in out
+    rows = {line.split(" | ")[0].strip("| "): line.split(" | ")[1:] for line in out.splitlines() if " | " in line}
+    diffs = [a["mean"] - c["mean"] for a, c in zip(aligned, scaffold)]
+    mean, sd, low, high = reference(diffs)
+    # each seed's bounds: (a - 0.01) - (c + 0.02) and (a + 0.02) - (c - 0.01)
+    assert rows["mean: aligned - scaffold"][0] == f"{diffs[0]:.3f} [{diffs[0] - 0.03:.3f}, {diffs[0] + 0.03:.3f}]"
+    assert rows["mean: aligned - scaffold"][3] == f"{mean:.3f} ± {sd:.3f} [{low:.3f}, {high:.3f}] |"
+    mean, sd, low, high = reference([r["zero"] for r in random])
+    assert rows["zero: random (density-matched)"][3] == f"{mean:.3f} ± {sd:.3f} [{low:.3f}, {high:.3f}] |"
+    assert len(rows) == 1 + 10  # header + 5 readings per operator; the n = 1 and n = 2048 points are left out

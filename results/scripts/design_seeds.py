@@ -34,7 +34,7 @@ def main() -> None:
         mean, sd, low, high = t_interval(v)
         return f"{mean:.4g} ± {sd:.2g} [{low:.4g}, {high:.4g}]"
 
-    print(f"| SAE | " + " | ".join(f"{m}: per seed; mean ± sd [95% t-interval]" for m in METRICS) + " |")
+    print("| SAE | " + " | ".join(f"{m}: per seed; mean ± sd [95% t-interval]" for m in METRICS) + " |")
     print("|---|" + "---|" * len(METRICS))
     for label, per in values.items():
         print(f"| {label} | " + " | ".join(", ".join(f"{x:.4g}" for x in v) + "; " + cell(v)

@@ -35,6 +35,7 @@ import torch
 from torch import Tensor, nn
 
 from scaffold_sae import lm_passes
+from scaffold_sae.evals import DENSE
 from scaffold_sae.lm_passes import DEFAULT_SINK_FACTOR, eval_mask
 from scaffold_sae.subspace import alignment_scores, outlier_dims, pca, span_basis
 
@@ -215,7 +216,7 @@ class LatentRow:
 
 
 def dense_flag(density: float) -> str:
-    return ">10%" if density > 0.1 else ">1%" if density > 0.01 else ""
+    return ">10%" if density > DENSE else ">1%" if density > 0.01 else ""
 
 
 @dataclass
@@ -454,7 +455,7 @@ def build_site(sae, lm, layer: int, contexts: Tensor, out_dir: str | Path, cfg: 
                  "rank": rank, "n_contexts": int(contexts.shape[0]), "ctx_len": int(contexts.shape[1]),
                  "n_tokens": stats.n_tokens, "n_pcs": n_pcs, "massive_dims": massive,
                  "massive_mean_abs": [_round(float(mean_abs[j])) for j in massive],
-                 "dense_10": int((density > 0.1).sum()), "dense_1": int((density > 0.01).sum()),
+                 "dense_10": int((density > DENSE).sum()), "dense_1": int((density > 0.01).sum()),
                  "dead": int((stats.fire_counts == 0).sum()), "chunk": CHUNK,
                  "hist_log10": [HIST_LOG10_MIN, HIST_LOG10_MAX, HIST_BINS],
                  "logit_effects": norm_head is not None, "pass_s": round(collect_s, 3), "elapsed_s": round(elapsed, 3),

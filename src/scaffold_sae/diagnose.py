@@ -36,7 +36,7 @@ import torch
 from torch import Tensor
 
 from scaffold_sae import archs
-from scaffold_sae.evals import dense_count, firing_density, reconstruct
+from scaffold_sae.evals import DENSE, dense_count, firing_density, reconstruct
 from scaffold_sae.subspace import alignment_scores, outlier_dims, pca, variance_share
 
 
@@ -176,7 +176,7 @@ def density_counts(sae, x: Tensor) -> tuple[DensityCounts, Tensor, Tensor]:
     xd, rd = x.double(), recon.double()
     fvu = float((xd - rd).pow(2).sum() / (xd - xd.mean(0)).pow(2).sum())
     counts = DensityCounts(l0=float((codes != 0).sum(1).double().mean()), fvu=fvu,
-                           dense_10=dense_count(density, 0.1), dense_1=dense_count(density, 0.01))
+                           dense_10=dense_count(density, DENSE), dense_1=dense_count(density, 0.01))
     return counts, codes, recon
 
 

@@ -84,6 +84,10 @@ def firing_density(codes: torch.Tensor) -> np.ndarray:
     return (codes.detach() != 0).sum(0).double().div(codes.shape[0]).cpu().numpy()
 
 
+DENSE = 0.1
+"""A latent firing on more than this share of tokens is dense (the paper's >10%; dense_10 counts them)."""
+
+
 def dead_count(density: np.ndarray) -> int:
     """Latents that never fired."""
     return int((np.asarray(density) == 0).sum())
@@ -488,7 +492,7 @@ def _core_eval(sae, lm, layer: int, contexts: torch.Tensor, inference: str, reco
         fvu_sparse=recon.sse_sparse / total_var, mse=recon.sse / (recon.n * recon.d),
         cosine=recon.cosine_sum / recon.n,
         dead=dead_count(density), dead_share=dead_count(density) / width,
-        dense_10=dense_count(density, 0.1), dense_10_share=dense_count(density, 0.1) / width,
+        dense_10=dense_count(density, DENSE), dense_10_share=dense_count(density, DENSE) / width,
         dense_1=dense_count(density, 0.01), dense_1_share=dense_count(density, 0.01) / width,
         max_density=float(density.max()) if width else 0.0,
         ce_clean=ce["clean"], ce_sae=ce_sae, ce_zero=ce["zero"], ce_mean=ce["mean"],

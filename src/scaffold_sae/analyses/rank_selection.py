@@ -11,6 +11,7 @@ import torch
 from scaffold_sae import probing
 from scaffold_sae.analyses.base import AnalysisContext, register
 from scaffold_sae.analyses.codes import firing_density
+from scaffold_sae.evals import DENSE
 from scaffold_sae.report import Figure, Section, Series, Table
 from scaffold_sae.subspace import participation_ratio, rank_for_share, spectrum_knee, sweep_knee
 
@@ -65,7 +66,7 @@ def select_rank(eigenvalues: torch.Tensor, sweep: Mapping[int, int] | None = Non
 
 def run(context: AnalysisContext, config: RankSelectionConfig) -> RankSelection:
     """Spectrum of the held-out activations and dense (>10%) latents of every SAE on them, by rank."""
-    sweep = {int(sae.cfg.rank): int((firing_density(sae, context.activations, probing.inference_mode(sae)) > 0.1).sum())
+    sweep = {int(sae.cfg.rank): int((firing_density(sae, context.activations, probing.inference_mode(sae)) > DENSE).sum())
              for sae in context.saes.values()}
     return select_rank(context.pca.eigenvalues, sweep, config.max_rank)
 

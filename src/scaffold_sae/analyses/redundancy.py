@@ -19,6 +19,7 @@ from scaffold_sae import probing
 from scaffold_sae.analyses.base import AnalysisContext, AnalysisError, register
 from scaffold_sae.analyses.codes import feature_ablation_edit, firing_density
 from scaffold_sae.analyses.ablation_table import rows_edit
+from scaffold_sae.evals import DENSE
 from scaffold_sae.lm_passes import ablation_ce, condition_losses
 from scaffold_sae.stats import Estimate, paired_bootstrap
 from scaffold_sae.report import Section, Table, format_number
@@ -123,7 +124,7 @@ def redundancy_scores(baseline, hybrid, x: torch.Tensor, baseline_name: str = "b
         raise AnalysisError(f"SAE {hybrid_name!r} has no scaffold (rank 0): redundancy needs a hybrid")
     scores = alignment_scores(baseline.W_dec.detach().cpu(), span_basis(hybrid.U))
     idx, threshold = aligned_features(scores, r, d, factor)
-    dense = firing_density(baseline, x, inference) > 0.1
+    dense = firing_density(baseline, x, inference) > DENSE
     aligned = torch.zeros_like(dense)
     aligned[idx] = True
     quant = {f"q{int(q * 100)}": float(torch.quantile(scores, q)) for q in (0.5, 0.9, 0.99)}

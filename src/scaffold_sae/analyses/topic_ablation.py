@@ -22,6 +22,7 @@ from scaffold_sae.analyses.ablation_table import (ClassReference, component_edit
 from scaffold_sae.analyses.base import AnalysisContext, register
 from scaffold_sae.analyses.codes import firing_density
 from scaffold_sae.analyses.redundancy import latent_edit
+from scaffold_sae.evals import DENSE
 from scaffold_sae.lm_passes import ResidEdit, eval_mask, position_class_rows, residuals_after
 from scaffold_sae.report import Section, Table, format_number
 from scaffold_sae.sae import random_orthonormal
@@ -29,8 +30,6 @@ from scaffold_sae.stats import Estimate, paired_bootstrap
 
 PAPER_CONTROL_SHARE = 2048 / 16_384
 """The paper's 2,048 topic-aligned features of a 16,384-latent dictionary."""
-DENSE = 0.1
-"""A latent firing on more than this share of held-out tokens is dense (as evals' dense_10)."""
 
 
 @dataclass

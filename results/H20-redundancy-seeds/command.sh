@@ -1,0 +1,28 @@
+#!/bin/bash
+# Experiment H20 (issues 11 and 12): H5's and H6's redundancy readings over training seeds. Same protocol as H5 / H6:
+# 200 held-out CE contexts (25,200 predictions), means and donors from 120 other contexts, ordinary positions, zero
+# and mean ablation, paired bootstrap over contexts. Each seed pairs its own plain SAE with its own hybrid, trained
+# on the same batches: Gemma-3 L9 centred r = 8 (seeds 1-2: experiment O's, linked by H19's command; seed 0 is H5),
+# SmolLM2 L15 centred r = 24 (seeds 1-2: experiment N's; seed 0 is H6, whose SAEs are N's seed 0 to the byte).
+# Then results/scripts/redundancy_seeds.py combines the three seeds of each model.
+set -euo pipefail
+PY=${PY:-.venv/bin/python}
+OUT=results/H20-redundancy-seeds
+T="$PY results/H-causal-gemma3-L9/run_table.py --analyses ablation_table,redundancy --subjects scaffold
+   --operators zero,mean --positions ordinary --splices false --redundancy-points 2 --ce-contexts 200
+   --eval-tokens 40960 --fit-tokens 8192 --bootstrap 2000"
+for s in 1 2; do
+    R=runs/H19/seed$s   # O's plain SAE and centred r = 8 hybrid of seed s (made by H19's command.sh)
+    [ -d $R/saes ] || { echo "run results/H19-causal-mean-seeds-gemma3-L9/command.sh first" >&2; exit 2; }
+    [ -f $OUT/gemma-seed$s/analyses.json ] || $T --run $R --out $OUT/gemma-seed$s
+    R=runs/H20/smollm2-seed$s
+    mkdir -p $R/saes && cp runs/H4/study/study_config.json $R/
+    for sae in batchtopk_m2304_k32_r0_resin_s$s batchtopk_m2304_k32_r24_resin_s$s; do
+        ln -sfn $PWD/runs/N/saes/$sae $R/saes/
+    done
+    [ -f $OUT/smollm2-seed$s/analyses.json ] || $T --run $R --out $OUT/smollm2-seed$s
+done
+$PY results/scripts/redundancy_seeds.py --label gemma3-L9-r8 results/H5-redundancy-gemma3-L9-200ctx/analyses.json \
+    $OUT/gemma-seed1/analyses.json $OUT/gemma-seed2/analyses.json | tee $OUT/over-seeds.md
+$PY results/scripts/redundancy_seeds.py --label smollm2-L15-r24 results/H6-redundancy-topic-smollm2-L15/analyses.json \
+    $OUT/smollm2-seed1/analyses.json $OUT/smollm2-seed2/analyses.json | tee -a $OUT/over-seeds.md
