@@ -97,3 +97,17 @@ def test_redundancy_seeds_reads_the_paper_share_and_bounds_each_seeds_difference
     mean, sd, low, high = reference([r["zero"] for r in random])
     assert rows["zero: random (density-matched)"][3] == f"{mean:.3f} ± {sd:.3f} [{low:.3f}, {high:.3f}] |"
     assert len(rows) == 1 + 10  # header + 5 readings per operator; the n = 1 and n = 2048 points are left out
+
+
+def test_probing_seeds_tpp_differences_are_paired_by_seed(tmp_path):
+    plain, hybrid = [0.361, 0.285, 0.329], [0.030, 0.034, 0.030]
+    paths = []
+    for s in range(3):
+        tpp = [{"dataset": "bbc_topic", "rank": r, "n_ablated": 50, "score": v[s]} for r, v in ((0, plain), (8, hybrid))]
+        path = tmp_path / f"seed{s}.json"
+        path.write_text(json.dumps({"analyses": {"probing": {"paired": [], "sparse": [], "tpp": tpp}}}))
+        paths.append(str(path))
+    rows = [line for line in run_script("probing_seeds.py", *paths).splitlines() if line.startswith("| bbc_topic")]
+    mean, sd, low, high = reference(np.subtract(hybrid, plain))
+    assert rows == [f"| bbc_topic | 50 | 0.361, 0.285, 0.329 | 0.030, 0.034, 0.030 | "
+                    f"{mean:+.3f} ± {sd:.3f} [{low:+.3f}, {high:+.3f}] |"]

@@ -45,6 +45,28 @@ def main(paths: list[str]) -> None:
         name = "residual dims" if rank is None else "plain SAE" if rank == 0 else f"hybrid r = {rank}"
         sd = np.std(accs, ddof=1) if len(accs) > 1 else 0.0
         print(f"| {name} | {', '.join(f'{a:.3f}' for a in accs)} | {np.mean(accs):.3f} ± {sd:.3f} |")
+    tpp_table(tables)
+
+
+def tpp_table(tables: list[dict]) -> None:
+    """TPP (secondary; datasets with >= 3 classes): each SAE's score (mean over splits) per seed, and each hybrid's
+    score minus the plain SAE's of the same seed, mean ± sd [95% t-interval] over seeds."""
+    keys = sorted({(row["dataset"], row["n_ablated"]) for row in tables[0]["tpp"]})
+    if not keys:
+        return
+    ranks = sorted({row["rank"] for row in tables[0]["tpp"]})
+    print("\nTPP (secondary metric): score = target-class accuracy drop - mean drop of the other classes, N latents "
+          "zeroed, mean over splits; per seed, then hybrid - plain SAE over seeds\n")
+    print("| dataset | N | " + " | ".join("plain SAE" if r == 0 else f"r = {r}" for r in ranks)
+          + " | " + " | ".join(f"r = {r} - plain" for r in ranks if r) + " |")
+    print("|---|---|" + "---|" * (2 * len(ranks) - 1))
+    for dataset, n in keys:
+        score = {r: [next(row["score"] for row in tab["tpp"] if (row["dataset"], row["n_ablated"], row["rank"])
+                          == (dataset, n, r)) for tab in tables] for r in ranks}
+        cells = [", ".join(f"{v:.3f}" for v in score[r]) for r in ranks]
+        diffs = [over_seeds(list(np.subtract(score[r], score[0]))) for r in ranks if r]
+        print(f"| {dataset} | {n} | " + " | ".join(cells + diffs) + " |")
+
 
 if __name__ == "__main__":
     main(sys.argv[1:])
