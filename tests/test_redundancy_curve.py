@@ -14,6 +14,11 @@ def test_curve_sizes_span_one_to_all_and_hold_the_papers_share():
     assert (98, True) in redundancy.curve_sizes(2048, 8)
 
 
+def test_one_curve_point_is_the_papers_share_alone():
+    assert redundancy.curve_sizes(2048, 1) == [(98, True)]
+    assert redundancy.curve_sizes(2048, 2) == [(1, False), (98, True), (2048, False)]
+
+
 def test_density_matched_latents_are_outside_the_set_distinct_and_from_the_same_bin():
     m = 200
     density = torch.linspace(0.0, 0.5, m)[torch.randperm(m, generator=torch.Generator().manual_seed(0))]

@@ -87,7 +87,7 @@ def test_redundancy_seeds_reads_the_paper_share_and_bounds_each_seeds_difference
         paths.append(str(path))
     out = run_script("redundancy_seeds.py", "--label", "gemma", *paths)
     assert out.startswith("## gemma\n")
-    assert "- seed 1: N = 98 of 2048 latents, 118 above the alignment threshold (31 of 53 dense), 200 contexts" in out
+    assert "- seed 1: N = 98 (the paper's share), 118 above the alignment threshold (31 of 53 dense), 200 contexts" in out
     rows = {line.split(" | ")[0].strip("| "): line.split(" | ")[1:] for line in out.splitlines() if " | " in line}
     diffs = [a["mean"] - c["mean"] for a, c in zip(aligned, scaffold)]
     mean, sd, low, high = reference(diffs)

@@ -31,7 +31,7 @@ def readings(path: str) -> tuple[dict[str, dict], str]:
         rows[f"{op}: scaffold removed"] = scaffold
         rows[f"{op}: aligned - scaffold"] = difference(point["aligned"], scaffold)
         rows[f"{op}: aligned - random"] = difference(point["aligned"], point["random"])
-    return rows, (f"N = {n} of {result['curve'][-1]['n']} latents, {result['n_aligned']} above the alignment "
+    return rows, (f"N = {n} (the paper's share), {result['n_aligned']} above the alignment "
                   f"threshold ({result['dense_aligned']} of {result['dense_latents']} dense), "
                   f"{result['curve_contexts']} contexts")
 

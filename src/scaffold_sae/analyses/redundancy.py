@@ -35,7 +35,7 @@ class RedundancyConfig:
     multiple of a random direction's r/d (capped at 0.5)."""
     redundancy_points: int = 8
     """Values of N (log-spaced from 1 to all latents, plus the paper's share 787/16384 of the dictionary) in the
-    like-for-like curve; 0 skips the curve."""
+    like-for-like curve; 1: the paper's share only; 0 skips the curve."""
     redundancy_operators: str = "zero,mean"
     """Comma-separated operators of the curve: zero, mean."""
     bootstrap_samples: int = 2000
@@ -177,9 +177,10 @@ def run(context: AnalysisContext, config: RedundancyConfig) -> RedundancyResult 
 
 
 def curve_sizes(m: int, points: int) -> list[tuple[int, bool]]:
-    """(N, is the paper's share): `points` log-spaced sizes from 1 to m, and round(m x 787 / 16384)."""
-    sizes = {int(round(v)) for v in np.logspace(0, np.log10(m), max(2, points))}
+    """(N, is the paper's share): `points` log-spaced sizes from 1 to m, and round(m x 787 / 16384); points = 1:
+    the paper's share alone."""
     paper = max(1, int(round(m * PAPER_SHARE)))
+    sizes = {int(round(v)) for v in np.logspace(0, np.log10(m), points)} if points > 1 else set()
     return [(n, n == paper) for n in sorted(sizes | {paper})]
 
 
