@@ -7,7 +7,6 @@ over the special rows (BOS and attention sinks) and the ordinary rows of 16 held
 
 import json
 
-import torch
 from safetensors.torch import load_file
 
 from scaffold_sae.corpus import load_corpus, pack_contexts
