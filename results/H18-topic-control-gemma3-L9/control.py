@@ -28,8 +28,9 @@ from sklearn.model_selection import train_test_split
 from scaffold_sae import probing
 from scaffold_sae.analyses.ablation_table import rows_edit
 from scaffold_sae.analyses.redundancy import latent_edit
-from scaffold_sae.analyses.topic_ablation import (DENSE, PAPER_CONTROL_SHARE, fixed_probe_readouts, pooled_after,
+from scaffold_sae.analyses.topic_ablation import (PAPER_CONTROL_SHARE, fixed_probe_readouts, pooled_after,
                                                   probe_aligned_latents, read_layers, tokenise)
+from scaffold_sae.evals import DENSE
 from scaffold_sae.models import load_model
 from scaffold_sae.saving import load_sae
 

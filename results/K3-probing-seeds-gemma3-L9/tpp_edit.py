@@ -18,7 +18,7 @@ from scaffold_sae.cache import ActivationCache
 from scaffold_sae.evals import DENSE
 from scaffold_sae.models import load_model
 from scaffold_sae.probing import (fit_probe, load_dataset, one_vs_rest_tasks, pool_activations, probe_direction,
-                                  stratified_splits)
+                                  stratified_splits, tpp_latents)
 from scaffold_sae.saving import load_sae
 
 torch.set_num_threads(1)
@@ -43,9 +43,7 @@ for r, sae in saes.items():
     for task in tasks:
         probe = fit_probe(resid[task.train], task.train_y, 0)
         w, b = probe_direction(probe)
-        pos, neg = codes[task.train][task.train_y == 1], codes[task.train][task.train_y == 0]
-        effect = np.clip(pos.mean(0) - neg.mean(0), 0.0, None) * (w_dec @ w)
-        chosen = np.argsort(-effect, kind="stable")[:N]
+        chosen = tpp_latents(codes, w_dec, task, probe, N)
         edit = codes[:, chosen] @ w_dec[chosen]
         x = resid[task.test]
         shift, margin = np.abs(edit[task.test] @ w), np.abs(x @ w + b)

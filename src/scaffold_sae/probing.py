@@ -348,6 +348,15 @@ def sparse_probe_correct(features: np.ndarray, task: BinaryTask, ks: list[int], 
     return out
 
 
+def tpp_latents(codes: np.ndarray, w_dec: np.ndarray, task: BinaryTask, probe, n: int) -> np.ndarray:
+    """The n latents TPP zeroes for a task: largest clamp(mean_pos - mean_neg, 0) x (W_dec[f] . w_probe) on the
+    task's train documents (ties: lower index first)."""
+    w, _ = probe_direction(probe)
+    pos, neg = codes[task.train][task.train_y == 1], codes[task.train][task.train_y == 0]
+    effect = np.clip(pos.mean(0) - neg.mean(0), 0.0, None) * (w_dec @ w)
+    return np.argsort(-effect, kind="stable")[:n]
+
+
 def tpp_scores(resid: np.ndarray, codes: np.ndarray, w_dec: np.ndarray, tasks: list[BinaryTask], n_ablate: list[int],
                seed: int = 0, probes: list | None = None) -> dict[int, tuple[float, float, float]]:
     """SAEBench TPP on pooled features: {N: (score, mean target drop, mean other drop)}. `probes`: the tasks'
@@ -358,10 +367,7 @@ def tpp_scores(resid: np.ndarray, codes: np.ndarray, w_dec: np.ndarray, tasks: l
     for n in n_ablate:
         scores, targets, others = [], [], []
         for i, task in enumerate(tasks):
-            w, _ = probe_direction(probes[i])
-            pos, neg = codes[task.train][task.train_y == 1], codes[task.train][task.train_y == 0]
-            effect = np.clip(pos.mean(0) - neg.mean(0), 0.0, None) * (w_dec @ w)
-            chosen = np.argsort(-effect, kind="stable")[:n]
+            chosen = tpp_latents(codes, w_dec, task, probes[i], n)
             ablated = resid - codes[:, chosen] @ w_dec[chosen]
             drops = [clean[j] - float((probes[j].predict(ablated[t.test]) == t.test_y).mean())
                      for j, t in enumerate(tasks)]
