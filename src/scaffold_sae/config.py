@@ -128,4 +128,44 @@ def load_config_file(path: str | Path) -> dict:
     return data
 
 
-__all__ = ["ConfigError", "field_docs", "coerce_field", "build", "load_config_file", "sequence_type", "has_default"]
+LEGACY: dict[str, str] = {
+    **{name: f"harvest.{name}" for name in ("model", "layer", "corpus", "ctx_len", "train_tokens", "eval_tokens",
+                                            "ce_tokens", "sink_factor", "cache_dir")},
+    "harvest_batch_size": "harvest.batch_size",
+    **{name: f"sae.{name}" for name in ("arch", "width", "k", "ranks", "seeds", "baselines", "encoder_input",
+                                        "scaffold_tied", "scaffold_init", "scaffold_lr_mult", "scaffold_centred")},
+    "steps_tokens": "train.tokens",
+    **{name: f"train.{name}" for name in ("batch_size", "lr", "until_converged", "converge_tol", "converge_frac",
+                                          "heldout_every", "heldout_tokens")},
+    "analyses": "analyses.enabled", "analysis_seeds": "analyses.seeds", "analysis_rank": "analyses.rank",
+    "analysis_tokens": "analyses.tokens", "analysis_ce_tokens": "analyses.ce_tokens",
+    "bootstrap_samples": "analyses.bootstrap_samples",
+    "outlier_factor": "analyses.structure.outlier_factor",
+    "random_seeds": "analyses.causality.random_seeds",
+    **{name: f"analyses.ablation_table.{name}" for name in ("ablation_operators", "ablation_positions",
+                                                            "ablation_subjects", "ablation_random_bases")},
+    "redundancy_factor": "analyses.redundancy.redundancy_factor",
+    **{name: f"analyses.probing.{name}" for name in ("probe_docs", "probe_tokens", "probe_datasets", "probe_splits",
+                                                     "probe_ks")},
+    **{name: f"analyses.topic_ablation.{name}" for name in ("topic_datasets", "topic_docs")},
+    "browse": "browse.enabled", "browse_tokens": "browse.tokens",
+}
+"""Where each field of the flat study config (results written before the config tree, 2026-12-03) lives in the tree."""
+
+
+def setting(config: Mapping[str, Any], path: str, default: Any = None) -> Any:
+    """One setting of a study's stored config (results.json's "config") by its dotted place in the config tree, e.g.
+    ``setting(study["config"], "sae.scaffold_init")``; a flat config written before the tree is read through LEGACY."""
+    node: Any = config
+    for part in path.split("."):
+        if not isinstance(node, Mapping) or part not in node:
+            break
+        node = node[part]
+    else:
+        return node
+    old = next((flat for flat, new in LEGACY.items() if new == path), None)
+    return config.get(old, default) if old is not None and not isinstance(config.get(old), Mapping) else default
+
+
+__all__ = ["ConfigError", "field_docs", "coerce_field", "build", "load_config_file", "sequence_type", "has_default", "LEGACY",
+           "setting"]
