@@ -11,7 +11,7 @@ from pathlib import Path
 import pytest
 
 from scaffold_sae import cli
-from scaffold_sae.config import (LEGACY, ConfigError, build, setting, to_dict, tree_fields, tree_keys)
+from scaffold_sae.config import LEGACY, ConfigError, build, from_flat, setting, to_dict, tree_fields, tree_keys
 from scaffold_sae.study import StudyConfig
 
 DOCS = Path(__file__).resolve().parents[1] / "docs" / "config.md"
@@ -95,6 +95,7 @@ def test_setting_reads_the_tree_and_flat_configs_from_before_it():
     for config in (tree, flat):
         assert setting(config, "sae.scaffold_init") == "random" and setting(config, "analyses.rank") == 8
     assert setting({}, "harvest.model", "m") == "m"
+    assert build(StudyConfig, from_flat(flat)) == build(StudyConfig, from_flat(tree)) == build(StudyConfig, tree)
 
 
 def run_cli(*argv: str, cwd: Path) -> subprocess.CompletedProcess:

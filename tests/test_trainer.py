@@ -160,15 +160,23 @@ def test_cli_bad_config_exits_2_with_one_line(tmp_path, capsys):
 def test_cli_trains_from_a_real_cache(tiny_lm, tiny_corpus, tmp_path, capsys):
     from scaffold_sae.cache import harvest
     from scaffold_sae.cli import main
+    from scaffold_sae.report import format_number
     harvest(tiny_lm, 1, str(tiny_corpus), 1200, tmp_path / "cache", ctx_len=32, progress=False)
     main(["train", "--cache", str(tmp_path / "cache"), "--out", str(tmp_path / "out"), "--arch", "batchtopk",
           "--width", "128", "--k", "8", "--ranks", "0,4", "--tokens", "2560", "--batch-size", "256",
           "--no-progress", "--log-every", "5"])
-    printed = capsys.readouterr().out.split()
-    assert [p.rsplit("/", 1)[-1] for p in printed] == ["batchtopk_m128_k8_r0", "batchtopk_m128_k8_r4"]
+    lines = capsys.readouterr().out.splitlines()
+    printed = lines[-2:]                      # the SAE directories after the table of what was trained
+    names = ["batchtopk_m128_k8_r0_resin", "batchtopk_m128_k8_r4_resin"]    # the residual encoder by default
+    assert [p.rsplit("/", 1)[-1] for p in printed] == names
+    log = [json.loads(line) for line in (tmp_path / "out" / "train_log.jsonl").read_text().splitlines()]
+    for name, row in zip(names, lines[2:4]):  # header, rule, one row per SAE: its last log window
+        last = [r for r in log if r.get("sae") == name and "loss" in r][-1]
+        assert row.split()[:5] == [name, *(format_number(last[key]) for key in ("l0", "fvu", "dead", "dense"))]
+        assert row.split()[-2:] == ["10/10", "budget"]
     sae = load_sae(printed[1])
     assert sae.cfg.d_in == tiny_lm.d_model and sae.cfg.rank == 4
-    cfg = json.loads((tmp_path / "out" / "batchtopk_m128_k8_r4" / "cfg.json").read_text())
+    cfg = json.loads((tmp_path / "out" / names[1] / "cfg.json").read_text())
     assert cfg["metadata"]["model_name"] == "tiny-llama" and cfg["metadata"]["hook_layer"] == 1
     assert cfg["metadata"]["context_size"] == 32
 

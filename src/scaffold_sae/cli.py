@@ -25,13 +25,13 @@ from .compare import CompareConfig, compare_results
 from .diagnose import DiagnoseConfig, DiagnoseRun, diagnose_from_config
 from .config import (LEGACY, ConfigError, annotation, build, coerce_field, field_docs, load_config_file, lookup,
                      merge, nearest_key, nest, node_type, reference, sequence_type, show_value, tree_fields,
-                     tree_keys)
+                     tree_keys, tree_nodes)
 from .distributed import end_rank_process, launched_by_torchrun
 from .evals import CoreEvalConfig, run_core_eval
 from .faults import Interrupted, handle_signals
 from .report import ReportConfig, report_from_results
 from .sae import SAEConfig
-from .study import DEMO, StudyConfig, StudyRun, study_and_report
+from .study import DEMO, StudyConfig, StudyRun, study_and_report, training_results, training_table
 from .trainer import TrainConfig, TrainRun, train_from_config
 
 
@@ -171,8 +171,15 @@ def add_flags(parser: argparse.ArgumentParser, command: Command) -> None:
     """One flag per field of the command's dataclasses (value None when not given), help = its docstring and
     default."""
     has_config_file = ConfigFile in command.configs
+    groups: dict[str, argparse._ArgumentGroup] = {}
+    about = {path: field_docs(owner).get(f.name, "") for cls in command.configs for path, owner, f in tree_nodes(cls)}
+    top = parser
     for flag in command.flag_fields():
         f, path, default = flag.field, flag.path, command.default(flag)
+        section = path.rpartition(".")[0]
+        if section and section not in groups:  # one --help group per section of a config tree
+            groups[section] = top.add_argument_group(section, about.get(section))
+        parser = groups[section] if section else top
         shown = "required" if default is MISSING else f"default: {show_value(default)}"
         doc = f"{field_docs(flag.owner).get(f.name, '')} ({shown})".replace("%", "%%")
         kind = annotation(f)
@@ -226,8 +233,10 @@ def _train(command: Command, values: dict, args: argparse.Namespace) -> None:
     if nproc is not None and nproc != 1 and not launched_by_torchrun():
         distributed.launch("train", command.argv(args), nproc)
         return
-    for path in train_from_config(values):
-        print(path)
+    paths = train_from_config(values)
+    if paths:  # rank 0 of a distributed run, or the one process
+        print(training_table(training_results({path.name: path for path in paths})))
+        print("\n".join(str(path) for path in paths))
 
 
 def _eval(command: Command, values: dict, args: argparse.Namespace) -> None:

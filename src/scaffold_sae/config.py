@@ -355,6 +355,12 @@ LEGACY: dict[str, str] = {
 """Where each field of the flat study config (results written before the config tree, 2026-12-03) lives in the tree."""
 
 
+def from_flat(config: Mapping[str, Any]) -> dict[str, Any]:
+    """A stored study config (results.json's "config", study_config.json) as the tree's dotted keys, ready for
+    ``build(StudyConfig, ...)``: a flat config written before the tree goes through LEGACY; a tree is kept."""
+    return {LEGACY.get(key, key) if not isinstance(value, Mapping) else key: value for key, value in config.items()}
+
+
 def setting(config: Mapping[str, Any], path: str, default: Any = None) -> Any:
     """One setting of a study's stored config (results.json's "config") by its dotted place in the config tree, e.g.
     ``setting(study["config"], "sae.scaffold_init")``; a flat config written before the tree is read through LEGACY."""
@@ -371,7 +377,7 @@ def setting(config: Mapping[str, Any], path: str, default: Any = None) -> Any:
 
 __all__ = ["ConfigError", "field_docs", "coerce_field", "build", "load_config_file", "sequence_type", "has_default", "LEGACY",
            "setting", "tree_fields", "tree_nodes", "tree_keys", "node_type", "to_dict", "nest", "merge", "lookup",
-           "nearest_key", "show_value", "reference", "annotation", "default_value"]
+           "nearest_key", "show_value", "reference", "annotation", "default_value", "from_flat"]
 
 
 if __name__ == "__main__":  # python -m scaffold_sae.config > docs/config.md

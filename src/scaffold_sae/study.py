@@ -320,8 +320,9 @@ def analyses_of_seed(seed: int, members: dict[str, StudyMember], sae_dirs: dict[
 
 def training_results(sae_dirs: dict[str, Path]) -> dict[str, dict]:
     """Per SAE: how its training ended (steps, budget, stop reason, convergence step, final held-out FVU, from its
-    saved summary) and its curves (log-window loss and held-out FVU against tokens, from train_log.jsonl). An SAE
-    linked from another run (a symlink) is found in that run's log under the name it was trained with."""
+    saved summary), its last log window (L0, FVU, dead and dense>10% latents) and its curves (log-window loss and
+    held-out FVU against tokens, from train_log.jsonl). An SAE linked from another run (a symlink) is found in that
+    run's log under the name it was trained with."""
     from scaffold_sae.trainer import LOG, read_log
 
     trained = {name: Path(directory).resolve() for name, directory in sae_dirs.items()}
@@ -338,9 +339,31 @@ def training_results(sae_dirs: dict[str, Path]) -> dict[str, dict]:
         held = [r for r in mine if "heldout_fvu" in r]
         out[name] = {**{key: summary.get(key) for key in ("steps", "max_steps", "tokens", "stop_reason",
                                                             "converged_step", "heldout_fvu")},
+                     "last_window": {key: window[-1].get(key) for key in ("step", "l0", "fvu", "dead", "dense")}
+                     if window else None,
                      "curve": {"tokens": [r["tokens"] for r in window], "loss": [r["loss"] for r in window]},
                      "heldout": {"tokens": [r["tokens"] for r in held], "fvu": [r["heldout_fvu"] for r in held]}}
     return out
+
+
+def training_table(training: dict[str, dict]) -> str:
+    """What `scaffold-sae train` prints at the end: per SAE its last training window (L0, FVU, dead, dense>10%),
+    its held-out FVU when measured, and how training ended (from training_results; no extra pass over data)."""
+    from scaffold_sae.report import format_number
+
+    header = ["sae", "L0", "FVU", "dead", "dense>10%", "held-out FVU", "steps", "ended"]
+    rows = []
+    for name, run in training.items():
+        last = run.get("last_window") or {}
+        rows.append([name, *(format_number(last.get(key)) for key in ("l0", "fvu", "dead", "dense")),
+                     format_number(run.get("heldout_fvu")) if run.get("heldout_fvu") is not None else "-",
+                     f"{run.get('steps')}/{run.get('max_steps')}", run.get("stop_reason") or "-"])
+    widths = [max(len(str(line[i])) for line in [header, *rows]) for i in range(len(header))]
+    lines = ["  ".join(str(cell).ljust(w) if i == 0 else str(cell).rjust(w) for i, (cell, w) in
+                       enumerate(zip(line, widths))) for line in [header, *rows]]
+    lines.insert(1, "  ".join("-" * w for w in widths))
+    return "\n".join(lines + ["L0, FVU and dense>10%: the last log window of training (training batches); dead: "
+                               "latents silent for dead_tokens. `scaffold-sae eval --sae DIR` measures held-out text."])
 
 
 def threshold_section(study: dict):
