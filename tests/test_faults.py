@@ -128,8 +128,8 @@ def test_sigterm_during_study_resumes_to_the_same_results(model_dir, tiny_corpus
     config = tmp_path / "study.yaml"
     config.write_text(json.dumps({"harvest": dict(model=str(model_dir), layer=1, corpus=str(tiny_corpus), ctx_len=32,
                                                   train_tokens=2048, eval_tokens=512, ce_tokens=128, batch_size=8),
-                                  "sae": dict(width=64, k=4, ranks=[0, 2]), "train": dict(tokens=20 * 256, batch_size=256),
-                                  "analyses.enabled": False}))
+                                  "sae": dict(width=64, k=4, ranks=[0, 2]),
+                                  "train": dict(tokens=20 * 256, batch_size=256), "analyses.enabled": False}))
     argv = ["study", "--config", str(config), "--no-progress"]
     out = tmp_path / "interrupted"
     result = run_with_signal(tmp_path, "step", 12, "SIGTERM", [*argv, "--out", str(out)])

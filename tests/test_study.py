@@ -137,7 +137,8 @@ def test_study_config_values_are_typed_like_flags(tmp_path):
     config.write_text("sae:\n  width: abc\n")
     result = subprocess.run([sys.executable, "-m", "scaffold_sae", "study", "--config", str(config),
                              "--out", str(tmp_path / "out")], capture_output=True, text=True)
-    assert result.returncode == 2 and result.stderr.strip() == f"error: sae.width='abc' in {config} is invalid: expected int"
+    assert result.returncode == 2
+    assert result.stderr.strip() == f"error: sae.width='abc' in {config} is invalid: expected int"
     result = subprocess.run([sys.executable, "-m", "scaffold_sae", "study", "--scaffold-tied", "maybe",
                              "--out", str(tmp_path / "out")], capture_output=True, text=True)
     assert result.returncode == 2 and "sae.scaffold_tied='maybe' is invalid: expected bool" in result.stderr
@@ -293,7 +294,8 @@ def test_matryoshka_with_a_random_scaffold_runs_the_whole_study(tmp_path, tiny_m
     hybrids take scaffold_init and scaffold_lr_mult from the study config."""
     from scaffold_sae.saving import load_sae
 
-    cfg = build(StudyConfig, {"sae": dict(arch="matryoshka", ranks=[0, 2], scaffold_init="random", scaffold_lr_mult=2.0),
+    cfg = build(StudyConfig, {"sae": dict(arch="matryoshka", ranks=[0, 2], scaffold_init="random",
+                                          scaffold_lr_mult=2.0),
                               "analyses.probing": dict(probe_docs=20, probe_datasets="sentiment")},
                 base=tiny_study(tiny_model_dir, tiny_corpus))
     study = run_study(cfg, tmp_path, progress=False)

@@ -241,7 +241,7 @@ def build(cls: type, values: Mapping[str, Any], where: str = "", base: Any = Non
     given keep ``base``'s values (default: the class's defaults). An unknown key, a value of the wrong type or a
     missing required field is a ConfigError of one line naming the key, ``where`` (e.g. `` in run.yaml``) and the fix.
     """
-    return _build(cls, nest(values), where, base, "", cls, {})
+    return _build(cls, nest(values), where, copy.deepcopy(base), "", cls, {})
 
 
 def _build(cls: type, values: Mapping[str, Any], where: str, base: Any, prefix: str, root: type,
@@ -261,7 +261,8 @@ def _build(cls: type, values: Mapping[str, Any], where: str, base: Any, prefix: 
         if child is None:
             kwargs[f.name] = coerce_field(path, value, annotation(f), where)
         elif not isinstance(value, Mapping):
-            fix = nearest_key(tree_keys(root), path) if path in LEGACY else f"give its keys, e.g. {path}.{fields(child)[0].name}"
+            fix = (nearest_key(tree_keys(root), path) if path in LEGACY else
+                   f"give its keys, e.g. {path}.{fields(child)[0].name}")
             raise ConfigError(f"{path}={value!r}{where} is invalid: {path} is a section of the config; {fix}")
         else:
             kwargs[f.name] = _build(child, value, where, getattr(base, f.name) if base is not None else
@@ -270,7 +271,8 @@ def _build(cls: type, values: Mapping[str, Any], where: str, base: Any, prefix: 
         return replace(base, **kwargs)
     for f in fields(cls):
         if f.name not in kwargs and f.init and not has_default(f):
-            raise ConfigError(f"{prefix + f.name} is missing{where}: pass --{(prefix + f.name).replace('_', '-')}")
+            flag = prefix + f.name if prefix else f.name.replace("_", "-")
+            raise ConfigError(f"{prefix + f.name} is missing{where}: pass --{flag}")
     return cls(**kwargs)
 
 

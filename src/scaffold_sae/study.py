@@ -96,7 +96,8 @@ class StudyBrowse:
 
     enabled: bool = True
     """Write feature-browser sites (scaffold-sae browse) for seed 0's baseline and the analysis hybrid into
-    <out>/browse/<sae>/; the report links to them. The hybrid's site lists the baseline latents its scaffold absorbed."""
+    <out>/browse/<sae>/; the report links to them. The hybrid's site lists the baseline latents its scaffold
+    absorbed."""
     tokens: int = 4_096
     """Held-out tokens the browser sites pass over (a prefix of the eval contexts, at most harvest.eval_tokens); each
     site is one LM forward over them up to the layer."""

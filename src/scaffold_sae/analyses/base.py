@@ -1,11 +1,12 @@
 """The analysis protocol: a registry of analyses, the context they run in, and typed results <-> JSON.
 
 An analysis is one module with a config dataclass (each field documented; the study config holds one, as
-analyses.<name>, see runner.AnalysesConfig), a result dataclass, `run(context, config) -> result | None` (None: nothing to analyse,
-e.g. no hybrid SAE) and `sections(result) -> list[Section]`, plus one `register(...)` call. Analyses run, and their
-sections appear, in registration order; a later analysis may read the typed results of earlier ones in
-`context.results`. A result dataclass (or one nested in it) whose JSON layout changed defines a staticmethod
-`upgrade_json(data) -> data` that rewrites what earlier versions wrote, so old results.json files still load.
+analyses.<name>, see runner.AnalysesConfig), a result dataclass, `run(context, config) -> result | None` (None:
+nothing to analyse, e.g. no hybrid SAE) and `sections(result) -> list[Section]`, plus one `register(...)` call.
+Analyses run, and their sections appear, in registration order; a later analysis may read the typed results of
+earlier ones in `context.results`. A result dataclass (or one nested in it) whose JSON layout changed defines a
+staticmethod `upgrade_json(data) -> data` that rewrites what earlier versions wrote, so old results.json files still
+load.
 """
 
 from __future__ import annotations

@@ -165,7 +165,8 @@ def analysis_settings(cfg: Any, analyses: Mapping[str, Analysis] | None = None) 
 def run_analyses(lm, layer: int, saes: dict, baseline_name: str, cache, contexts: torch.Tensor, cfg,
                  out: str | Path | None = None, progress: bool = True,
                  analyses: Mapping[str, Analysis] | None = None) -> tuple[AnalysisResults, list[Section]]:
-    """Every registered analysis (or the given ones), in order, on held-out `contexts`. With `out`, results are
+    """Every registered analysis (or the given ones), in order, on held-out `contexts`, with the settings of `cfg` (a
+    StudyConfig: its `analyses` section and what shared_config reads). With `out`, results are
     cached in out/analyses.json and reused when the SAEs, the analyses and their settings match. `cache` (the
     training ActivationCache) is not used for statistics: every number comes from held-out tokens. Returns the typed
     results (as stored: NaN -> None) and their report sections."""
