@@ -23,9 +23,9 @@ from .browse import BrowseConfig, BrowseRun, browse_from_config, serve_site
 from .cache import CacheInfoConfig, HarvestConfig, HarvestRun, cache_info, harvest_ranked, harvest_with
 from .compare import CompareConfig, compare_results
 from .diagnose import DiagnoseConfig, DiagnoseRun, diagnose_from_config
-from .config import (LEGACY, ConfigError, annotation, build, coerce_field, field_docs, load_config_file, lookup,
-                     merge, nearest_key, nest, node_type, reference, sequence_type, show_value, tree_fields,
-                     tree_keys, tree_nodes)
+from .config import (LEGACY, ConfigError, annotation, build, coerce_field, default_value, field_docs, has_default,
+                     load_config_file, lookup, merge, nearest_key, nest, node_type, reference, sequence_type,
+                     show_value, tree_fields, tree_keys, tree_nodes)
 from .distributed import end_rank_process, launched_by_torchrun
 from .evals import CoreEvalConfig, run_core_eval
 from .faults import Interrupted, handle_signals
@@ -112,9 +112,7 @@ class Command:
             base = flag.config()
         if base is not None:
             return lookup(base, flag.path)
-        if flag.field.default is not MISSING:
-            return flag.field.default
-        return flag.field.default_factory() if flag.field.default_factory is not MISSING else MISSING
+        return default_value(flag.field) if has_default(flag.field) else MISSING
 
     def check_file(self, data: dict, where: str) -> None:
         """One line naming the file and the fix for an unknown key or a value of the wrong type in a --config file."""
