@@ -1,7 +1,7 @@
 """Print the cells and comparisons of causal-ablation tables, and the readouts and paired differences of topic
 analyses (table.json from run_table.py), as markdown.
 
-    python results/scripts/ablation_cells.py results/H3-causal-gemma3-L9-200ctx-grid/*/table.json
+    python results/scripts/ablation_cells.py results/causal-200ctx-grid-gemma3/*/table.json
 """
 
 import json

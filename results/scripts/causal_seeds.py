@@ -2,8 +2,8 @@
 with its paired bootstrap interval over contexts, then mean +- sd and the 95% t-interval over seeds, per (operator,
 positions) comparison of the scaffold against the PCs.
 
-    python results/scripts/causal_seeds.py results/H4-causal-smollm2-L15-200ctx/u8/table.json \
-        results/H14-causal-seeds-smollm2-L15/u8-seed1/table.json results/H14-causal-seeds-smollm2-L15/u8-seed2/table.json
+    python results/scripts/causal_seeds.py results/causal-200ctx-smollm2/u8/table.json \
+        results/causal-seeds-smollm2/u8-seed1/table.json results/causal-seeds-smollm2/u8-seed2/table.json
 """
 
 import json

@@ -2,8 +2,8 @@
 seeds and paired differences (same seed index) with their 95% t-interval over seeds.
 
     python results/scripts/design_seeds.py --seeds 3 \
-        "plain=results/O-analyses-seeds-gemma3-L9/results.json:batchtopk_m2048_k32_r0_resin_s{s}" \
-        "free=results/O-analyses-seeds-gemma3-L9/results.json:batchtopk_m2048_k32_r8_resin_s{s}" \
+        "plain=results/analyses-seeds-gemma3/results.json:batchtopk_m2048_k32_r0_resin_s{s}" \
+        "free=results/analyses-seeds-gemma3/results.json:batchtopk_m2048_k32_r8_resin_s{s}" \
         --pairs free-plain
 """
 

@@ -1,7 +1,7 @@
 """Gather the probing analysis of several training seeds (one run_table.py table.json per seed) into mean ± sd over
 seeds and a t-interval of each hybrid's paired difference from the plain SAE of its own seed.
 
-    python results/scripts/probing_seeds.py results/K3-probing-seeds-gemma3-L9/seed*/table.json
+    python results/scripts/probing_seeds.py results/probing-seeds-gemma3/seed*/table.json
 
 Per seed, the difference is the analysis's own: accuracy of the hybrid minus the plain SAE on the same test documents,
 averaged over its splits (its bootstrap interval covers test documents). Over seeds: mean ± sample sd and a 95%

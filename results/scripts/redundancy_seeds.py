@@ -5,8 +5,8 @@ operator; then aligned - scaffold and aligned - random. Each seed's difference c
 (unpaired) bootstrap intervals, low_a - high_b and high_a - low_b, wider than a paired interval; the last column is
 mean ± sd and the 95% t-interval over seeds.
 
-    python results/scripts/redundancy_seeds.py --label gemma3-L9-r8 results/H5-redundancy-gemma3-L9-200ctx/analyses.json \
-        results/H20-redundancy-seeds/gemma-seed1/analyses.json results/H20-redundancy-seeds/gemma-seed2/analyses.json
+    python results/scripts/redundancy_seeds.py --label gemma3-L9-r8 results/redundancy-200ctx-gemma3/analyses.json \
+        results/redundancy-seeds/gemma-seed1/analyses.json results/redundancy-seeds/gemma-seed2/analyses.json
 """
 
 import argparse
