@@ -12,6 +12,7 @@ import yaml
 
 from scaffold_sae.claims import claim_rows
 from scaffold_sae.experiments import (ExperimentCommand, all_experiments, experiment_command, experiment_rows,
+                                      experiments_markdown,
                                       load_experiment, readings, results_markdown, run_experiment)
 from scaffold_sae.sae import ConfigError
 from scaffold_sae.summary import SUMMARY_LIMIT, dumps, sample, slim, slim_results
@@ -171,3 +172,11 @@ def test_every_experiment_in_the_list_is_one_the_list_shows():
     rows = experiment_rows(ROOT / "experiments", ROOT / "results", ROOT / "runs")
     assert {row[0] for row in rows} == set(all_experiments(ROOT / "experiments"))
     assert all(row[3].startswith(("scaffold-sae experiment run", "legacy: ")) for row in rows)
+
+
+def test_the_committed_results_md_and_experiments_md_are_what_report_writes():
+    """Run `scaffold-sae experiment report` after changing an experiment file, a summary, readings.md or the claims
+    engine."""
+    experiments = all_experiments(ROOT / "experiments")
+    assert (ROOT / "results" / "RESULTS.md").read_text() == results_markdown(ROOT / "results", experiments)
+    assert (ROOT / "docs" / "experiments.md").read_text() == experiments_markdown(experiments)

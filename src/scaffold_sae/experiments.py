@@ -24,7 +24,7 @@ from dataclasses import asdict, dataclass, field, fields
 from pathlib import Path
 from typing import Any
 
-from scaffold_sae.config import ConfigError, build, load_config_file
+from scaffold_sae.config import ConfigError, build, field_docs, load_config_file
 from scaffold_sae.fetch import atomic_write_text
 from scaffold_sae.summary import check_size, dumps, slim_results
 
@@ -359,6 +359,13 @@ def experiments_markdown(experiments: dict[str, Experiment]) -> str:
     for slug, exp in sorted(experiments.items(), key=lambda item: _code_order(item[1].code)):
         how = "experiment run" if exp.runnable else f"legacy: `{exp.legacy}`"
         lines.append(f"| [{slug}](../results/{slug}/) | {exp.code} | {_cell(exp.question)} | {how} |")
+    docs = field_docs(Experiment)
+    lines += ["", "## An experiment file", "",
+              "experiments/<slug>.yaml holds these keys (`scaffold-sae experiment run` checks them):", "",
+              "| key | meaning |", "|---|---|"]
+    lines += [f"| `{f.name}` | {_cell(docs.get(f.name, ''))} |" for f in fields(Experiment) if f.name != "path"]
+    lines += ["", "`run` writes the study into runs/<slug>/ (not committed) and results/<slug>/summary.json (committed; "
+              "`scaffold_sae.summary` says what it keeps); `report` regenerates results/RESULTS.md and this page."]
     return "\n".join(lines) + "\n"
 
 
