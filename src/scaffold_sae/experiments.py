@@ -3,8 +3,9 @@
 An experiment is one YAML file in experiments/: its slug (the folder name under results/, naming the question), the
 question, the code it had in the lab notebook (A, H17, ...), the readings it declares before it runs (`primary`:
 which claim, sample sizes, seeds), the experiments whose SAEs and activation cache it reuses (`depends_on`), and
-either a study config (`study`: the StudyConfig tree) or, for an experiment not yet expressed as one study,
-`legacy`: the shell script that produced its record.
+a study config (`study`: the StudyConfig tree) and/or analyses on saved SAEs at sample sizes of their own
+(`analyse`: scaffold_sae.saved_analyses), or, for an experiment not yet expressed that way, `legacy`: the shell
+script that produced its record.
 
 `run` runs the study into the ignored runs/<slug>/ (each stage reuses what an earlier run finished; a finished
 experiment whose study config is unchanged is not touched), after running its dependencies and linking the SAEs
@@ -33,6 +34,24 @@ ACTIONS = ("run", "list", "report")
 
 
 @dataclass
+class AnalyseStep:
+    """Analyses on SAEs an experiment saved (scaffold_sae.saved_analyses), at sample sizes of their own."""
+
+    of: str
+    """The experiment whose SAEs (runs/<of>/saes/) are analysed: this one's slug or one it depends on."""
+    analyses: list[str]
+    """Registered analyses to run, e.g. [ablation_table] or [probing]."""
+    name: str = ""
+    """The run's folder under runs/<slug>/ and its key in the summary (<name>/table.json); empty: table.json."""
+    saes: list[str] = field(default_factory=list)
+    """The SAEs (directory names) to analyse, one of them the plain SAE; empty: all of them."""
+    eval_tokens: int | None = None
+    """Held-out tokens to pack (more CE contexts than the study had); None: the study's."""
+    settings: dict[str, Any] = field(default_factory=dict)
+    """Keys of the config tree put on top of the study's (e.g. analyses.ce_tokens: 25600)."""
+
+
+@dataclass
 class Experiment:
     """One experiment file (experiments/<slug>.yaml)."""
 
@@ -49,13 +68,15 @@ class Experiment:
     train them identically; they run first."""
     primary: dict[str, Any] = field(default_factory=dict)
     """The readings declared before the run: claim, sample sizes, seeds (copied into the summary)."""
+    analyse: list[AnalyseStep] = field(default_factory=list)
+    """Analyses on saved SAEs (this study's or a dependency's), each into its own run; after the study, if any."""
     legacy: str | None = None
     """For an experiment not yet runnable from this file: the script (relative to the repository) that ran it."""
     path: Path | None = None
 
     @property
     def runnable(self) -> bool:
-        return self.study is not None
+        return self.legacy is None
 
 
 @dataclass
@@ -99,13 +120,23 @@ def load_experiment(path: str | Path) -> Experiment:
     for key in ("slug", "question"):
         if not data.get(key):
             raise ConfigError(f"{path}: {key} is missing; every experiment file names its slug and its question")
+    steps = []
+    for i, step in enumerate(data.get("analyse") or []):
+        try:
+            steps.append(build(AnalyseStep, step, where=f" in {path} (analyse step {i})"))
+        except TypeError:
+            raise ConfigError(f"{path}: analyse step {i} must be a mapping with of and analyses") from None
     exp = Experiment(**{**data, "code": str(data.get("code", "-")), "depends_on": list(data.get("depends_on") or []),
-                        "primary": dict(data.get("primary") or {}), "path": path})
+                        "primary": dict(data.get("primary") or {}), "analyse": steps, "path": path})
     if not SLUG.match(exp.slug) or path.stem != exp.slug:
         raise ConfigError(f"{path}: slug {exp.slug!r} must be lower-case words joined by hyphens and equal the file "
                           f"name ({path.stem!r})")
-    if (exp.study is None) == (exp.legacy is None):
-        raise ConfigError(f"{path}: give either `study` (a study config) or `legacy` (the script that ran it)")
+    if (exp.study is None and not exp.analyse) == (exp.legacy is None):
+        raise ConfigError(f"{path}: give either `study` and/or `analyse` (what it runs) or `legacy` (the script that "
+                          "ran it)")
+    for step in exp.analyse:
+        if step.of not in (exp.slug, *exp.depends_on):
+            raise ConfigError(f"{path}: analyse step of {step.of!r}: name this experiment or one in depends_on")
     return exp
 
 
@@ -118,9 +149,11 @@ def study_config(exp: Experiment):
     """The experiment's StudyConfig (validated)."""
     from scaffold_sae.study import StudyConfig
 
-    if exp.study is None:
+    if exp.legacy is not None:
         raise ConfigError(f"{exp.path}: a legacy experiment: run `bash {exp.legacy}` (see its comments for what it "
                           "needs first)")
+    if exp.study is None:
+        raise ConfigError(f"{exp.path}: has no study")
     return build(StudyConfig, {**asdict(StudyConfig()), **exp.study}, where=f" in {exp.path}").validate()
 
 
@@ -158,6 +191,8 @@ def link_dependencies(exp: Experiment, cfg, experiments: dict[str, Experiment], 
     mine = _sae_keys(cfg)
     for slug in exp.depends_on:
         dep = experiments[slug]
+        if dep.study is None:
+            continue
         dep_cfg = study_config(dep)
         if not _same_harvest(cfg, dep_cfg):
             continue
@@ -177,15 +212,20 @@ def link_dependencies(exp: Experiment, cfg, experiments: dict[str, Experiment], 
 # ---------------------------------------------------------------------------------------------- run
 
 
+def finished(exp: Experiment, runs: Path) -> bool:
+    """Whether an experiment's run in runs/<slug>/ finished (its study's results and every analyse step's table)."""
+    out = runs / exp.slug
+    return ((exp.study is None or (out / "report" / "results.json").is_file())
+            and all((out / (step.name or ".") / "table.json").is_file() for step in exp.analyse))
+
+
 def run_experiment(path: str | Path, experiments_dir: str | Path = "experiments", results: str | Path = "results",
                    runs: str | Path = "runs", progress: bool = True, _seen: tuple[str, ...] = ()) -> Path:
     """Run one experiment (its dependencies first) and write results/<slug>/summary.json; returns that path.
-    A finished run whose study config is unchanged is summarised again without rerunning."""
-    from scaffold_sae.report import write_report
-    from scaffold_sae.study import browse_section, run_study, threshold_section
-
+    A finished study or analyse step whose settings are unchanged is not rerun, only summarised again."""
     exp = load_experiment(path)
-    cfg = study_config(exp)
+    if exp.legacy is not None:
+        study_config(exp)  # raises: how to run it
     experiments = all_experiments(experiments_dir)
     runs, results = Path(runs), Path(results)
     for slug in exp.depends_on:
@@ -193,26 +233,69 @@ def run_experiment(path: str | Path, experiments_dir: str | Path = "experiments"
             raise ConfigError(f"{exp.path}: depends_on {slug!r}, which has no file in {experiments_dir}/")
         if slug in _seen:
             raise ConfigError(f"{exp.path}: depends_on forms a cycle: {' -> '.join((*_seen, slug))}")
-        if not (runs / slug / "report" / "results.json").is_file():
-            dep = experiments[slug]
+        dep = experiments[slug]
+        if not finished(dep, runs):
             if not dep.runnable:
                 raise ConfigError(f"{exp.path}: depends on the legacy experiment {slug}: run `bash {dep.legacy}` "
                                   "first")
             run_experiment(dep.path, experiments_dir, results, runs, progress, (*_seen, exp.slug))
-    cfg = link_dependencies(exp, cfg, experiments, runs)
+    records = {}
+    if exp.study is not None:
+        records["results.json"] = run_study_of(exp, experiments, runs, progress)
+    for step in exp.analyse:
+        key = f"{step.name}/table.json" if step.name else "table.json"
+        records[key] = run_step(exp, step, runs, progress)
+    figures = runs / exp.slug / "report" if exp.study is not None else None
+    return write_summary(exp, records, results / exp.slug, figures=figures)
+
+
+def run_study_of(exp: Experiment, experiments: dict[str, Experiment], runs: Path, progress: bool) -> dict[str, Any]:
+    """The experiment's study in runs/<slug>/ (its report in report/), reusing its dependencies' SAEs and cache."""
+    from scaffold_sae.report import write_report
+    from scaffold_sae.study import browse_section, run_study, threshold_section
+
+    cfg = link_dependencies(exp, study_config(exp), experiments, runs)
     out = runs / exp.slug
     report_dir = out / "report"
     stamp = out / "experiment.json"
     settings = json.dumps({"study": asdict(cfg)}, sort_keys=True, default=str)
-    done = (report_dir / "results.json").is_file() and stamp.is_file() and stamp.read_text() == settings
-    if done:
-        study = json.loads((report_dir / "results.json").read_text())
-    else:
-        study = run_study(cfg, out, progress=progress)
-        extra = [threshold_section(study), browse_section(study, out, report_dir)]
-        write_report(study, report_dir, sections=[s for s in extra if s is not None])
-        atomic_write_text(stamp, settings)
-    return write_summary(exp, study, results / exp.slug, figures=report_dir)
+    if (report_dir / "results.json").is_file() and stamp.is_file() and stamp.read_text() == settings:
+        return json.loads((report_dir / "results.json").read_text())
+    study = run_study(cfg, out, progress=progress)
+    extra = [threshold_section(study), browse_section(study, out, report_dir)]
+    write_report(study, report_dir, sections=[s for s in extra if s is not None])
+    atomic_write_text(stamp, settings)
+    return study
+
+
+def run_step(exp: Experiment, step: AnalyseStep, runs: Path, progress: bool) -> dict[str, Any]:
+    """One analyse step: runs/<slug>/<name>/ gets study_config.json and links to the chosen SAEs of runs/<of>/,
+    then scaffold_sae.saved_analyses writes its table.json there."""
+    from scaffold_sae.saved_analyses import analyse_saved
+
+    source, out = runs / step.of, runs / exp.slug / (step.name or ".")
+    saved = sorted(p.name for p in (source / "saes").iterdir() if (p / "scaffold_sae.json").is_file()) \
+        if (source / "saes").is_dir() else []
+    missing = [name for name in step.saes if name not in saved]
+    if not saved or missing:
+        raise ConfigError(f"{exp.path}: analyse step {step.name or '(table.json)'}: runs/{step.of}/saes has "
+                          + (f"no {', '.join(missing)} (it has {', '.join(saved) or 'none'})" if saved else
+                             "no saved SAEs: run that experiment first"))
+    stamp = out / "step.json"
+    settings = json.dumps(asdict(step), sort_keys=True, default=str)
+    if (out / "table.json").is_file() and stamp.is_file() and stamp.read_text() == settings:
+        return json.loads((out / "table.json").read_text())
+    (out / "saes").mkdir(parents=True, exist_ok=True)
+    for name in step.saes or saved:
+        link = out / "saes" / name
+        if not link.exists():
+            link.symlink_to((source / "saes" / name).resolve(), target_is_directory=True)
+    shutil.copyfile(source / "study_config.json", out / "study_config.json")
+    table = analyse_saved(out, out, step.analyses, step.settings, step.eval_tokens, progress=progress,
+                          command={k: v for k, v in asdict(step).items() if v not in (None, [], {}, "")},
+                          title=exp.question)
+    atomic_write_text(stamp, settings)
+    return table
 
 
 def summary_of(exp: Experiment, runs: dict[str, dict[str, Any]]) -> dict[str, Any]:
@@ -222,9 +305,10 @@ def summary_of(exp: Experiment, runs: dict[str, dict[str, Any]]) -> dict[str, An
             "runs": {name: slim_results(data) for name, data in runs.items()}}
 
 
-def write_summary(exp: Experiment, study: dict[str, Any], folder: Path, figures: Path | None = None) -> Path:
-    """results/<slug>/summary.json of one study (as run "results.json"), plus the report's figure files (SVG, PNG)."""
-    text = dumps(summary_of(exp, {"results.json": study}))
+def write_summary(exp: Experiment, runs: dict[str, dict[str, Any]], folder: Path, figures: Path | None = None) -> Path:
+    """results/<slug>/summary.json of an experiment's runs (name -> results), plus the report's figure files (SVG,
+    PNG)."""
+    text = dumps(summary_of(exp, runs))
     check_size(text, str(folder / "summary.json"))
     folder.mkdir(parents=True, exist_ok=True)
     atomic_write_text(folder / "summary.json", text)
@@ -253,7 +337,7 @@ def experiment_rows(experiments_dir: str | Path = "experiments", results: str | 
     for slug, exp in all_experiments(experiments_dir).items():
         if (Path(results) / slug / "summary.json").is_file():
             status = "done"
-        elif (Path(runs) / slug / "report" / "results.json").is_file():
+        elif exp.runnable and finished(exp, Path(runs)):
             status = "ran (no summary)"
         else:
             status = "not run"
@@ -364,8 +448,11 @@ def experiments_markdown(experiments: dict[str, Experiment]) -> str:
               "experiments/<slug>.yaml holds these keys (`scaffold-sae experiment run` checks them):", "",
               "| key | meaning |", "|---|---|"]
     lines += [f"| `{f.name}` | {_cell(docs.get(f.name, ''))} |" for f in fields(Experiment) if f.name != "path"]
-    lines += ["", "`run` writes the study into runs/<slug>/ (not committed) and results/<slug>/summary.json (committed; "
-              "`scaffold_sae.summary` says what it keeps); `report` regenerates results/RESULTS.md and this page."]
+    lines += ["", "`run` writes the study into runs/<slug>/ (not committed) and results/<slug>/summary.json "
+              "(committed; `scaffold_sae.summary` says what it keeps); `report` regenerates results/RESULTS.md and "
+              "this page. An `analyse` step holds these keys:", "", "| key | meaning |", "|---|---|"]
+    steps = field_docs(AnalyseStep)
+    lines += [f"| `{f.name}` | {_cell(steps.get(f.name, ''))} |" for f in fields(AnalyseStep)]
     return "\n".join(lines) + "\n"
 
 
@@ -411,8 +498,7 @@ def cli_run(command, values: dict, args) -> None:
     experiment_command(build(ExperimentCommand, values))
 
 
-__all__ = ["ACTIONS", "CLAIMS", "Experiment", "ExperimentCommand", "all_experiments", "claim_table_rows",
-           "experiment_command", "experiment_rows", "experiments_markdown", "link_dependencies", "load_experiment",
-           "load_summary", "readings", "results_markdown", "run_experiment", "study_config", "summary_of",
-           "write_reports", "write_summary"]
-
+__all__ = ["ACTIONS", "CLAIMS", "AnalyseStep", "Experiment", "ExperimentCommand", "all_experiments",
+           "claim_table_rows", "experiment_command", "experiment_rows", "experiments_markdown", "finished",
+           "link_dependencies", "load_experiment", "load_summary", "readings", "results_markdown", "run_experiment",
+           "run_step", "run_study_of", "study_config", "summary_of", "write_reports", "write_summary"]

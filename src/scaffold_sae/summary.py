@@ -52,7 +52,8 @@ def slim(value: Any) -> Any:
                 out[key] = None
             elif key in EMPTIED:
                 out[key] = []
-            elif key in ("curve", "heldout") and isinstance(item, dict) and all(isinstance(v, list) for v in item.values()):
+            elif key in ("curve", "heldout") and isinstance(item, dict) and all(isinstance(v, list)
+                                                                                for v in item.values()):
                 out[key] = {k: sample(v) for k, v in item.items()}
             else:
                 out[key] = slim(item)
@@ -82,8 +83,9 @@ PRIMARY_K = 5
 
 def slim_results(results: dict[str, Any]) -> dict[str, Any]:
     """A study's results.json (or a table.json of analyses) as a summary keeps it: `slim`, the JumpReLU evaluations
-    cut to EVAL_KEPT, and the extra analysed seeds (seed_analyses) cut to the readings their claims use (CLAIM_ANALYSES): probing at
-    PRIMARY_K without TPP and feature-set probes, the topic analysis read at the ablated layer only."""
+    cut to EVAL_KEPT, and the extra analysed seeds (seed_analyses) cut to the readings their claims use
+    (CLAIM_ANALYSES): probing at PRIMARY_K without TPP and feature-set probes, the topic analysis read at the ablated
+    layer only."""
     out = slim(results)
     if isinstance(out.get("threshold_evals"), dict):
         out["threshold_evals"] = {name: {k: e[k] for k in EVAL_KEPT if k in e}
@@ -114,5 +116,5 @@ def check_size(text: str, where: str) -> None:
                          "arrays from the runs it keeps (scaffold_sae.summary.DROPPED)")
 
 
-__all__ = ["CLAIM_ANALYSES", "CURVE_POINTS", "DIGITS", "DROPPED", "EMPTIED", "EVAL_KEPT", "PRIMARY_K", "SUMMARY_LIMIT", "TIMED",
-           "check_size", "dumps", "round_float", "sample", "slim", "slim_results"]
+__all__ = ["CLAIM_ANALYSES", "CURVE_POINTS", "DIGITS", "DROPPED", "EMPTIED", "EVAL_KEPT", "PRIMARY_K",
+           "SUMMARY_LIMIT", "TIMED", "check_size", "dumps", "round_float", "sample", "slim", "slim_results"]
