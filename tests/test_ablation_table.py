@@ -137,8 +137,8 @@ def test_table_on_the_tiny_model(tiny_lm):
     x = lm_passes.heldout_activations(tiny_lm, 1, fit, 10_000, sink_factor=0)
     vectors = torch.linalg.eigh(torch.cov(x.t().double()))[1].flip(1)
     sae = hybrid(vectors[:, :3].float(), d)
-    cfg = at.AblationTableConfig(ablation_random_bases=2, bootstrap_samples=200, rows_per_forward=6)
-    result = at.ablation_table(tiny_lm, 1, sae, ids, fit, vectors, "r3", cfg, sink_factor=0)
+    cfg = at.AblationTableConfig(ablation_random_bases=2, rows_per_forward=6)
+    result = at.ablation_table(tiny_lm, 1, sae, ids, fit, vectors, "r3", cfg, sink_factor=0, bootstrap_samples=200)
     subjects = {c.subject for c in result.cells}
     assert subjects == {"scaffold", "span_u", "pca", "random", "residual", at.WITHOUT_SCAFFOLD, at.SPLICED}
     assert len(result.cells) == 2 * (3 * 5 + 3)
@@ -174,8 +174,8 @@ def test_zeroing_a_centred_scaffold_also_removes_its_share_of_b_dec(tiny_lm):
     with torch.no_grad():
         sae.b_dec.copy_(3.0 * basis[:, 0] + torch.randn(d, generator=torch.Generator().manual_seed(6)))
     cfg = at.AblationTableConfig(ablation_subjects="scaffold", ablation_operators="zero", ablation_positions="all",
-                                 bootstrap_samples=50, rows_per_forward=4)
-    result = at.ablation_table(tiny_lm, 1, sae, ids, fit, basis, "r2", cfg, sink_factor=0)
+                                 rows_per_forward=4)
+    result = at.ablation_table(tiny_lm, 1, sae, ids, fit, basis, "r2", cfg, sink_factor=0, bootstrap_samples=50)
     proj = basis @ basis.t()
 
     def ce(edit):

@@ -3,17 +3,20 @@ protocol (registry, typed JSON results, report sections)."""
 
 import json
 import math
-from types import SimpleNamespace
+from dataclasses import fields
 
 import pytest
 import torch
 
 from scaffold_sae import analyses, lm_passes, subspace
 from scaffold_sae.analyses import causality, rank_selection, redundancy, runner, structure
+from scaffold_sae.analyses.base import AnalysesSettings
 from scaffold_sae.analyses.codes import feature_ablation_edit
+from scaffold_sae.config import LEGACY, build, merge, nest, tree_keys
 from scaffold_sae.compare import compare_studies
 from scaffold_sae.report import format_number, write_report
 from scaffold_sae.sae import HybridSAE, SAEConfig, orthonormalise
+from scaffold_sae.study import StudyConfig
 
 
 def planted(n=4000, d=32, r=3, n_sparse=40, seed=0):
@@ -188,12 +191,19 @@ def test_causality_with_empty_scaffold_is_neutral(tiny_lm):
 
 
 def tiny_cfg(**overrides):
-    cfg = dict(analysis_tokens=256, analysis_ce_tokens=64, ce_tokens=64, analysis_rank=None, random_seeds=2,
-               ablation_random_bases=2, bootstrap_samples=200, topic_datasets="", redundancy_points=4,
-               outlier_factor=10.0, redundancy_factor=10.0, probe_docs=0, probe_tokens=16, probe_datasets="",
-               ctx_len=16, sink_factor=10.0, seed=0, harvest_batch_size=4)
-    cfg.update(overrides)
-    return SimpleNamespace(**cfg)
+    """A small StudyConfig for the analyses; overrides by leaf name (analyses.probing.probe_docs: probe_docs) or by
+    the study's flat name from before the config tree (analysis_tokens: analyses.tokens)."""
+    values = nest({"analyses": dict(tokens=256, ce_tokens=64, rank=None, bootstrap_samples=200),
+              "analyses.causality.random_seeds": 2, "analyses.ablation_table.ablation_random_bases": 2,
+              "analyses.topic_ablation.topic_datasets": "", "analyses.redundancy.redundancy_points": 4,
+              "analyses.structure.outlier_factor": 10.0, "analyses.redundancy.redundancy_factor": 10.0,
+              "analyses.probing": dict(probe_docs=0, probe_tokens=16, probe_datasets=""),
+              "harvest": dict(ce_tokens=64, ctx_len=16, sink_factor=10.0, batch_size=4), "seed": 0})
+    keys = tree_keys(StudyConfig)
+    for name, value in overrides.items():
+        path = LEGACY.get(name) or next((k for k in keys if k == name or k.endswith("." + name)), name)
+        values = merge(values, nest({path: value}))
+    return build(StudyConfig, values)
 
 
 def numbers(value):
@@ -311,14 +321,29 @@ def test_registry_lists_the_analyses_in_report_order():
                           structure.sections)
 
 
-def test_study_fields_reach_the_analysis_configs():
-    cfg = tiny_cfg(outlier_factor=3.0, random_seeds=5, probe_datasets="language")
+def test_the_study_config_has_one_section_per_registered_analysis():
+    """analyses.<name> is the registered analysis's own config class, so no setting is matched by name."""
+    nodes = {f.name: f.default_factory for f in fields(runner.AnalysesConfig) if f.name not in
+             {g.name for g in fields(AnalysesSettings)}}
+    assert nodes == {name: a.config_cls for name, a in analyses.registered().items()}
+    names = [path.rsplit(".", 1)[-1] for path in tree_keys(StudyConfig)]
+    assert sorted(n for n in set(names) if names.count(n) > 1) == ["batch_size", "ce_tokens", "enabled", "seeds",
+                                                                   "tokens"]   # each in two sections, meaning two
+
+
+def test_study_sections_reach_the_analysis_configs():
+    cfg = tiny_cfg(outlier_factor=3.0, random_seeds=5, probe_datasets="language", max_rank=7)
     assert analyses.registered()["structure"].config(cfg).outlier_factor == 3.0
     assert analyses.registered()["causality"].config(cfg).random_seeds == 5
     assert analyses.registered()["probing"].config(cfg).probe_datasets == "language"
-    assert analyses.registered()["rank_selection"].config(cfg).max_rank == 64  # not a study field: its default
+    assert analyses.registered()["rank_selection"].config(cfg).max_rank == 7
+    shared = runner.shared_config(cfg)
+    assert (shared.analysis_tokens, shared.analysis_ce_tokens, shared.ce_tokens, shared.ctx_len,
+            shared.harvest_batch_size, shared.bootstrap_samples) == (256, 64, 64, 16, 4, 200)
     settings = runner.analysis_settings(cfg)
     assert settings["outlier_factor"] == 3.0 and settings["analysis_tokens"] == 256
+    assert settings["bootstrap_samples"] == 200 and settings["max_rank"] == 7
+    assert analyses.SharedConfig() == runner.shared_config(StudyConfig())   # the view's defaults are the study's
 
 
 def test_an_unregistered_analysis_keeps_its_json_and_still_reaches_the_report():

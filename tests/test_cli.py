@@ -2,13 +2,13 @@
 
 import ast
 import json
-from dataclasses import fields
+from dataclasses import MISSING
 from pathlib import Path
 
 import pytest
 
 from scaffold_sae import cli
-from scaffold_sae.config import ConfigError, build, coerce_field, field_docs
+from scaffold_sae.config import ConfigError, build, coerce_field, field_docs, tree_fields
 from scaffold_sae.study import StudyConfig
 from scaffold_sae.trainer import configs_from_dict
 
@@ -21,23 +21,37 @@ def _squash(text: str) -> str:
 
 
 @pytest.mark.parametrize("command", cli.COMMANDS, ids=lambda c: c.name)
-def test_help_lists_every_config_field_with_its_docstring(command, capsys):
+def test_help_lists_every_config_field_with_its_docstring_and_default(command, capsys):
     with pytest.raises(SystemExit) as done:
         cli.main([command.name, "--help"])
     assert done.value.code == 0
     text = _squash(capsys.readouterr().out)
-    for cls, f in command.flag_fields():
-        doc = field_docs(cls).get(f.name)
-        assert doc, f"{cls.__name__}.{f.name} has no docstring"
-        flag = f.name.upper() if f.name in command.positional else command.switches.get(
-            f.name, "--" + f.name.replace("_", "-"))
-        assert flag in text, (command.name, flag)
-        assert _squash(doc) in text, (command.name, f.name)
-    flagged = command.flag_fields()
+    for flag in command.flag_fields():
+        doc = field_docs(flag.owner).get(flag.field.name)
+        assert doc, f"{flag.owner.__name__}.{flag.field.name} has no docstring"
+        name = flag.path.upper() if flag.path in command.positional else command.switches.get(
+            flag.path, "--" + (flag.path if "." in flag.path else flag.path.replace("_", "-")))
+        assert name in text, (command.name, name)
+        default = command.default(flag)
+        shown = "(required)" if default is MISSING else f"(default:{_squash(cli.show_value(default))})"
+        assert _squash(doc) + shown in text, (command.name, flag.path)
+    flagged = {(flag.config, flag.path) for flag in command.flag_fields()}
     for cls in command.configs:  # only declared exclusions, and names a later dataclass also has, get no flag
-        for f in fields(cls):
-            assert f.name in command.exclude or (cls, f) in flagged or any(
-                g.name == f.name and later is not cls for later, g in flagged), (command.name, f.name)
+        for path, _, _ in tree_fields(cls):
+            assert path in command.exclude or (cls, path) in flagged or any(
+                p == path and c is not cls for c, p in flagged), (command.name, path)
+
+
+def test_help_shows_the_defaults_a_new_user_asked_for(capsys):
+    """Issue 31: harvest's 1M tokens, browse's 65,536 and diagnose's 262,144 training tokens, the study's tree."""
+    for argv, wanted in ((["harvest"], ["--n-tokensN,--tokensN", "(default:1,000,000)", "(default:128)"]),
+                         (["browse"], ["(default:65,536)"]), (["diagnose"], ["(default:262,144)"]),
+                         (["study"], ["--train.lrX,--lrX", "(default:none)", "--train.tokensN,--steps-tokensN",
+                                      "(default:1,228,800)", "--analyses.ablation_table.ablation_operatorsTEXT"])):
+        with pytest.raises(SystemExit):
+            cli.main([*argv, "--help"])
+        text = _squash(capsys.readouterr().out)
+        assert all(w in text for w in wanted), (argv, [w for w in wanted if w not in text])
 
 
 def test_a_config_file_value_and_the_same_flag_coerce_alike(tmp_path):
@@ -55,10 +69,15 @@ def test_a_config_file_value_and_the_same_flag_coerce_alike(tmp_path):
     assert from_file == from_flags
     assert from_flags[0][1].scaffold_tied and from_flags[0][1].matryoshka_widths == (16, 32, 64)
 
-    study_file = tmp_path / "study.json"
-    study_file.write_text(json.dumps({"ranks": [0, 8], "scaffold_tied": True, "lr": 1e-3, "layer": None}))
-    assert build(StudyConfig, json.loads(study_file.read_text())) == build(
-        StudyConfig, {"ranks": "0,8", "scaffold_tied": "yes", "lr": "1e-3", "layer": "none"})
+    study_file = tmp_path / "study.yaml"
+    study_file.write_text("sae:\n  ranks: [0, 8]\n  scaffold_tied: true\ntrain: {lr: 0.001}\nharvest.layer: null\n")
+    study = cli.find_command("study")
+    parsed = cli.build_parser().parse_args(["study", "--config", str(study_file)])
+    from_file = build(StudyConfig, study.values(parsed))
+    parsed = cli.build_parser().parse_args(["study", "--sae.ranks", "0,8", "--sae.scaffold_tied", "yes",
+                                            "--train.lr", "1e-3", "--harvest.layer", "none"])
+    assert from_file == build(StudyConfig, study.values(parsed))
+    assert from_file.sae.ranks == [0, 8] and from_file.train.lr == 1e-3 and from_file.sae.scaffold_tied
 
 
 def test_flags_override_the_config_file(tmp_path):
@@ -75,8 +94,8 @@ def test_coercion_errors_name_the_field_and_type():
         coerce_field("width", "abc", "int")
     with pytest.raises(ConfigError, match=r"^flag='maybe' is invalid: expected bool$"):
         coerce_field("flag", "maybe", "bool")
-    with pytest.raises(ConfigError, match="unknown config field 'widht' in x.yaml: allowed fields are"):
-        build(StudyConfig, {"widht": 3}, where=" in x.yaml")
+    with pytest.raises(ConfigError, match=r"^unknown config key 'sae.widht' in x.yaml: did you mean sae.width\?$"):
+        build(StudyConfig, {"sae": {"widht": 3}}, where=" in x.yaml")
     assert coerce_field("results", "a=1,b", "list[str]") == ["a=1", "b"]
 
 

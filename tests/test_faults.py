@@ -126,9 +126,10 @@ def test_sigint_during_harvest_keeps_complete_shards_and_resumes_bit_identical(m
 
 def test_sigterm_during_study_resumes_to_the_same_results(model_dir, tiny_corpus, tmp_path):
     config = tmp_path / "study.yaml"
-    config.write_text(json.dumps(dict(model=str(model_dir), layer=1, corpus=str(tiny_corpus), ctx_len=32,
-                                      train_tokens=2048, eval_tokens=512, ce_tokens=128, width=64, k=4, ranks=[0, 2],
-                                      steps_tokens=20 * 256, batch_size=256, harvest_batch_size=8, analyses=False)))
+    config.write_text(json.dumps({"harvest": dict(model=str(model_dir), layer=1, corpus=str(tiny_corpus), ctx_len=32,
+                                                  train_tokens=2048, eval_tokens=512, ce_tokens=128, batch_size=8),
+                                  "sae": dict(width=64, k=4, ranks=[0, 2]), "train": dict(tokens=20 * 256, batch_size=256),
+                                  "analyses.enabled": False}))
     argv = ["study", "--config", str(config), "--no-progress"]
     out = tmp_path / "interrupted"
     result = run_with_signal(tmp_path, "step", 12, "SIGTERM", [*argv, "--out", str(out)])

@@ -19,4 +19,4 @@ def test_there_are_experiment_configs():
 def test_an_experiment_config_is_valid_and_has_three_seeds_or_names_its_successor(path):
     cfg = build(StudyConfig, load_config_file(path)).validate()
     header = "".join(line for line in path.read_text().splitlines(keepends=True) if line.startswith("#"))
-    assert cfg.seeds >= 3 or "Superseded by:" in header, f"{path.name}: {cfg.seeds} seed(s) and no successor named"
+    assert cfg.sae.seeds >= 3 or "Superseded by:" in header, f"{path.name}: {cfg.sae.seeds} seed(s) and no successor named"

@@ -8,6 +8,7 @@ from dataclasses import dataclass
 import pytest
 
 from scaffold_sae import analyses
+from scaffold_sae.config import build
 from scaffold_sae.report import Section, Table, load_results, write_report
 from scaffold_sae.sae import ConfigError
 from scaffold_sae.study import StudyConfig, run_study, threshold_section
@@ -22,9 +23,10 @@ def tiny_model_dir(tmp_path_factory, tiny_lm):
 
 
 def tiny_study(model_dir, corpus) -> StudyConfig:
-    return StudyConfig(model=str(model_dir), layer=1, corpus=str(corpus), ctx_len=32, train_tokens=4096,
-                       eval_tokens=1024, ce_tokens=256, width=64, k=4, ranks=[0, 2, 4], steps_tokens=40 * 256,
-                       batch_size=256, harvest_batch_size=8)
+    return build(StudyConfig, {"harvest": dict(model=str(model_dir), layer=1, corpus=str(corpus), ctx_len=32,
+                                               train_tokens=4096, eval_tokens=1024, ce_tokens=256, batch_size=8),
+                               "sae": dict(width=64, k=4, ranks=[0, 2, 4]), "train": dict(tokens=40 * 256,
+                                                                                          batch_size=256)})
 
 
 def test_study_end_to_end_and_rerun_reuses_everything(tmp_path, tiny_model_dir, tiny_corpus):
@@ -36,7 +38,7 @@ def test_study_end_to_end_and_rerun_reuses_everything(tmp_path, tiny_model_dir, 
         assert 0 <= ev["fvu"] < 1.5 and ev["n_predictions"] == 8 * 30
     paths = write_report(study, tmp_path / "report", sections=[threshold_section(study)])
     saved = json.loads(paths.json.read_text())
-    assert saved["config"]["ranks"] == [0, 2, 4] and "Inference threshold" in paths.markdown.read_text()
+    assert saved["config"]["sae"]["ranks"] == [0, 2, 4] and "Inference threshold" in paths.markdown.read_text()
 
     saes_mtime = {p: p.stat().st_mtime for p in (tmp_path / "saes").rglob("*.safetensors")}
     again = run_study(cfg, tmp_path, progress=False)
@@ -125,20 +127,21 @@ def test_reduced_demo_on_the_embedded_model(tmp_path):
     assert result.returncode == 0, result.stderr[-2000:]
     assert "report:" in result.stdout
     results = json.loads((tmp_path / "report" / "results.json").read_text())
-    assert results["config"]["model"] == "gemma3-270m" and results["config"]["layer"] == 9
+    assert results["config"]["harvest"]["model"] == "gemma3-270m" and results["config"]["harvest"]["layer"] == 9
     html = (tmp_path / "report" / "report.html").read_text()
     assert "<img" in html and "http://" not in html and "https://" not in html
 
 
 def test_study_config_values_are_typed_like_flags(tmp_path):
     config = tmp_path / "study.yaml"
-    config.write_text("width: abc\n")
+    config.write_text("sae:\n  width: abc\n")
     result = subprocess.run([sys.executable, "-m", "scaffold_sae", "study", "--config", str(config),
                              "--out", str(tmp_path / "out")], capture_output=True, text=True)
-    assert result.returncode == 2 and result.stderr.strip() == "error: width='abc' is invalid: expected int"
+    assert result.returncode == 2 and result.stderr.strip() == f"error: sae.width='abc' in {config} is invalid: expected int"
     result = subprocess.run([sys.executable, "-m", "scaffold_sae", "study", "--scaffold-tied", "maybe",
                              "--out", str(tmp_path / "out")], capture_output=True, text=True)
-    assert result.returncode == 2 and "scaffold_tied='maybe' is invalid: expected bool" in result.stderr
+    assert result.returncode == 2 and "sae.scaffold_tied='maybe' is invalid: expected bool" in result.stderr
+    assert not (tmp_path / "out").exists()
 
 
 def test_zero_bootstrap_samples_fail_at_once_with_the_fix():
@@ -146,17 +149,17 @@ def test_zero_bootstrap_samples_fail_at_once_with_the_fix():
     from scaffold_sae.sae import ConfigError
     from scaffold_sae.study import StudyConfig
 
-    with pytest.raises(ConfigError, match="bootstrap_samples=0 is invalid"):
-        StudyConfig(bootstrap_samples=0).validate()
+    with pytest.raises(ConfigError, match="analyses.bootstrap_samples=0 is invalid"):
+        build(StudyConfig, {"analyses.bootstrap_samples": 0}).validate()
 
 
 def test_ce_tokens_must_leave_eval_contexts_for_the_mean_ablation_mean():
     from scaffold_sae.sae import ConfigError
     from scaffold_sae.study import StudyConfig
 
-    with pytest.raises(ConfigError, match="ce_tokens=1024 is invalid: must leave at least one eval context"):
-        StudyConfig(eval_tokens=1024, ce_tokens=1024).validate()
-    StudyConfig(eval_tokens=1152, ce_tokens=1024).validate()
+    with pytest.raises(ConfigError, match="harvest.ce_tokens=1024 is invalid: must leave at least one eval context"):
+        build(StudyConfig, {"harvest": {"eval_tokens": 1024, "ce_tokens": 1024}}).validate()
+    build(StudyConfig, {"harvest": {"eval_tokens": 1152, "ce_tokens": 1024}}).validate()
 
 
 def test_eval_records_from_the_in_sample_mean_rule_are_recomputed(tmp_path):
@@ -179,7 +182,7 @@ def test_a_study_stopped_while_saving_resumes_its_whole_lockstep_run(tmp_path, m
     from scaffold_sae import study
     from scaffold_sae.study import StudyConfig, train_missing
 
-    cfg = StudyConfig(ranks=[0, 4], width=32, k=4)
+    cfg = build(StudyConfig, {"sae": {"ranks": [0, 4], "width": 32, "k": 4}})
     calls = []
     monkeypatch.setattr(study, "train_saes", lambda cache, cfgs, train, out: calls.append([c.rank for c in cfgs]))
     out = tmp_path / "saes"
@@ -199,7 +202,7 @@ def test_train_missing_can_train_one_seed_alone(tmp_path, monkeypatch):
     from scaffold_sae import study
     from scaffold_sae.study import StudyConfig, train_missing
 
-    cfg = StudyConfig(ranks=[0, 4], width=32, k=4, seeds=2)
+    cfg = build(StudyConfig, {"sae": {"ranks": [0, 4], "width": 32, "k": 4, "seeds": 2}})
     calls = []
     monkeypatch.setattr(study, "train_saes", lambda cache, cfgs, train, out: calls.append([(c.rank, c.seed)
                                                                                           for c in cfgs]))
@@ -213,22 +216,21 @@ def test_study_can_train_an_uncentred_scaffold():
     from scaffold_sae.sae import SAEConfig
     from scaffold_sae.trainer import sae_names
 
-    cfgs = StudyConfig(ranks=[0, 8], scaffold_centred=False).sae_configs()
+    cfgs = build(StudyConfig, {"sae": {"ranks": [0, 8], "scaffold_centred": False}}).sae_configs()
     assert [c.scaffold_centred for c in cfgs] == [False, False]
-    names = sae_names([SAEConfig(d_in=16, width=32, rank=r, scaffold_centred=c) for r, c in ((0, False), (2, True),
-                                                                                               (2, False))])
+    names = sae_names([SAEConfig(d_in=16, width=32, rank=r, scaffold_centred=c, encoder_input="x")
+                       for r, c in ((0, False), (2, True), (2, False))])
     assert names[0].endswith("_r0") and names[1].endswith("_r2") and names[2].endswith("_r2_uncentred")
 
 def test_seeds_and_baselines_train_in_one_pass_with_roles(tmp_path, tiny_model_dir, tiny_corpus):
     """Two seeds of the plain SAE, the hybrids and every extra baseline in one lockstep run; results carry each
     SAE's role and seed, the report gives mean +- sd and states the dense claim against each baseline, and the
     analyses use seed 0's plain SAE and hybrids only."""
-    from dataclasses import replace
-
     from scaffold_sae.saving import load_sae
 
-    cfg = replace(tiny_study(tiny_model_dir, tiny_corpus), ranks=[0, 2], seeds=2,
-                  baselines="pca_deflation,capacity_matched,other_encoder", probe_docs=0)
+    cfg = build(StudyConfig, {"sae": {"ranks": [0, 2], "seeds": 2,
+                                      "baselines": "pca_deflation,capacity_matched,other_encoder"},
+                              "analyses.probing.probe_docs": 0}, base=tiny_study(tiny_model_dir, tiny_corpus))
     study = run_study(cfg, tmp_path, progress=False)
     kinds = {(ev["kind"], ev["seed"], ev["for_rank"]) for ev in study["saes"].values()}
     assert kinds == {(kind, seed, rank) for seed in (0, 1) for kind, rank in
@@ -256,14 +258,14 @@ def test_analyses_run_on_each_requested_seed_and_the_summary_decides_over_them(t
     """analysis_seeds 2: seed 1's plain SAE and hybrid get their own analyses (cached in analyses_seed1/, reused by a
     rerun), results.json holds them under seed_analyses, and the summary's structure row is the mean over both
     seeds' scaffolds."""
-    from dataclasses import replace
-
     from scaffold_sae.claims import claim_rows
 
-    cfg = replace(tiny_study(tiny_model_dir, tiny_corpus), ranks=[0, 2], seeds=2, analysis_seeds=2, probe_docs=0,
-                  topic_datasets="", ablation_operators="zero", ablation_random_bases=1, bootstrap_samples=200)
-    with pytest.raises(ConfigError, match=r"analysis_seeds=3 is invalid: between 1 and seeds \(2\)"):
-        replace(cfg, analysis_seeds=3).validate()
+    cfg = build(StudyConfig, {"sae": {"ranks": [0, 2], "seeds": 2}, "analyses": {
+        "seeds": 2, "bootstrap_samples": 200, "probing.probe_docs": 0, "topic_ablation.topic_datasets": "",
+        "ablation_table": {"ablation_operators": "zero", "ablation_random_bases": 1}}},
+        base=tiny_study(tiny_model_dir, tiny_corpus))
+    with pytest.raises(ConfigError, match=r"analyses.seeds=3 is invalid: between 1 and sae.seeds \(2\)"):
+        build(StudyConfig, {"analyses.seeds": 3}, base=cfg).validate()
     study = run_study(cfg, tmp_path, progress=False)
     names = {(ev["kind"], ev["seed"]): name for name, ev in study["saes"].items()}
     seed1 = study["seed_analyses"]["1"]
@@ -278,23 +280,22 @@ def test_analyses_run_on_each_requested_seed_and_the_summary_decides_over_them(t
 
 
 def test_one_seed_keeps_the_old_names(tmp_path):
-    cfg = StudyConfig(ranks=[0, 8])
+    cfg = build(StudyConfig, {"sae.ranks": [0, 8]})
     assert [m.cfg.seed for m in cfg.members()] == [None, None]
-    assert [(m.kind, m.seed) for m in StudyConfig(ranks=[0, 8], seeds=3).members()] == \
+    assert [(m.kind, m.seed) for m in build(StudyConfig, {"sae.ranks": [0, 8], "sae.seeds": 3}).members()] == \
         [(kind, s) for s in range(3) for kind in ("baseline", "hybrid")]
-    with pytest.raises(ConfigError, match="baselines='pca' is invalid"):
-        StudyConfig(baselines="pca").validate()
+    with pytest.raises(ConfigError, match="sae.baselines='pca' is invalid"):
+        build(StudyConfig, {"sae.baselines": "pca"}).validate()
 
 
 def test_matryoshka_with_a_random_scaffold_runs_the_whole_study(tmp_path, tiny_model_dir, tiny_corpus):
     """arch matryoshka through harvest, training, matched-L0 evaluation, every analysis and the report; the
     hybrids take scaffold_init and scaffold_lr_mult from the study config."""
-    from dataclasses import replace
-
     from scaffold_sae.saving import load_sae
 
-    cfg = replace(tiny_study(tiny_model_dir, tiny_corpus), arch="matryoshka", ranks=[0, 2], scaffold_init="random",
-                  scaffold_lr_mult=2.0, probe_docs=20, probe_datasets="sentiment")
+    cfg = build(StudyConfig, {"sae": dict(arch="matryoshka", ranks=[0, 2], scaffold_init="random", scaffold_lr_mult=2.0),
+                              "analyses.probing": dict(probe_docs=20, probe_datasets="sentiment")},
+                base=tiny_study(tiny_model_dir, tiny_corpus))
     study = run_study(cfg, tmp_path, progress=False)
     assert sorted(study["saes"]) == ["matryoshka_m64_k4_r0_resin", "matryoshka_m64_k4_r2_resin_random_slr2"]
     hybrid = load_sae(tmp_path / "saes" / "matryoshka_m64_k4_r2_resin_random_slr2")
@@ -311,10 +312,10 @@ def test_matryoshka_with_a_random_scaffold_runs_the_whole_study(tmp_path, tiny_m
 def test_study_trains_until_converged_and_reports_the_training(tmp_path, tiny_model_dir, tiny_corpus):
     """StudyConfig's convergence fields reach the trainer; results.json records how each SAE's training ended and
     its curves, and the report draws them (summary first, configuration last)."""
-    from dataclasses import replace
 
-    cfg = replace(tiny_study(tiny_model_dir, tiny_corpus), ranks=[0, 2], analyses=False, until_converged=True,
-                  heldout_every=4, heldout_tokens=512, converge_tol=0.2, steps_tokens=100 * 256)
+    cfg = build(StudyConfig, {"sae.ranks": [0, 2], "analyses.enabled": False, "train": dict(
+        until_converged=True, heldout_every=4, heldout_tokens=512, converge_tol=0.2, tokens=100 * 256)},
+        base=tiny_study(tiny_model_dir, tiny_corpus))
     study = run_study(cfg, tmp_path, progress=False)
     runs = study["training"]
     assert set(runs) == set(study["saes"])
@@ -334,12 +335,12 @@ def test_the_study_writes_browser_sites_that_the_report_links_to(tmp_path, tiny_
     """Sites for the baseline and the analysis hybrid (which lists the baseline latents its scaffold absorbed), the
     report's relative links resolve to their index.html, and a rerun reuses them."""
     import re
-    from dataclasses import replace
     from urllib.parse import unquote
 
     from scaffold_sae.study import study_and_report
 
-    cfg = replace(tiny_study(tiny_model_dir, tiny_corpus), analyses=False, browse_tokens=256)
+    cfg = build(StudyConfig, {"analyses.enabled": False, "browse.tokens": 256},
+                base=tiny_study(tiny_model_dir, tiny_corpus))
     paths = study_and_report(cfg, tmp_path, progress=False)
     study = json.loads(paths.json.read_text())
     base, hybrid = "batchtopk_m64_k4_r0_resin", "batchtopk_m64_k4_r4_resin"      # the largest rank by default

@@ -73,7 +73,7 @@ class HarvestConfig:
     #FIELD for another text field), or hf:name[:config][:split]."""
     n_tokens: int = 1_000_000
     """Rows to keep (excluded positions do not count)."""
-    ctx_len: int = 256
+    ctx_len: int = 128
     """Tokens per context, BOS included."""
     batch_size: int = 8
     """Contexts per forward pass (`scaffold-sae harvest`: 0 = as many as fit in free GPU memory, 8 on the CPU)."""

@@ -17,6 +17,7 @@ import statistics
 from dataclasses import dataclass, is_dataclass, replace
 from typing import Any
 
+from scaffold_sae.config import setting
 from scaffold_sae.report import Section, Table, format_number
 from scaffold_sae.stats import Estimate
 
@@ -50,7 +51,7 @@ class ClaimRow:
 def claim_rows(study: dict[str, Any]) -> list[ClaimRow]:
     """The summary rows of a study's results dict (config, saes, analyses), in the paper's order."""
     rank = primary_rank(study)
-    init = study.get("config", {}).get("scaffold_init", "pca")
+    init = setting(study.get("config", {}), "sae.scaffold_init", "pca")
     per_seed = [analysis_rows(_typed_analyses(data), rank, init) for data in seeds_analyses(study)]
     rows = [over_seeds(list(rows)) for rows in zip(*per_seed)] if len(per_seed) > 1 else per_seed[0]
     return [dense_row(study.get("saes", {}), rank), *rows]
@@ -131,7 +132,7 @@ def primary_rank(study: dict[str, Any]) -> int | None:
     """The hybrid rank the analyses use: the config's analysis_rank, else the largest hybrid rank."""
     from scaffold_sae.roles import for_rank, kind_of
 
-    chosen = study.get("config", {}).get("analysis_rank")
+    chosen = setting(study.get("config", {}), "analyses.rank")
     if chosen is not None:
         return int(chosen)
     ranks = [for_rank(r) for r in study.get("saes", {}).values() if kind_of(r) == "hybrid"]

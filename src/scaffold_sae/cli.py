@@ -1,26 +1,31 @@
 """`scaffold-sae` command line: the config is the CLI.
 
 Every command is a few config dataclasses plus one Python call.  Its flags are generated from the dataclasses'
-fields (``--field-name``, help = the field's docstring); flag values arrive as text and, like the values of a
-``--config`` YAML/JSON file, become typed through ``config.build``.  This is the only module that uses argparse.
+fields (help = the field's docstring and its default); a config tree (the study's) gives one flag per leaf, its
+dotted path (``--train.lr``, ``--analyses.ablation_table.ablation_operators``), and a flat one ``--field-name``.
+Flag values arrive as text and, like the values of a ``--config`` YAML/JSON file, become typed through
+``config.build`` / ``config.coerce_field``.  This is the only module that uses argparse.
 """
 
 from __future__ import annotations
 
 import argparse
+import difflib
 import os
 import sys
 import time
-from dataclasses import asdict, dataclass, field, fields
+from dataclasses import MISSING, Field, dataclass, field, fields
 from pathlib import Path
-from typing import Callable
+from typing import Any, Callable, NamedTuple
 
 from . import distributed
 from .browse import BrowseConfig, BrowseRun, browse_from_config, serve_site
 from .cache import CacheInfoConfig, HarvestConfig, HarvestRun, cache_info, harvest_ranked, harvest_with
 from .compare import CompareConfig, compare_results
 from .diagnose import DiagnoseConfig, DiagnoseRun, diagnose_from_config
-from .config import build, field_docs, has_default, load_config_file, sequence_type
+from .config import (LEGACY, ConfigError, build, coerce_field, field_docs, load_config_file, lookup,
+                     merge, nearest_key, nest, node_type, reference, sequence_type, show_value, tree_fields,
+                     tree_keys)
 from .distributed import end_rank_process, launched_by_torchrun
 from .evals import CoreEvalConfig, run_core_eval
 from .faults import Interrupted, handle_signals
@@ -47,6 +52,16 @@ class Processes:
     `torchrun ... -m scaffold_sae COMMAND` yourself)."""
 
 
+class FlagField(NamedTuple):
+    """A field with a flag: the command's config class it is under, the dataclass declaring it, the field and its
+    key (the field's name, or its dotted path in a config tree)."""
+
+    config: type
+    owner: type
+    field: Field
+    path: str
+
+
 @dataclass
 class Command:
     """One subcommand: the dataclasses its flags come from and the function that runs it."""
@@ -57,33 +72,77 @@ class Command:
     run: Callable[["Command", dict, argparse.Namespace], object]
     description: str | None = None
     switches: dict[str, str] = field(default_factory=dict)
-    """Bool field -> a flag without a value that sets it to the opposite of its default (progress: --no-progress)."""
+    """Bool field -> a flag without a value that sets it to the opposite of its default (progress: --no-progress).
+    A field of a config tree keeps its dotted flag beside the switch."""
     aliases: dict[str, str] = field(default_factory=dict)
-    """Field -> a second flag name for it (n_tokens: --tokens)."""
+    """Field (its dotted path in a tree) -> a second flag name for it (n_tokens: --tokens)."""
     positional: tuple[str, ...] = ()
     """Fields given as positional arguments."""
     exclude: tuple[str, ...] = ()
     """Fields with no flag (internal, or config files only)."""
+    defaults: dict[type, Any] = field(default_factory=dict)
+    """Config class -> the instance whose values are this command's defaults (demo: DEMO); default: the class's."""
 
-    def flag_fields(self):
-        """(dataclass, field) of every field that has a flag or positional argument; a name two dataclasses share
-        (train: SAEConfig.seed and TrainConfig.seed) takes its flag and help from the later one."""
+    def flag_fields(self) -> list[FlagField]:
+        """Every field that has a flag or positional argument. A name two dataclasses share (train: SAEConfig.seed
+        and TrainConfig.seed) takes its flag and help from the later one."""
         later = {}
         for cls in self.configs:
+            for path, _, _ in tree_fields(cls):
+                later[path] = cls
+        return [FlagField(cls, owner, f, path) for cls in self.configs for path, owner, f in tree_fields(cls)
+                if path not in self.exclude and later[path] is cls]
+
+    def flags(self) -> list[str]:
+        """Every flag of the command (for "did you mean")."""
+        out = ["--help"]
+        for flag in self.flag_fields():
+            if flag.path not in self.positional:
+                out += [_flag(flag.path), self.switches.get(flag.path, ""), self.aliases.get(flag.path, "")]
+        return [f for f in dict.fromkeys(out) if f]
+
+    def keys(self) -> list[str]:
+        """Every key a --config file of this command may hold: leaves and sections of its config trees."""
+        return list(dict.fromkeys(key for cls in self.configs for key in tree_keys(cls)))
+
+    def default(self, flag: FlagField) -> Any:
+        """The value a field takes when neither a flag nor the config file gives it (MISSING: required)."""
+        base = self.defaults.get(flag.config)
+        if base is None and any(node_type(flag.config, g) for g in fields(flag.config)):
+            base = flag.config()
+        if base is not None:
+            return lookup(base, flag.path)
+        if flag.field.default is not MISSING:
+            return flag.field.default
+        return flag.field.default_factory() if flag.field.default_factory is not MISSING else MISSING
+
+    def check_file(self, data: dict, where: str) -> None:
+        """One line naming the file and the fix for an unknown key or a value of the wrong type in a --config file."""
+        owners = {}
+        for cls in self.configs:
             for f in fields(cls):
-                later[f.name] = cls
-        return [(cls, f) for cls in self.configs for f in fields(cls)
-                if f.name not in self.exclude and later[f.name] is cls]
+                owners[f.name] = (cls, f)
+        trees: dict[type, dict] = {}
+        for key, value in data.items():
+            if key not in owners:
+                raise ConfigError(f"unknown config key {key!r}{where}: {nearest_key(self.keys(), key)}")
+            cls, f = owners[key]
+            if any(node_type(cls, g) for g in fields(cls)):
+                trees.setdefault(cls, {})[key] = value
+            else:
+                coerce_field(key, value, str(f.type), where)
+        for cls, values in trees.items():
+            build(cls, values, where, base=self.defaults.get(cls))
 
     def values(self, args: argparse.Namespace) -> dict:
-        """Field name -> value: the --config file's values, then every flag given (as text)."""
-        values = {}
+        """Key -> value: the --config file's values, then every flag given (as text) on top; config trees nested."""
+        values: dict = {}
         if getattr(args, "config", None):
-            values.update(load_config_file(args.config))
-        for _, f in self.flag_fields():
-            if f.name != "config" and getattr(args, f.name, None) is not None:
-                values[f.name] = getattr(args, f.name)
-        return values
+            values = nest(load_config_file(args.config))
+            self.check_file(values, f" in {args.config}")
+        flags = {flag.path: getattr(args, flag.path) for flag in self.flag_fields()
+                 if flag.path != "config" and getattr(args, flag.path, None) is not None}
+        return merge(values, nest(flags))
 
     def argv(self, args: argparse.Namespace) -> list[str]:
         """The flags of ``args`` again, for relaunching this command as several processes."""
@@ -91,8 +150,9 @@ class Command:
         return distributed.cli_argv(args, negations=negations)
 
 
-def _flag(name: str) -> str:
-    return "--" + name.replace("_", "-")
+def _flag(path: str) -> str:
+    """--train.lr for a leaf of a config tree (its key as written in a config file), --field-name for a flat field."""
+    return "--" + path if "." in path else "--" + path.replace("_", "-")
 
 
 def _metavar(annotation: str) -> str:
@@ -108,23 +168,34 @@ def _metavar(annotation: str) -> str:
 
 
 def add_flags(parser: argparse.ArgumentParser, command: Command) -> None:
-    """One flag per field of the command's dataclasses (value None when not given), help = its docstring."""
+    """One flag per field of the command's dataclasses (value None when not given), help = its docstring and
+    default."""
     has_config_file = ConfigFile in command.configs
-    for cls, f in command.flag_fields():
-        doc = field_docs(cls).get(f.name, "").replace("%", "%%")
+    for flag in command.flag_fields():
+        f, path, default = flag.field, flag.path, command.default(flag)
+        shown = "required" if default is MISSING else f"default: {show_value(default)}"
+        doc = f"{field_docs(flag.owner).get(f.name, '')} ({shown})".replace("%", "%%")
         annotation = str(f.type)
-        if f.name in command.positional:
-            parser.add_argument(f.name, metavar=f.name.upper(), help=doc)
-        elif f.name in command.switches:
-            flag = command.switches[f.name]
-            text = doc if flag == _flag(f.name) else f"sets {f.name} to {str(not f.default).lower()}: {doc}"
-            parser.add_argument(flag, dest=f.name, action="store_const", const=not f.default, default=None,
-                                help=text)
-        else:
-            names = [_flag(f.name)] + ([command.aliases[f.name]] if f.name in command.aliases else [])
-            extra = {"nargs": "+"} if (sequence_type(annotation) or ("", ""))[1] == "str" else {}
-            parser.add_argument(*names, dest=f.name, default=None, metavar=_metavar(annotation), help=doc,
-                                required=not has_default(f) and not has_config_file, **extra)
+        if path in command.positional:
+            parser.add_argument(path, metavar=path.upper(), help=doc)
+            continue
+        if path in command.switches:
+            switch = command.switches[path]
+            text = doc if switch == _flag(path) else f"sets {path} to {str(not default).lower()}: {doc}"
+            parser.add_argument(switch, dest=path, action="store_const", const=not default, default=None, help=text)
+            if "." not in path:
+                continue
+        alias = command.aliases.get(path)
+        names = [_flag(path)] + ([alias] if alias and alias != command.switches.get(path) else [])
+        extra = {"nargs": "+"} if (sequence_type(annotation) or ("", ""))[1] == "str" else {}
+        parser.add_argument(*names, dest=path, default=None, metavar=_metavar(annotation), help=doc,
+                            required=default is MISSING and not has_config_file, **extra)
+
+
+def legacy_aliases() -> dict[str, str]:
+    """Dotted path -> the flag the study had before its config became a tree (--steps-tokens, --ranks, ...)."""
+    leaves = {path for path, _, _ in tree_fields(StudyConfig)}
+    return {new: "--" + old.replace("_", "-") for old, new in LEGACY.items() if new in leaves}
 
 
 def _pick(values: dict, cls: type) -> dict:
@@ -182,13 +253,12 @@ def _compare(command: Command, values: dict, args: argparse.Namespace) -> None:
 
 
 def _study(command: Command, values: dict, args: argparse.Namespace) -> None:
-    where = f" in {args.config}" if getattr(args, "config", None) else ""
-    base = DEMO if command.name == "demo" else StudyConfig()
-    run_names = {f.name for f in fields(StudyRun)}
+    run_names = {f.name for f in fields(StudyRun)} | {"config"}
     study_values = {key: value for key, value in values.items() if key not in run_names}
-    cfg = build(StudyConfig, {**asdict(base), **study_values}, where=where).validate()
+    cfg = build(StudyConfig, study_values, base=command.defaults.get(StudyConfig)).validate()
     run = build(StudyRun, _pick(values, StudyRun))
-    out = Path(run.out or ("runs/demo" if command.name == "demo" else f"runs/{Path(cfg.model).name}-L{cfg.layer}"))
+    out = Path(run.out or ("runs/demo" if command.name == "demo" else
+                           f"runs/{Path(cfg.harvest.model).name}-L{cfg.harvest.layer}"))
     started = time.perf_counter()
     paths = study_and_report(cfg, out, progress=run.progress)
     print(f"\nreport: {paths.html}\n        {paths.markdown}\n        {paths.json}")
@@ -231,10 +301,15 @@ COMMANDS = [
             _report, description="Regenerate the self-contained HTML report, its Markdown twin and results.json "
                                  "from a study's results.json (or one `scaffold-sae eval` JSON)."),
     Command("study", "run the scaffold study on any model and layer", (ConfigFile, StudyRun, StudyConfig), _study,
-            switches={"progress": "--no-progress", "until_converged": "--until-converged"}),
+            description="Harvest, train the baseline and hybrids in lockstep, evaluate at matched L0, run the "
+                        "analyses, write the report. Flags are the config tree flattened (--train.lr; docs/config.md); "
+                        "the flags from before the tree (--ranks, --steps-tokens) still work. Flags override --config.",
+            switches={"progress": "--no-progress", "train.until_converged": "--until-converged"},
+            aliases=legacy_aliases()),
     Command("demo", "the study on the embedded default model (< 30 min on 2 CPU cores)",
             (ConfigFile, StudyRun, StudyConfig), _study,
-            switches={"progress": "--no-progress", "until_converged": "--until-converged"}),
+            switches={"progress": "--no-progress", "train.until_converged": "--until-converged"},
+            aliases=legacy_aliases(), defaults={StudyConfig: DEMO}),
     Command("compare", "side-by-side report of several studies (e.g. two models)", (CompareConfig,), _compare,
             description="One report comparing the scaffold across studies: dense latents, structure, causality and "
                         "redundancy, read from each study's results.json."),
@@ -252,6 +327,53 @@ COMMANDS = [
 ]
 
 
+def config_reference() -> str:
+    """docs/config.md: every command's settings from the field docstrings (``python -m scaffold_sae.config``)."""
+    study = find_command("study")
+    out = ["# Configuration reference", "",
+           "Generated from the config dataclasses' field docstrings by `python -m scaffold_sae.config > "
+           "docs/config.md`; tests/test_config.py checks that it matches the code. `scaffold-sae COMMAND --help` "
+           "shows the same.", "",
+           "## The study (`scaffold-sae study`, `scaffold-sae demo`)", "",
+           "The study config is a tree. A `--config` YAML or JSON file gives it nested (`train: {lr: 0.001}`) or "
+           "with dotted keys (`train.lr: 0.001`); every key is also a flag (`--train.lr 0.001`), and flags override "
+           "the file. A misspelt key fails at once, naming the file and the nearest valid key. The demo's defaults "
+           "are the study's.", "",
+           "| flag | default | meaning |", "|---|---|---|"]
+    for flag in study.flag_fields():
+        if flag.config is not StudyConfig:
+            out.append(_reference_row(study, flag))
+    out += ["", reference(StudyConfig, heading="###"),
+            "### Keys from before the tree", "",
+            "Results written before 2026-12-03 store the flat config; `config.setting` reads them, and the study "
+            "accepts the old flags (`--steps-tokens`) beside the new ones. In a config file an old key fails with "
+            "the place it moved to.", "",
+            "| old key | key |", "|---|---|",
+            *[f"| `{old}` | `{new}` |" for old, new in LEGACY.items()], "", "## The other commands", ""]
+    for command in COMMANDS:
+        if command.name in ("study", "demo"):
+            continue
+        out += [f"### `scaffold-sae {command.name}`", "", command.description or command.help, "",
+                "| flag | default | meaning |", "|---|---|---|",
+                *[_reference_row(command, flag) for flag in command.flag_fields()], ""]
+    return "\n".join(out)
+
+
+def _reference_row(command: Command, flag: FlagField) -> str:
+    default = command.default(flag)
+    if flag.path in command.positional:
+        name = flag.path.upper()
+    else:
+        name = ", ".join(f for f in (command.switches.get(flag.path), _flag(flag.path) if "." in flag.path or
+                                     flag.path not in command.switches else None,
+                                     command.aliases.get(flag.path)) if f)
+    doc = field_docs(flag.owner).get(flag.field.name, "").replace("|", "\\|")
+    switch = command.switches.get(flag.path)
+    if switch and switch != _flag(flag.path):
+        doc = f"{switch} sets {flag.path} to {str(not default).lower()}. {doc}"
+    return f"| `{name}` | {'required' if default is MISSING else f'`{show_value(default)}`'} | {doc} |"
+
+
 def find_command(name: str | None) -> Command | None:
     return next((c for c in COMMANDS if c.name == name), None)
 
@@ -263,16 +385,33 @@ def build_parser() -> argparse.ArgumentParser:
     subparsers = parser.add_subparsers(dest="command", metavar="COMMAND")
     for command in COMMANDS:
         add_flags(subparsers.add_parser(command.name, help=command.help, description=command.description or
-                                        command.help), command)
+                                        command.help, allow_abbrev=False), command)
     return parser
+
+
+def unknown_argument(command: Command, arg: str) -> str:
+    """One line for an argument the command does not have, with the nearest flag."""
+    name = arg.split("=", 1)[0]
+    if not name.startswith("-"):
+        return f"unexpected argument {arg!r} for `scaffold-sae {command.name}`: see --help"
+    match = difflib.get_close_matches(name, command.flags(), n=1, cutoff=0.6)
+    if not match:
+        last = name.rsplit(".", 1)[-1].lstrip("-").replace("-", "_")
+        leaves = {flag.path.rsplit(".", 1)[-1]: _flag(flag.path) for flag in reversed(command.flag_fields())}
+        match = [leaves[m] for m in difflib.get_close_matches(last, list(leaves), n=1, cutoff=0.6)]
+    fix = f"did you mean {match[0]}?" if match else "see --help"
+    return f"unknown flag {name} for `scaffold-sae {command.name}`: {fix}"
 
 
 def main(argv: list[str] | None = None) -> None:
     parser = build_parser()
-    args = parser.parse_args(argv)
+    args, unknown = parser.parse_known_args(argv)
     command = find_command(args.command)
     if command is None:
         parser.print_help()
+        sys.exit(2)
+    if unknown:
+        print(f"error: {unknown_argument(command, unknown[0])}", file=sys.stderr)
         sys.exit(2)
     code = 0
     try:

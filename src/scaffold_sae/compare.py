@@ -6,6 +6,7 @@ from dataclasses import dataclass
 from typing import Any, Mapping
 
 from scaffold_sae.analyses import AnalysisError, AnalysisResults
+from scaffold_sae.config import setting
 from scaffold_sae.report import ReportPaths, Section, Table
 from scaffold_sae.roles import kind_of, seed_of
 
@@ -24,7 +25,7 @@ def compare_studies(studies: Mapping[str, dict]) -> Section:
                  if kind_of(v) in ("baseline", "hybrid") and seed_of(v) == 0}  # seed 0's, as in the analyses
         red = analyses.results.get("redundancy")
         rank = s.rank if s is not None else None
-        rows.append([label, cfg.get("model"), cfg.get("layer"), rank, dense.get(0), dense.get(rank),
+        rows.append([label, setting(cfg, "harvest.model"), setting(cfg, "harvest.layer"), rank, dense.get(0), dense.get(rank),
                      s.mean_cos2 if s else None, s.variance_share_scaffold if s else None,
                      ",".join(map(str, s.outlier_dims)) if s else "",
                      s.outlier_energy_scaffold_uncentred if s else None, ratios.get("scaffold:remove"),
@@ -58,8 +59,10 @@ def compare_results(cfg: CompareConfig) -> ReportPaths:
         label, _, path = item.rpartition("=") if "=" in item else ("", "", item)
         study = load_results(path)
         if not study.get("analyses"):
-            raise AnalysisError(f"{path} has no analyses: rerun its study with --analyses true")
-        studies[label or f"{study.get('config', {}).get('model')}-L{study.get('config', {}).get('layer')}"] = study
+            raise AnalysisError(f"{path} has no analyses: rerun its study with --analyses.enabled true")
+        config = study.get("config", {})
+        studies[label or f"{setting(config, 'harvest.model')}-L{setting(config, 'harvest.layer')}"] = study
     return write_report({"title": "scaffold-sae: the scaffold across studies", "config": {
-        label: {"model": s.get("config", {}).get("model"), "layer": s.get("config", {}).get("layer")}
+        label: {"model": setting(s.get("config", {}), "harvest.model"),
+                "layer": setting(s.get("config", {}), "harvest.layer")}
         for label, s in studies.items()}, "saes": {}}, cfg.out, sections=[compare_studies(studies)])

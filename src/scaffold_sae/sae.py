@@ -52,7 +52,7 @@ class SAEConfig:
     scaffold_tied: bool = False
     """True: U = V with orthonormal columns (re-orthonormalised by QR after every step);
     False: free factors U, V (both initialised to the same basis)."""
-    encoder_input: str = "x"
+    encoder_input: str = "residual"
     """What the sparse encoder sees: x, or residual = x minus the scaffold's output."""
     scaffold_centred: bool = True
     """True: the scaffold acts on x - b_dec (term U V^T (x - b_dec)); False: on the uncentred x (term U V^T x),

@@ -9,13 +9,15 @@ from __future__ import annotations
 
 import json
 import time
-from dataclasses import asdict, dataclass, field, replace
+from dataclasses import asdict, dataclass, field, fields, replace
 from pathlib import Path
 
 import torch
 
 from scaffold_sae import archs, evals, faults
+from scaffold_sae.analyses.runner import AnalysesConfig
 from scaffold_sae.cache import ActivationCache, harvest
+from scaffold_sae.config import lookup, setting, to_dict
 from scaffold_sae.corpus import load_corpus, pack_contexts
 from scaffold_sae.devices import resolve_device
 from scaffold_sae.faults import OutputLock
@@ -43,8 +45,8 @@ class StudyMember:
 
 
 @dataclass
-class StudyConfig:
-    """One study: a model, a layer, a baseline SAE and hybrids at several scaffold ranks."""
+class StudyHarvest:
+    """What the study runs on: the model, the layer, the corpus, and the tokens it harvests and evaluates on."""
 
     model: str = "gemma3-270m"
     """Language model: an embedded key (gemma3-270m, smollm2-135m), a hub id, a local dir or a .gguf file."""
@@ -60,41 +62,21 @@ class StudyConfig:
     """Held-out tokens for reconstruction and density statistics (never seen in training)."""
     ce_tokens: int = 1_024
     """Held-out tokens (a prefix of the eval contexts) for the spliced CE / KL numbers (a full LM forward each)."""
-    arch: str = "batchtopk"
-    """Sparse dictionary: batchtopk | matryoshka | topk | relu."""
-    width: int = 2048
-    """Sparse latents m."""
-    k: int = 32
-    """Active latents per token (matched across all SAEs of the study)."""
+    sink_factor: float = 10.0
+    """Exclude tokens whose activation norm exceeds this multiple of the median (attention sinks)."""
+    batch_size: int = 8
+    """Contexts per LM forward while harvesting and evaluating."""
+    cache_dir: str | None = None
+    """Activation cache directory (default <out>/cache); point several studies at one cache to share it."""
+
+
+@dataclass
+class StudySAEs(SAEConfig):
+    """The study's SAEs: the SAEConfig fields they all share (each SAE's rank and seed come from ranks and seeds,
+    d_in from the model), and which SAEs to train."""
+
     ranks: list[int] = field(default_factory=lambda: [0, 2, 4, 8, 16, 24, 32])
     """Scaffold ranks; 0 is the baseline. All train in lockstep on the same batches."""
-    steps_tokens: int = 1_228_800
-    """Training tokens seen (passes over the cache = steps_tokens / train_tokens); with until_converged, the most
-    training may use."""
-    batch_size: int = 4096
-    """Tokens per training step."""
-    until_converged: bool = False
-    """Train until every SAE's held-out FVU has converged (converge_tol over the last converge_frac of the steps), at
-    most steps_tokens; all SAEs stop together. Needs heldout_every > 0."""
-    converge_tol: float = 0.02
-    """Converged: held-out FVU improved by less than this fraction (relative) over the last converge_frac of the
-    steps (after the lr warm-up)."""
-    converge_frac: float = 0.2
-    """The look-back window of the convergence rule, as a fraction of the steps run so far."""
-    heldout_every: int = 0
-    """Training steps between held-out FVU measurements of every SAE (drawn in the report's training curves); 0 =
-    none. When > 0 the last heldout_tokens rows of the training cache are never trained on."""
-    heldout_tokens: int = 8192
-    """Rows at the end of the training cache (its last contexts) held out for the held-out FVU."""
-    lr: float | None = None
-    """Adam learning rate (None: 2e-4 / sqrt(width / 2^14))."""
-    scaffold_tied: bool = False
-    """Tied orthonormal scaffold U = V (True) or free factors (False)."""
-    scaffold_init: str = "pca"
-    """The hybrids' scaffold initialisation: pca (top-r principal directions of the training sample) or random (a
-    random orthonormal basis: does training find the top PCs on its own?)."""
-    scaffold_lr_mult: float = 1.0
-    """The hybrids' scaffold learning rate as a multiple of the dictionary's (0 freezes the scaffold at its init)."""
     seeds: int = 1
     """Initialisation seeds per SAE (seed, seed + 1, ...), all trained in lockstep on the same batches; tables show
     mean +- sd over seeds. With 1 the SAE names carry no seed suffix."""
@@ -103,150 +85,121 @@ class StudyConfig:
     pca_deflation (the plain SAE on x with the top-r PCs projected out: a frozen tied PCA scaffold, residual encoder),
     capacity_matched (a plain SAE with k + r active latents), other_encoder (the hybrids with the other
     encoder_input). Empty: only the plain SAE at rank 0."""
-    encoder_input: str = "residual"
-    """What the sparse encoder sees: residual (x minus the scaffold: the dense part is absorbed before sparse
-    coding; removed every dense latent in results/RESULTS.md, experiment G) or x (the encoder sees all of x)."""
-    scaffold_centred: bool = True
-    """The scaffold acts on x - b_dec (True) or on the uncentred x (False: removing it also removes its share of the
-    activation mean). Run both as two studies sharing one cache_dir to compare them."""
-    sink_factor: float = 10.0
-    """Exclude tokens whose activation norm exceeds this multiple of the median (attention sinks)."""
-    harvest_batch_size: int = 8
-    """Contexts per LM forward while harvesting and evaluating."""
-    cache_dir: str | None = None
-    """Activation cache directory (default <out>/cache); point several studies at one cache to share it."""
+
+    def baseline_kinds(self) -> list[str]:
+        return [b.strip() for b in self.baselines.split(",") if b.strip()]
+
+
+@dataclass
+class StudyBrowse:
+    """The feature-browser sites the study writes."""
+
+    enabled: bool = True
+    """Write feature-browser sites (scaffold-sae browse) for seed 0's baseline and the analysis hybrid into
+    <out>/browse/<sae>/; the report links to them. The hybrid's site lists the baseline latents its scaffold absorbed."""
+    tokens: int = 4_096
+    """Held-out tokens the browser sites pass over (a prefix of the eval contexts, at most harvest.eval_tokens); each
+    site is one LM forward over them up to the layer."""
+
+
+@dataclass
+class StudyConfig:
+    """One study: a model, a layer, a baseline SAE and hybrids at several scaffold ranks, trained in lockstep,
+    evaluated at matched L0, analysed and reported. A tree: each section below is its own dataclass."""
+
+    harvest: StudyHarvest = field(default_factory=StudyHarvest)
+    """The model, layer, corpus and token budgets."""
+    sae: StudySAEs = field(default_factory=lambda: StudySAEs(width=2048),
+                           metadata={"omit": {"d_in": "the model's width", "rank": "sae.ranks",
+                                                     "seed": "seed with sae.seeds"}})
+    """The SAEs: the settings they share and which ranks, seeds and extra baselines to train."""
+    train: TrainConfig = field(default_factory=lambda: TrainConfig(tokens=1_228_800),
+                               metadata={"omit": {"seed": "the study's seed", "device": "the study's device",
+                                                       "progress": "--no-progress"}})
+    """The lockstep training run (its seed and device are the study's; progress is `--no-progress`). With
+    until_converged, tokens is the most training may use."""
+    analyses: AnalysesConfig = field(default_factory=AnalysesConfig)
+    """The scaffold analyses: their shared settings and one section per analysis."""
+    browse: StudyBrowse = field(default_factory=StudyBrowse)
+    """The feature-browser sites."""
     device: str = "cpu"
     """torch device for the model and the SAEs: cpu | cuda | cuda:N | auto (a GPU when there is one)."""
     seed: int = 0
     """Seed for data order and initialisation."""
-    analyses: bool = True
-    """Run the scaffold analyses (structure, causality, the causal ablation table, redundancy, probing, the
-    fixed-probe topic analysis, rank selection) after evaluating."""
-    analysis_seeds: int = 1
-    """How many seeds (0 .. analysis_seeds - 1, at most seeds) the analyses run on, each on that seed's plain SAE and
-    hybrids; results.json keeps seed 0's under "analyses" and the others' under "seed_analyses", and the report's
-    summary decides each claim over the seeds (a t-interval) as well as within each seed. Each seed repeats the
-    analyses' cost."""
-    analysis_tokens: int = 8_192
-    """Held-out tokens for the structure, redundancy and rank-selection statistics."""
-    analysis_ce_tokens: int = 512
-    """Held-out tokens (a prefix of the eval contexts, at most ce_tokens) for the ablation CEs; the statistics,
-    means, PCA basis and donors of the analyses are fitted on the eval contexts after this prefix (never on a CE
-    context). Each ablation condition runs blocks layer+1.. and the head over them."""
-    analysis_rank: int | None = None
-    """Hybrid rank that the causality and redundancy analyses use (None: the largest rank)."""
-    random_seeds: int = 2
-    """Random-direction bases in the causality analysis."""
-    ablation_operators: str = "zero,mean,resample"
-    """Causal ablation table: comma-separated operators (zero, mean, resample)."""
-    ablation_positions: str = "ordinary,all"
-    """Causal ablation table: edited positions, ordinary (BOS and sinks untouched) and/or all."""
-    ablation_subjects: str = "scaffold,span_u,pca,random,residual"
-    """Causal ablation table: comma-separated subjects (scaffold, span_u, pca, random, residual)."""
-    ablation_random_bases: int = 5
-    """Causal ablation table: random r-dimensional bases."""
-    bootstrap_samples: int = 2000
-    """Bootstrap resamples behind the intervals of the causal ablation table and the redundancy curve (over CE
-    contexts) and of probing (over test documents)."""
-    outlier_factor: float = 10.0
-    """Outlier (massive-activation) dims: mean |x| above this multiple of the median dim's mean |x|."""
-    redundancy_factor: float = 10.0
-    """A baseline feature is scaffold-aligned when the share of its decoder direction inside span(U) exceeds this
-    multiple of a random direction's r/d (capped at 0.5)."""
-    probe_docs: int = 200
-    """Documents per probing dataset, balanced over classes (0 disables probing)."""
-    probe_tokens: int = 64
-    """Tokens per probing document, BOS included."""
-    probe_datasets: str = "bbc_topic,sentiment,language"
-    """Comma-separated probing datasets: bbc_topic, sentiment, language."""
-    probe_splits: int = 5
-    """Stratified random train/test splits (70/30) of the probing documents: probing reports mean +- sd over them,
-    bootstrap intervals over test documents and a paired test of each hybrid against the plain SAE."""
-    probe_ks: list[int] = field(default_factory=lambda: [1, 2, 5, 10, 20])
-    """Sparse-probing k values (latents per probe)."""
-    topic_datasets: str = "bbc_topic,language"
-    """Fixed-probe topic analysis: comma-separated datasets (empty disables it). Each of its 14 conditions runs
-    blocks layer+1.. over topic_docs x 64 tokens per dataset."""
-    topic_docs: int = 200
-    """Documents per dataset in the fixed-probe topic analysis (30% test documents, never fitted on)."""
-    browse: bool = True
-    """Write feature-browser sites (scaffold-sae browse) for seed 0's baseline and the analysis hybrid into
-    <out>/browse/<sae>/; the report links to them. The hybrid's site lists the baseline latents its scaffold absorbed."""
-    browse_tokens: int = 4_096
-    """Held-out tokens the browser sites pass over (a prefix of the eval contexts, at most eval_tokens); each site is
-    one LM forward over them up to the layer."""
 
     def validate(self) -> "StudyConfig":
-        if not self.ranks or 0 not in self.ranks:
-            raise ConfigError(f"ranks={self.ranks} is invalid: include 0 (the baseline), e.g. 0,8,24")
-        if sorted(set(self.ranks)) != sorted(self.ranks) or min(self.ranks) < 0:
-            raise ConfigError(f"ranks={self.ranks} is invalid: distinct non-negative integers")
-        for name in ("ctx_len", "train_tokens", "eval_tokens", "ce_tokens", "width", "k", "steps_tokens",
-                     "batch_size"):
-            if getattr(self, name) < 1:
-                raise ConfigError(f"{name}={getattr(self, name)} is invalid: must be a positive integer")
-        if self.ce_tokens // self.ctx_len >= self.eval_tokens // self.ctx_len:
-            raise ConfigError(f"ce_tokens={self.ce_tokens} is invalid: must leave at least one eval context "
-                              f"({self.ctx_len} tokens) beyond it in eval_tokens ({self.eval_tokens}), where the "
-                              "mean-ablation mean is fitted; raise eval_tokens")
-        if self.browse and self.browse_tokens < 1:
-            raise ConfigError(f"browse_tokens={self.browse_tokens} is invalid: must be a positive integer (or set "
-                              "browse to false)")
-        if self.seeds < 1:
-            raise ConfigError(f"seeds={self.seeds} is invalid: must be a positive integer")
-        if not 1 <= self.analysis_seeds <= self.seeds:
-            raise ConfigError(f"analysis_seeds={self.analysis_seeds} is invalid: between 1 and seeds ({self.seeds}); "
-                              f"raise seeds to train that many")
-        if self.bootstrap_samples < 1:
-            raise ConfigError(f"bootstrap_samples={self.bootstrap_samples} is invalid: the intervals of the analyses "
-                              "need at least one resample, e.g. 2000")
-        if self.probe_splits < 1 or not self.probe_ks or min(self.probe_ks) < 1:
-            raise ConfigError(f"probe_splits={self.probe_splits}, probe_ks={self.probe_ks} are invalid: at least one "
-                              f"split and positive k values, e.g. probe_splits 5, probe_ks 1,2,5,10,20")
-        unknown = [b for b in self.baseline_kinds() if b not in EXTRA_BASELINES]
+        h, sae, analyses = self.harvest, self.sae, self.analyses
+        if not sae.ranks or 0 not in sae.ranks:
+            raise ConfigError(f"sae.ranks={sae.ranks} is invalid: include 0 (the baseline), e.g. 0,8,24")
+        if sorted(set(sae.ranks)) != sorted(sae.ranks) or min(sae.ranks) < 0:
+            raise ConfigError(f"sae.ranks={sae.ranks} is invalid: distinct non-negative integers")
+        for path in ("harvest.ctx_len", "harvest.train_tokens", "harvest.eval_tokens", "harvest.ce_tokens",
+                     "sae.width", "sae.k", "train.tokens", "train.batch_size"):
+            if lookup(self, path) < 1:
+                raise ConfigError(f"{path}={lookup(self, path)} is invalid: must be a positive integer")
+        if h.ce_tokens // h.ctx_len >= h.eval_tokens // h.ctx_len:
+            raise ConfigError(f"harvest.ce_tokens={h.ce_tokens} is invalid: must leave at least one eval context "
+                              f"({h.ctx_len} tokens) beyond it in harvest.eval_tokens ({h.eval_tokens}), where the "
+                              "mean-ablation mean is fitted; raise harvest.eval_tokens")
+        if self.browse.enabled and self.browse.tokens < 1:
+            raise ConfigError(f"browse.tokens={self.browse.tokens} is invalid: must be a positive integer (or set "
+                              "browse.enabled to false)")
+        if sae.seeds < 1:
+            raise ConfigError(f"sae.seeds={sae.seeds} is invalid: must be a positive integer")
+        if not 1 <= analyses.seeds <= sae.seeds:
+            raise ConfigError(f"analyses.seeds={analyses.seeds} is invalid: between 1 and sae.seeds ({sae.seeds}); "
+                              f"raise sae.seeds to train that many")
+        if analyses.bootstrap_samples < 1:
+            raise ConfigError(f"analyses.bootstrap_samples={analyses.bootstrap_samples} is invalid: the intervals of "
+                              "the analyses need at least one resample, e.g. 2000")
+        probing = analyses.probing
+        if probing.probe_splits < 1 or not probing.probe_ks or min(probing.probe_ks) < 1:
+            raise ConfigError(f"analyses.probing.probe_splits={probing.probe_splits}, analyses.probing.probe_ks="
+                              f"{probing.probe_ks} are invalid: at least one split and positive k values, e.g. "
+                              "probe_splits 5, probe_ks 1,2,5,10,20")
+        unknown = [b for b in sae.baseline_kinds() if b not in EXTRA_BASELINES]
         if unknown:
-            raise ConfigError(f"baselines={self.baselines!r} is invalid: {', '.join(unknown)} unknown; choose from "
+            raise ConfigError(f"sae.baselines={sae.baselines!r} is invalid: {', '.join(unknown)} unknown; choose from "
                               f"{', '.join(EXTRA_BASELINES)} (comma-separated)")
         self.train_config().validate()
         return self
-
-    def baseline_kinds(self) -> list[str]:
-        return [b.strip() for b in self.baselines.split(",") if b.strip()]
 
     def members(self) -> list[StudyMember]:
         """Every SAE of the study with its role and seed index: per seed, the plain SAE and the hybrids, then the
         extra baselines at each hybrid rank."""
         out = []
-        hybrid_ranks = [r for r in self.ranks if r > 0]
-        extras = self.baseline_kinds()
-        other_input = "x" if self.encoder_input == "residual" else "residual"
-        for i in range(self.seeds):
-            common = dict(arch=self.arch, width=self.width, seed=None if self.seeds == 1 else self.seed + i)
-            hybrid = dict(common, scaffold_tied=self.scaffold_tied, scaffold_init=self.scaffold_init,
-                          scaffold_lr_mult=self.scaffold_lr_mult, scaffold_centred=self.scaffold_centred)
-            for r in self.ranks:
-                out.append(StudyMember("baseline" if r == 0 else "hybrid", i,
-                                       SAEConfig(k=self.k, rank=r, encoder_input=self.encoder_input, **hybrid), r))
+        sae = self.sae
+        shared = {f.name: getattr(sae, f.name) for f in fields(SAEConfig) if f.name not in ("d_in", "rank", "seed")}
+        # what every SAE of the study shares, whatever its role: the sparse dictionary
+        dictionary = {k: v for k, v in shared.items() if not k.startswith("scaffold_") and k not in ("k",
+                                                                                                    "encoder_input")}
+        hybrid_ranks = [r for r in sae.ranks if r > 0]
+        extras = sae.baseline_kinds()
+        other_input = "x" if sae.encoder_input == "residual" else "residual"
+        for i in range(sae.seeds):
+            seed = None if sae.seeds == 1 else self.seed + i
+            for r in sae.ranks:
+                out.append(StudyMember("baseline" if r == 0 else "hybrid", i, SAEConfig(**shared, rank=r, seed=seed),
+                                       r))
             for r in hybrid_ranks:
                 if "pca_deflation" in extras:
                     out.append(StudyMember("pca_deflation", i, SAEConfig(
-                        k=self.k, rank=r, scaffold_init="pca", scaffold_tied=True, scaffold_lr_mult=0.0,
-                        encoder_input="residual", **common), r))
-                if "capacity_matched" in extras:
-                    out.append(StudyMember("capacity_matched", i, SAEConfig(k=self.k + r, rank=0, **common), r))
+                        **dictionary, k=sae.k, rank=r, scaffold_init="pca", scaffold_tied=True, scaffold_lr_mult=0.0,
+                        encoder_input="residual", seed=seed), r))
+                if "capacity_matched" in extras:  # encoder_input x: no scaffold, and the name it always had
+                    out.append(StudyMember("capacity_matched", i, SAEConfig(
+                        **dictionary, k=sae.k + r, rank=0, encoder_input="x", seed=seed), r))
                 if "other_encoder" in extras:
-                    out.append(StudyMember("other_encoder", i, SAEConfig(k=self.k, rank=r, encoder_input=other_input,
-                                                                         **hybrid), r))
+                    out.append(StudyMember("other_encoder", i, SAEConfig(
+                        **{**shared, "encoder_input": other_input}, rank=r, seed=seed), r))
         return out
 
     def sae_configs(self) -> list[SAEConfig]:
         return [member.cfg for member in self.members()]
 
     def train_config(self) -> TrainConfig:
-        return TrainConfig(tokens=self.steps_tokens, batch_size=self.batch_size, lr=self.lr, seed=self.seed,
-                           device=self.device, until_converged=self.until_converged, converge_tol=self.converge_tol,
-                           converge_frac=self.converge_frac, heldout_every=self.heldout_every,
-                           heldout_tokens=self.heldout_tokens)
+        """The training run: the train section, with the study's seed and device."""
+        return replace(self.train, seed=self.seed, device=self.device)
 
 
 # The demo is the default study: sized to finish in under 30 minutes on 2 CPU cores from an empty cache, at the
@@ -271,10 +224,10 @@ def _run_study(cfg: StudyConfig, out_dir: str | Path, progress: bool) -> dict:
     timings: dict[str, float] = {}
     clock = time.perf_counter()
 
-    lm = load_model(cfg.model, device=cfg.device)
-    layer = default_layer(cfg.model, lm.n_layers) if cfg.layer is None else cfg.layer
+    lm = load_model(cfg.harvest.model, device=cfg.device)
+    layer = default_layer(cfg.harvest.model, lm.n_layers) if cfg.harvest.layer is None else cfg.harvest.layer
     lm.check_layer(layer)
-    resolved = {**asdict(cfg), "layer": layer}
+    resolved = to_dict(replace(cfg, harvest=replace(cfg.harvest, layer=layer)))
     atomic_write_text(out / "study_config.json", json.dumps(resolved, indent=1) + "\n")
     timings["load_model_s"] = time.perf_counter() - clock
 
@@ -294,18 +247,18 @@ def _run_study(cfg: StudyConfig, out_dir: str | Path, progress: bool) -> dict:
     timings["eval_s"] = time.perf_counter() - clock
 
     sites: dict[str, str] = {}
-    if cfg.browse:
+    if cfg.browse.enabled:
         clock = time.perf_counter()
         faults.progress("stage", "browse")
         sites = browse_sites(sae_dirs, members, lm, layer, contexts, cfg, out / "browse", progress)
         timings["browse_s"] = time.perf_counter() - clock
 
     analyses, seed_analyses = {}, {}
-    if cfg.analyses:
+    if cfg.analyses.enabled:
         clock = time.perf_counter()
         per_seed = []
-        for seed in range(cfg.analysis_seeds):
-            faults.progress("stage", "analyses" if cfg.analysis_seeds == 1 else f"analyses, seed {seed}")
+        for seed in range(cfg.analyses.seeds):
+            faults.progress("stage", "analyses" if cfg.analyses.seeds == 1 else f"analyses, seed {seed}")
             where = out if seed == 0 else out / f"analyses_seed{seed}"
             per_seed.append(analyses_of_seed(seed, members, sae_dirs, lm, layer, cache, contexts, cfg, where,
                                              progress))
@@ -313,11 +266,11 @@ def _run_study(cfg: StudyConfig, out_dir: str | Path, progress: bool) -> dict:
         timings["analyses_s"] = time.perf_counter() - clock
 
     return {
-        "title": f"scaffold-sae study: {cfg.model} layer {layer}",
+        "title": f"scaffold-sae study: {cfg.harvest.model} layer {layer}",
         "config": resolved,
-        "inference": archs.get(cfg.arch).primary_inference,
+        "inference": archs.get(cfg.sae.arch).primary_inference,
         "cache": {k: cache.manifest.get(k) for k in ("model", "fingerprint", "layer", "n_rows", "excluded")},
-        **sae_records(results, members, cfg.arch),
+        **sae_records(results, members, cfg.sae.arch),
         "training": training_results(sae_dirs),
         "timings": timings,
         "analyses": analyses,
@@ -327,16 +280,18 @@ def _run_study(cfg: StudyConfig, out_dir: str | Path, progress: bool) -> dict:
 
 
 def study_cache(cfg: StudyConfig, lm, layer: int, out: Path, progress: bool) -> ActivationCache:
-    """The study's activation cache in cfg.cache_dir (default out/cache): harvested, or reused when it is complete."""
-    cache_dir = Path(cfg.cache_dir) if cfg.cache_dir else out / "cache"
-    return harvest(lm, layer, cfg.corpus, cfg.train_tokens, cache_dir, ctx_len=cfg.ctx_len,
-                   batch_size=cfg.harvest_batch_size, split="train", sink_factor=cfg.sink_factor, seed=cfg.seed,
-                   progress=progress)
+    """The study's activation cache in harvest.cache_dir (default out/cache): harvested, or reused when it is
+    complete."""
+    h = cfg.harvest
+    cache_dir = Path(h.cache_dir) if h.cache_dir else out / "cache"
+    return harvest(lm, layer, h.corpus, h.train_tokens, cache_dir, ctx_len=h.ctx_len, batch_size=h.batch_size,
+                   split="train", sink_factor=h.sink_factor, seed=cfg.seed, progress=progress)
 
 
 def eval_contexts(cfg: StudyConfig, lm) -> torch.Tensor:
     """The held-out contexts every evaluation and analysis of the study uses (never in the training cache)."""
-    return pack_contexts(lm.tokenizer, load_corpus(cfg.corpus), cfg.ctx_len, cfg.eval_tokens, split="heldout",
+    h = cfg.harvest
+    return pack_contexts(lm.tokenizer, load_corpus(h.corpus), h.ctx_len, h.eval_tokens, split="heldout",
                          seed=cfg.seed, bos_id=lm.bos_token_id)
 
 
@@ -409,7 +364,7 @@ def threshold_section(study: dict):
 
 def browse_sites(sae_dirs: dict[str, Path], members: dict[str, StudyMember], lm, layer: int,
                  contexts: torch.Tensor, cfg: StudyConfig, out: Path, progress: bool) -> dict[str, str]:
-    """Browser sites for seed 0's baseline and the analysis hybrid (`analyses.primary_hybrid`: analysis_rank, else
+    """Browser sites for seed 0's baseline and the analysis hybrid (`analyses.primary_hybrid`: analyses.rank, else
     the largest rank), each written to a temporary folder and renamed to out/<name>, so a site that exists is
     complete; a rerun reuses a site built from the same SAE, baseline and contexts. Returns {name: the path of its
     index.html relative to the study's folder}."""
@@ -422,11 +377,12 @@ def browse_sites(sae_dirs: dict[str, Path], members: dict[str, StudyMember], lm,
     chosen = {name: m for name, m in members.items() if m.seed == 0 and m.kind in ("baseline", "hybrid")}
     base_name = next(name for name, m in chosen.items() if m.kind == "baseline")
     try:
-        names = [base_name, primary_hybrid(chosen, cfg.analysis_rank)]
+        names = [base_name, primary_hybrid(chosen, cfg.analyses.rank)]
     except AnalysisError:  # no hybrid: the baseline's site only
         names = [base_name]
-    contexts = contexts[:browse_contexts(cfg.browse_tokens, cfg.eval_tokens, cfg.ctx_len)]
-    browse_cfg = BrowseConfig(batch_size=cfg.harvest_batch_size, sink_factor=cfg.sink_factor, progress=progress)
+    contexts = contexts[:browse_contexts(cfg.browse.tokens, cfg.harvest.eval_tokens, cfg.harvest.ctx_len)]
+    browse_cfg = BrowseConfig(batch_size=cfg.harvest.batch_size, sink_factor=cfg.harvest.sink_factor,
+                              progress=progress)
     baseline = load_sae(sae_dirs[base_name]).to(cfg.device).eval()
     sites = {}
     for name in names:
@@ -469,7 +425,8 @@ def browse_section(study: dict, study_dir: str | Path, report_dir: str | Path):
     if not sites:
         return None
     config = study["config"]
-    n = browse_contexts(config["browse_tokens"], config["eval_tokens"], config["ctx_len"])
+    ctx_len = setting(config, "harvest.ctx_len")
+    n = browse_contexts(setting(config, "browse.tokens"), setting(config, "harvest.eval_tokens"), ctx_len)
     links = []
     for name, index in sites.items():
         kind = study["saes"].get(name, {}).get("kind", "")
@@ -479,7 +436,7 @@ def browse_section(study: dict, study_dir: str | Path, report_dir: str | Path):
     return Section("Feature browser", "A static site per SAE (open from disk): every latent's density, top contexts, "
                    "activation histogram and logit effects; the hybrid's site also shows each scaffold direction and "
                    f"the baseline's dense latents it absorbed. Written from the first {n} held-out contexts of "
-                   f"{config['ctx_len']} tokens (browse_tokens).", links=links)
+                   f"{ctx_len} tokens (browse.tokens).", links=links)
 
 
 def named_members(cfg: StudyConfig, d_model: int) -> dict[str, StudyMember]:
@@ -540,16 +497,17 @@ def evaluate_all(sae_dirs: dict[str, Path], lm, layer: int, contexts: torch.Tens
     pending = {n: d for n, d in sae_dirs.items() if not _current_eval(out / f"{n}.json")}
     if pending:
         saes = {n: load_sae(d).to(cfg.device) for n, d in pending.items()}
-        n_ce = max(1, cfg.ce_tokens // cfg.ctx_len)
-        modes = list(archs.get(cfg.arch).inference_modes)
+        n_ce = max(1, cfg.harvest.ce_tokens // cfg.harvest.ctx_len)
+        modes = list(archs.get(cfg.sae.arch).inference_modes)
         if contexts.shape[0] <= n_ce:
-            raise ConfigError(f"ce_tokens={cfg.ce_tokens} uses all {contexts.shape[0]} eval contexts, leaving none to "
-                              "fit the mean-ablation mean on: raise eval_tokens above ce_tokens")
+            raise ConfigError(f"harvest.ce_tokens={cfg.harvest.ce_tokens} uses all {contexts.shape[0]} eval contexts, "
+                              "leaving none to fit the mean-ablation mean on: raise harvest.eval_tokens above "
+                              "harvest.ce_tokens")
         runs = {f"{name}@{mode}": sae for name, sae in saes.items() for mode in modes}
         results = evals.evaluate_many(runs, lm, layer, contexts, ce_contexts=n_ce,
                                       inference={run: run.split("@")[1] for run in runs},
-                                      batch_size=cfg.harvest_batch_size, progress=progress,
-                                      sink_factor=cfg.sink_factor)  # mean fitted on contexts[n_ce:] (MEAN_FIT)
+                                      batch_size=cfg.harvest.batch_size, progress=progress,
+                                      sink_factor=cfg.harvest.sink_factor)  # mean fitted on contexts[n_ce:] (MEAN_FIT)
         for name in saes:
             record = {"rank": saes[name].cfg.rank, "dir": str(sae_dirs[name]), "mean_fit": MEAN_FIT,
                       **{mode: asdict(results[f"{name}@{mode}"]) for mode in modes}}
@@ -559,7 +517,7 @@ def evaluate_all(sae_dirs: dict[str, Path], lm, layer: int, contexts: torch.Tens
 
 @dataclass
 class StudyRun:
-    """Where `scaffold-sae study` / `demo` write, beside the StudyConfig fields."""
+    """Where `scaffold-sae study` / `demo` write, beside the StudyConfig tree."""
 
     out: str | None = None
     """Output directory (default runs/<model>-L<layer>; runs/demo for the demo)."""

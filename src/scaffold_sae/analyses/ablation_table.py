@@ -54,8 +54,6 @@ class AblationTableConfig:
     """Random r-dimensional bases (the random subject's CE is their mean; each basis's ratio is listed)."""
     ablation_splices: bool = True
     """Also splice the SAE without its scaffold term (error kept / dropped) and the SAE itself."""
-    bootstrap_samples: int = 2000
-    """Bootstrap resamples of the CE contexts behind every interval."""
     rows_per_forward: int = 8
     """Contexts stacked into one forward from the layer (several conditions per pass)."""
 
@@ -201,9 +199,9 @@ class ClassReference:
 def ablation_table(lm, layer: int, sae, ce_contexts: torch.Tensor, fit_contexts: torch.Tensor, pca_vectors,
                    name: str = "sae", config: AblationTableConfig | None = None, fit_tokens: int = 8192,
                    batch_size: int = 4, sink_factor: float = 10.0, seed: int = 0,
-                   progress: bool = False) -> AblationTableResult:
+                   progress: bool = False, bootstrap_samples: int = 2000) -> AblationTableResult:
     """Every (subject, operator, positions) cell on ce_contexts; means / donors from fit_contexts; pca_vectors
-    [d, >= r] the PCs of fit tokens."""
+    [d, >= r] the PCs of fit tokens; bootstrap_samples resamples of the CE contexts behind every interval."""
     config = config or AblationTableConfig()
     clock = time.perf_counter()
     r = int(sae.cfg.rank)
@@ -271,7 +269,7 @@ def ablation_table(lm, layer: int, sae, ce_contexts: torch.Tensor, fit_contexts:
             return np.concatenate([clean / pred, ce / pred, ce / clean, (ce - clean) / pred, kl / pred, num / den,
                                    (num - clean) / (den - clean)], -1)
 
-    est = paired_bootstrap(values, statistic, config.bootstrap_samples, seed)
+    est = paired_bootstrap(values, statistic, bootstrap_samples, seed)
     clean_ce, est = est[0], est[1:]
     chunks = [est[i * n_cells:(i + 1) * n_cells] for i in range(4)]
     cells = []
@@ -290,7 +288,7 @@ def ablation_table(lm, layer: int, sae, ce_contexts: torch.Tensor, fit_contexts:
         n_contexts=int(ce_contexts.shape[0]), n_predictions=int(losses.predictions.sum()),
         n_fit_contexts=int(fit_contexts.shape[0]), n_fit_tokens=int(ordinary_rows.shape[0]),
         n_fit_special=int(special_rows.shape[0]), ce_clean=clean_ce, cells=cells, comparisons=comparisons,
-        bootstrap_samples=config.bootstrap_samples, forwards=losses.forwards, wall_s=time.perf_counter() - clock)
+        bootstrap_samples=bootstrap_samples, forwards=losses.forwards, wall_s=time.perf_counter() - clock)
 
 
 def comparison_pairs(cells: list[tuple[str, str, str]]) -> list[tuple[tuple, tuple, bool, str]]:
@@ -329,7 +327,8 @@ def run(context: AnalysisContext, config: AblationTableConfig) -> AblationTableR
     name = context.primary_hybrid()
     return ablation_table(context.lm, context.layer, context.saes[name], context.ce_contexts, context.fit_contexts,
                           context.pca.vectors, name, config, context.shared.analysis_tokens, context.ce_batch_size,
-                          context.shared.sink_factor, context.shared.seed, context.progress)
+                          context.shared.sink_factor, context.shared.seed, context.progress,
+                          context.shared.bootstrap_samples)
 
 
 def _interval(e: Estimate) -> str:

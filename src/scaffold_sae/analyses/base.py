@@ -1,7 +1,7 @@
 """The analysis protocol: a registry of analyses, the context they run in, and typed results <-> JSON.
 
-An analysis is one module with a config dataclass (each field documented; a field named like a StudyConfig field
-takes the study's value), a result dataclass, `run(context, config) -> result | None` (None: nothing to analyse,
+An analysis is one module with a config dataclass (each field documented; the study config holds one, as
+analyses.<name>, see runner.AnalysesConfig), a result dataclass, `run(context, config) -> result | None` (None: nothing to analyse,
 e.g. no hybrid SAE) and `sections(result) -> list[Section]`, plus one `register(...)` call. Analyses run, and their
 sections appear, in registration order; a later analysis may read the typed results of earlier ones in
 `context.results`. A result dataclass (or one nested in it) whose JSON layout changed defines a staticmethod
@@ -63,35 +63,54 @@ def from_json(cls: Any, data: Any) -> Any:
 
 
 @dataclass
+class AnalysesSettings:
+    """The settings every analysis shares: the `analyses` node of the study config, beside one sub-config per
+    analysis (runner.AnalysesConfig)."""
+
+    enabled: bool = True
+    """Run the scaffold analyses (structure, causality, the causal ablation table, redundancy, probing, the
+    fixed-probe topic analysis, rank selection) after evaluating."""
+    seeds: int = 1
+    """How many seeds (0 .. seeds - 1, at most sae.seeds) the analyses run on, each on that seed's plain SAE and
+    hybrids; results.json keeps seed 0's under "analyses" and the others' under "seed_analyses", and the report's
+    summary decides each claim over the seeds (a t-interval) as well as within each seed. Each seed repeats the
+    analyses' cost."""
+    tokens: int = 8_192
+    """Held-out tokens for the structure, redundancy and rank-selection statistics."""
+    ce_tokens: int = 512
+    """Held-out tokens (a prefix of the eval contexts, at most harvest.ce_tokens) for the ablation CEs; the
+    statistics, means, PCA basis and donors of the analyses are fitted on the eval contexts after this prefix (never
+    on a CE context). Each ablation condition runs blocks layer+1.. and the head over them."""
+    rank: int | None = None
+    """Hybrid rank that the causality, redundancy, ablation-table and topic analyses use (None: the largest rank)."""
+    bootstrap_samples: int = 2000
+    """Bootstrap resamples behind the intervals of the causal ablation table and the redundancy curve (over CE
+    contexts) and of probing (over test documents)."""
+
+
+@dataclass
 class SharedConfig:
-    """The study settings every analysis shares (read from the StudyConfig fields of the same names)."""
+    """What every analysis reads of the study config (runner.shared_config builds it from a StudyConfig; the
+    defaults are the study's): the `analyses` node's shared settings and a few of the harvest's."""
 
-    analysis_tokens: int = 8_192
-    """Held-out tokens for the statistics (structure, redundancy, rank selection)."""
-    analysis_ce_tokens: int = 512
-    """Held-out tokens (a prefix of the contexts, at most ce_tokens) for the ablation CEs."""
+    analysis_tokens: int = AnalysesSettings.tokens
+    """analyses.tokens."""
+    analysis_ce_tokens: int = AnalysesSettings.ce_tokens
+    """analyses.ce_tokens."""
     ce_tokens: int = 1_024
-    """The study's spliced-CE tokens; caps analysis_ce_tokens."""
-    analysis_rank: int | None = None
-    """Hybrid rank the costly analyses (causality, redundancy) use; None: the largest rank."""
+    """harvest.ce_tokens: the study's spliced-CE tokens; caps analysis_ce_tokens."""
+    analysis_rank: int | None = AnalysesSettings.rank
+    """analyses.rank."""
+    bootstrap_samples: int = AnalysesSettings.bootstrap_samples
+    """analyses.bootstrap_samples."""
     ctx_len: int = 128
-    """Tokens per context."""
+    """harvest.ctx_len: tokens per context."""
     sink_factor: float = DEFAULT_SINK_FACTOR
-    """Attention sinks (norm above this multiple of the context median) are left out, as in the harvest."""
+    """harvest.sink_factor: attention sinks (norm above this multiple of the context median) are left out."""
     seed: int = 0
-    """Seed of every random choice an analysis makes."""
+    """The study's seed: seed of every random choice an analysis makes."""
     harvest_batch_size: int = 8
-    """Contexts per LM forward (at most 4 for the full forwards of the CE passes)."""
-
-
-def config_from(config_cls: type, study_cfg: Any) -> Any:
-    """A config dataclass whose fields take the values of the study config's fields of the same names (their
-    defaults where the study config has no such field)."""
-    values = {}
-    for f in dataclasses.fields(config_cls):
-        if study_cfg is not None and getattr(study_cfg, f.name, None) is not None:
-            values[f.name] = getattr(study_cfg, f.name)
-    return config_cls(**values)
+    """harvest.batch_size: contexts per LM forward (at most 4 for the full forwards of the CE passes)."""
 
 
 @dataclass
@@ -188,7 +207,15 @@ class Analysis:
     """result -> report sections."""
 
     def config(self, study_cfg: Any = None) -> Any:
-        return config_from(self.config_cls, study_cfg)
+        """Its settings in the study config (the node analyses.<name>), or its config class's defaults where the
+        study config has no node for it (an analysis registered from outside the package)."""
+        node = getattr(getattr(study_cfg, "analyses", None), self.name, None)
+        if node is None:
+            return self.config_cls()
+        if not isinstance(node, self.config_cls):
+            raise AnalysisError(f"analyses.{self.name} of the study config is a {type(node).__name__}, not the "
+                                f"{self.config_cls.__name__} analysis {self.name!r} was registered with")
+        return node
 
     def from_json(self, data: Any) -> Any:
         return from_json(self.result_cls, data)

@@ -37,7 +37,7 @@ MEAN = "mean"
 
 @dataclass
 class ProbingConfig:
-    """Settings of the probing analysis in the study (the study's probe_* fields)."""
+    """Settings of the probing analysis in the study (its bootstrap resamples: analyses.bootstrap_samples)."""
 
     probe_datasets: str = "bbc_topic,sentiment,language"
     """Comma-separated probing datasets: bbc_topic, sentiment, language (empty disables probing)."""
@@ -49,8 +49,6 @@ class ProbingConfig:
     """Stratified random train/test splits (70/30) of the probing documents; results are mean +- sd over them."""
     probe_ks: list[int] = field(default_factory=lambda: [1, 2, 5, 10, 20])
     """Sparse-probing k values (latents per probe)."""
-    bootstrap_samples: int = 2000
-    """Bootstrap resamples of the test documents behind the probing intervals."""
 
 
 @dataclass
@@ -371,7 +369,7 @@ def run(context: AnalysisContext, config: ProbingConfig) -> ProbingResult | None
     shared = context.shared
     probe_cfg = ProbeConfig(datasets=datasets, n_docs=config.probe_docs, max_tokens=config.probe_tokens,
                             ks=sorted(set(int(k) for k in config.probe_ks)), n_splits=config.probe_splits,
-                            n_boot=config.bootstrap_samples, seed=shared.seed, sink_factor=shared.sink_factor,
+                            n_boot=shared.bootstrap_samples, seed=shared.seed, sink_factor=shared.sink_factor,
                             batch_size=shared.harvest_batch_size)
     return run_probing(context.lm, context.layer, context.saes, context.baseline, probe_cfg,
                        pca_basis=context.pca.vectors, progress=context.progress)

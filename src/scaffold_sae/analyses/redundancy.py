@@ -38,8 +38,6 @@ class RedundancyConfig:
     like-for-like curve; 1: the paper's share only; 0 skips the curve."""
     redundancy_operators: str = "zero,mean"
     """Comma-separated operators of the curve: zero, mean."""
-    bootstrap_samples: int = 2000
-    """Bootstrap resamples behind the curve's intervals."""
 
 
 PAPER_SHARE = 787 / 16_384
@@ -253,7 +251,7 @@ def like_for_like_curve(context: AnalysisContext, config: RedundancyConfig, resu
                              losses.ce.numpy().T], 1)
     k = len(losses.names)
     est = paired_bootstrap(values, lambda s: np.concatenate([s[..., 2:] / s[..., 1:2], s[..., 2:] / s[..., :1]], -1),
-                           config.bootstrap_samples, context.shared.seed)
+                           context.shared.bootstrap_samples, context.shared.seed)
     ratio = dict(zip(losses.names, est[:k]))
     ce = dict(zip(losses.names, est[k:]))
     result.curve = [CurvePoint(n, op, ratio[f"aligned|{n}|{op}"], ratio[f"random|{n}|{op}"], ce[f"aligned|{n}|{op}"],

@@ -13,11 +13,47 @@ from typing import Any, Mapping
 
 import torch
 
-from scaffold_sae.analyses.base import (RESERVED, Analysis, AnalysisContext, AnalysisError, SharedConfig,
-                                        config_from, registered, split_contexts, to_json)
+from scaffold_sae.analyses.ablation_table import AblationTableConfig
+from scaffold_sae.analyses.base import (RESERVED, Analysis, AnalysesSettings, AnalysisContext, AnalysisError,
+                                        SharedConfig, registered, split_contexts, to_json)
+from scaffold_sae.analyses.causality import CausalityConfig
+from scaffold_sae.analyses.probing import ProbingConfig
+from scaffold_sae.analyses.rank_selection import RankSelectionConfig
+from scaffold_sae.analyses.redundancy import RedundancyConfig
+from scaffold_sae.analyses.structure import StructureConfig
+from scaffold_sae.analyses.topic_ablation import TopicConfig
 from scaffold_sae.lm_passes import heldout_activations
 from scaffold_sae.report import Section, Table
 from scaffold_sae.subspace import pca
+
+
+@dataclass
+class AnalysesConfig(AnalysesSettings):
+    """The analyses of a study: the settings they share, then one sub-config per registered analysis (named as it
+    is registered; tests/test_analysis.py checks the two lists agree)."""
+
+    structure: StructureConfig = field(default_factory=StructureConfig)
+    """The scaffold's structure: principal angles to the top PCs, variance shares, outlier dimensions."""
+    causality: CausalityConfig = field(default_factory=CausalityConfig)
+    """Next-token CE with the scaffold, the top-r PCs or r random directions ablated."""
+    ablation_table: AblationTableConfig = field(default_factory=AblationTableConfig)
+    """The causal ablation table: every (subject, operator, positions) cell with bootstrap intervals."""
+    redundancy: RedundancyConfig = field(default_factory=RedundancyConfig)
+    """Which of the plain SAE's latents the scaffold makes redundant, and the like-for-like ablation curve."""
+    probing: ProbingConfig = field(default_factory=ProbingConfig)
+    """Sparse probing of every SAE of the study on labelled datasets."""
+    topic_ablation: TopicConfig = field(default_factory=TopicConfig)
+    """The fixed-probe topic analysis: a topic probe read after ablating the scaffold, PCs or latents."""
+    rank_selection: RankSelectionConfig = field(default_factory=RankSelectionConfig)
+    """Evidence for choosing the scaffold rank from data (spectrum and sweep knees)."""
+
+
+def shared_config(cfg: Any) -> SharedConfig:
+    """What every analysis reads of a StudyConfig."""
+    return SharedConfig(analysis_tokens=cfg.analyses.tokens, analysis_ce_tokens=cfg.analyses.ce_tokens,
+                        ce_tokens=cfg.harvest.ce_tokens, analysis_rank=cfg.analyses.rank,
+                        bootstrap_samples=cfg.analyses.bootstrap_samples, ctx_len=cfg.harvest.ctx_len,
+                        sink_factor=cfg.harvest.sink_factor, seed=cfg.seed, harvest_batch_size=cfg.harvest.batch_size)
 
 
 VERSION = 2
@@ -117,9 +153,10 @@ def contexts_digest(contexts: torch.Tensor) -> str:
 
 
 def analysis_settings(cfg: Any, analyses: Mapping[str, Analysis] | None = None) -> dict[str, Any]:
-    """The study settings the analyses depend on: the shared ones and each analysis config's fields."""
+    """The study settings the analyses depend on: the shared ones and each analysis config's fields (one flat
+    mapping, as results.json's analyses "settings" has always held them)."""
     analyses = registered() if analyses is None else analyses
-    settings = dataclasses.asdict(config_from(SharedConfig, cfg))
+    settings = dataclasses.asdict(shared_config(cfg))
     for analysis in analyses.values():
         settings.update(dataclasses.asdict(analysis.config(cfg)))
     return settings
@@ -145,7 +182,7 @@ def run_analyses(lm, layer: int, saes: dict, baseline_name: str, cache, contexts
             return results, results.sections(analyses)
     if baseline_name not in saes:
         raise AnalysisError(f"baseline {baseline_name!r} is not among the SAEs {sorted(saes)}")
-    shared = config_from(SharedConfig, cfg)
+    shared = shared_config(cfg)
     clock = time.perf_counter()
     _, fit = split_contexts(contexts, shared)
     x = heldout_activations(lm, layer, fit, shared.analysis_tokens, shared.harvest_batch_size,
