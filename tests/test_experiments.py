@@ -29,12 +29,15 @@ def tiny_model_dir(tmp_path_factory, tiny_lm):
 
 
 def tiny_study(model_dir, corpus, ranks, analyses=False) -> dict:
-    return {"model": str(model_dir), "layer": 1, "corpus": str(corpus), "ctx_len": 32, "train_tokens": 4096,
-            "eval_tokens": 1024, "ce_tokens": 256, "analysis_ce_tokens": 256, "width": 64, "k": 4, "ranks": ranks,
-            "steps_tokens": 20 * 256, "batch_size": 256, "harvest_batch_size": 8, "browse": False,
-            "analyses": analyses, "probe_docs": 0, "topic_datasets": "", "bootstrap_samples": 50,
-            "ablation_operators": "zero", "ablation_positions": "ordinary", "ablation_random_bases": 1,
-            "ablation_subjects": "scaffold,pca"}
+    return {"harvest": {"model": str(model_dir), "layer": 1, "corpus": str(corpus), "ctx_len": 32,
+                        "train_tokens": 4096, "eval_tokens": 1024, "ce_tokens": 256, "batch_size": 8},
+            "sae": {"width": 64, "k": 4, "ranks": ranks}, "train": {"tokens": 20 * 256, "batch_size": 256},
+            "browse": {"enabled": False},
+            "analyses": {"enabled": analyses, "ce_tokens": 256, "bootstrap_samples": 50,
+                         "causality": {"random_seeds": 1}, "redundancy": {"redundancy_points": 0},
+                         "probing": {"probe_docs": 0}, "topic_ablation": {"topic_datasets": ""},
+                         "ablation_table": {"ablation_operators": "zero", "ablation_positions": "ordinary",
+                                            "ablation_random_bases": 1, "ablation_subjects": "scaffold,pca"}}}
 
 
 def assert_same_rows(got, expected):
@@ -51,8 +54,8 @@ def assert_same_rows(got, expected):
 def write_experiment(folder: Path, slug: str, study: dict, **more) -> Path:
     folder.mkdir(parents=True, exist_ok=True)
     path = folder / f"{slug}.yaml"
-    path.write_text(yaml.safe_dump({"slug": slug, "question": f"what {slug} asks", "code": "T", **more,
-                                    "study": study}))
+    study = {} if study is None else {"study": study}
+    path.write_text(yaml.safe_dump({"slug": slug, "question": f"what {slug} asks", "code": "T", **more, **study}))
     return path
 
 
@@ -68,7 +71,8 @@ def test_an_experiment_runs_its_dependency_links_its_saes_and_regenerates_its_su
     linked = sorted(p.name for p in saes.iterdir() if p.is_symlink())
     assert linked == ["batchtopk_m64_k4_r0_resin", "batchtopk_m64_k4_r2_resin"]  # trained by tiny-base
     assert (saes / "batchtopk_m64_k4_r4_resin").is_dir() and not (saes / "batchtopk_m64_k4_r4_resin").is_symlink()
-    assert json.loads(Path("runs/tiny-more/study_config.json").read_text())["cache_dir"] == "runs/tiny-base/cache"
+    stored = json.loads(Path("runs/tiny-more/study_config.json").read_text())
+    assert stored["harvest"]["cache_dir"] == "runs/tiny-base/cache"
 
     first = summary.read_bytes()
     data = json.loads(first)
@@ -83,6 +87,18 @@ def test_an_experiment_runs_its_dependency_links_its_saes_and_regenerates_its_su
     assert run_experiment(path, progress=False).read_bytes() == first
     assert {p: p.stat().st_mtime_ns for p in Path("runs").rglob("*.safetensors")} == weights
 
+    # an analyse step: the causal table on two of tiny-base's SAEs, at sample sizes of its own
+    table = write_experiment(Path("experiments"), "tiny-table", None, depends_on=["tiny-base"], analyse=[{
+        "name": "r2", "of": "tiny-base", "saes": ["batchtopk_m64_k4_r0_resin", "batchtopk_m64_k4_r2_resin"],
+        "analyses": ["ablation_table"], "eval_tokens": 2048,
+        "settings": {"analyses.ce_tokens": 512, "harvest.ce_tokens": 512, "analyses.bootstrap_samples": 20}}])
+    runs = json.loads(run_experiment(table, progress=False).read_text())["runs"]
+    assert list(runs) == ["r2/table.json"] and runs["r2/table.json"]["contexts"][1] == 32
+    cells = runs["r2/table.json"]["analyses"]["ablation_table"]
+    assert cells["n_contexts"] == 16 and cells["sae"] == "batchtopk_m64_k4_r2_resin"
+    assert sorted(p.name for p in Path("runs/tiny-table/r2/saes").iterdir()) == ["batchtopk_m64_k4_r0_resin",
+                                                                                   "batchtopk_m64_k4_r2_resin"]
+
     # from nothing again: the same bytes
     shutil.rmtree("runs")
     shutil.rmtree("results")
@@ -94,7 +110,7 @@ def test_experiment_list_and_report_read_the_files_and_summaries(tmp_path, monke
     Path("experiments").mkdir()
     Path("experiments/old-one.yaml").write_text("slug: old-one\ncode: H2\nquestion: an old question?\n"
                                                 "legacy: results/old-one/command.sh\n")
-    write_experiment(Path("experiments"), "new-one", {"ranks": [0, 8]})
+    write_experiment(Path("experiments"), "new-one", {"sae": {"ranks": [0, 8]}})
     Path("results/old-one").mkdir(parents=True)
     run = {"config": {"analysis_rank": 8}, "saes": {}, "analyses": {}}
     Path("results/old-one/summary.json").write_text(dumps({"experiment": {}, "runs": {"results.json": run}}))
@@ -117,7 +133,8 @@ def test_experiment_list_and_report_read_the_files_and_summaries(tmp_path, monke
 
 
 @pytest.mark.parametrize("text, message", [
-    ("slug: a-b\nquestion: q\nstudy: {}\nlegacy: x.sh\n", "give either `study`"),
+    ("slug: a-b\nquestion: q\nstudy: {}\nlegacy: x.sh\n", "give either `study` and/or `analyse`"),
+    ("slug: a-b\nquestion: q\nanalyse: [{of: other, analyses: [probing]}]\n", "analyse step of 'other': name this"),
     ("slug: a-b\nquestion: q\nstudies: {}\n", "unknown key 'studies'; did you mean 'study'?"),
     ("slug: A_B\nquestion: q\nstudy: {}\n", "must be lower-case words joined by hyphens"),
     ("slug: a-b\nstudy: {}\n", "question is missing"),
@@ -127,6 +144,15 @@ def test_a_bad_experiment_file_fails_with_one_line_naming_the_fix(tmp_path, text
     path.write_text(text)
     with pytest.raises(ConfigError, match=message.replace("(", r"\(").replace("?", r"\?")):
         load_experiment(path)
+
+
+def test_a_stored_flat_study_config_is_read_into_the_tree():
+    from scaffold_sae.saved_analyses import stored_study_config
+
+    cfg = stored_study_config({"model": "m", "layer": 3, "width": 128, "steps_tokens": 4096, "analysis_ce_tokens": 256,
+                               "ablation_operators": "zero", "seed": 2, "gone_field": 1, "lr": None})
+    assert (cfg.harvest.model, cfg.harvest.layer, cfg.sae.width, cfg.train.tokens, cfg.analyses.ce_tokens,
+            cfg.analyses.ablation_table.ablation_operators, cfg.seed) == ("m", 3, 128, 4096, 256, "zero", 2)
 
 
 def test_a_legacy_experiment_cannot_run_and_says_what_to_run(tmp_path, monkeypatch):

@@ -1,6 +1,7 @@
-"""Experiment H: the causal ablation table (and optionally the redundancy curve) on the SAEs a study saved.
+"""The analyses (the causal ablation table by default) on the SAEs a study saved: the command line of
+scaffold_sae.saved_analyses.analyse_saved, which the legacy experiments' command.sh scripts call.
 
-    PYTHONPATH=src python results/causal-removal-readings-gemma3/run_table.py --run runs/causal-removal-readings-gemma3 \
+    python results/causal-removal-readings-gemma3/run_table.py --run runs/H-causal-gemma3-L9 \
         --ce-contexts 40 --out results/causal-removal-readings-gemma3
 
 Reads the study's study_config.json and saes/, packs the same held-out contexts as the study (eval_tokens more if
@@ -9,17 +10,27 @@ asked), evaluates CE on the first --ce-contexts of them and fits every mean / PC
 
 import argparse
 import json
-import time
 from pathlib import Path
-from types import SimpleNamespace
 
 import torch
 
-from scaffold_sae.analyses import registered, run_analyses
-from scaffold_sae.corpus import load_corpus, pack_contexts
-from scaffold_sae.models import load_model
-from scaffold_sae.report import write_report
-from scaffold_sae.saving import load_sae
+from scaffold_sae.saved_analyses import analyse_saved
+
+
+def settings_of(args: argparse.Namespace, ctx_len: int) -> dict:
+    """The flags as keys of the study's config tree."""
+    ablation, topic = "analyses.ablation_table.", "analyses.topic_ablation."
+    out = {"analyses.tokens": args.fit_tokens, "analyses.ce_tokens": args.ce_contexts * ctx_len,
+           "harvest.ce_tokens": args.ce_contexts * ctx_len, "harvest.batch_size": 4,
+           "analyses.bootstrap_samples": args.bootstrap, ablation + "ablation_operators": args.operators,
+           ablation + "ablation_positions": args.positions, ablation + "ablation_subjects": args.subjects,
+           ablation + "ablation_random_bases": args.random_bases, ablation + "ablation_splices": args.splices == "true",
+           "analyses.redundancy.redundancy_points": args.redundancy_points,
+           "analyses.probing.probe_docs": args.probe_docs}
+    for name in ("topic_docs", "topic_operators", "topic_positions", "topic_datasets"):
+        if getattr(args, name):
+            out[topic + name] = getattr(args, name)
+    return out
 
 
 def main() -> None:
@@ -47,38 +58,10 @@ def main() -> None:
     parser.add_argument("--threads", type=int, default=2)
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
-    run, out = Path(args.run), Path(args.out)
-    study = json.loads((run / "study_config.json").read_text())
-    ctx_len = study["ctx_len"]
-    cfg = SimpleNamespace(**{**study, "analysis_tokens": args.fit_tokens,
-                             "analysis_ce_tokens": args.ce_contexts * ctx_len, "ce_tokens": args.ce_contexts * ctx_len,
-                             "ablation_operators": args.operators, "ablation_positions": args.positions,
-                             "ablation_random_bases": args.random_bases,
-                             "ablation_subjects": args.subjects, "ablation_splices": args.splices == "true", "bootstrap_samples": args.bootstrap,
-                             "redundancy_points": args.redundancy_points, "probe_docs": args.probe_docs,
-                             "harvest_batch_size": 4,
-                             "topic_docs": args.topic_docs or study.get("topic_docs", 200),
-                             "topic_operators": args.topic_operators or study.get("topic_operators", "zero,mean"),
-                             "topic_positions": args.topic_positions or study.get("topic_positions", "ordinary,all"),
-                             "topic_datasets": args.topic_datasets or study.get("topic_datasets", "bbc_topic,language")})
-    lm = load_model(study["model"])
-    layer = study["layer"]
-    contexts = pack_contexts(lm.tokenizer, load_corpus(study["corpus"]), ctx_len,
-                             args.eval_tokens or study["eval_tokens"], split="heldout", seed=study["seed"],
-                             bos_id=lm.bos_token_id)
-    saes = {p.name: load_sae(p) for p in sorted((run / "saes").iterdir()) if (p / "scaffold_sae.json").is_file()}
-    baseline = next(n for n, s in saes.items() if s.cfg.rank == 0)
-    chosen = {n: a for n, a in registered().items() if n in args.analyses.split(",")}
-    clock = time.perf_counter()
-    results, sections = run_analyses(lm, layer, saes, baseline, None, contexts, cfg, out=out, progress=True,
-                                     analyses=chosen)
-    wall = time.perf_counter() - clock
-    out.mkdir(parents=True, exist_ok=True)
-    (out / "table.json").write_text(json.dumps({"command": vars(args), "wall_s": wall, "contexts": list(contexts.shape),
-                                                "analyses": results.to_json()}, indent=1) + "\n")
-    write_report({"title": f"Causal ablation table: {study['model']} layer {layer}", "config": vars(args),
-                  "saes": {}}, out / "report", sections=sections)
-    print(f"done in {wall:.0f} s")
+    stored = json.loads((Path(args.run) / "study_config.json").read_text())
+    ctx_len = stored["harvest"]["ctx_len"] if "harvest" in stored else stored["ctx_len"]
+    analyse_saved(args.run, args.out, args.analyses.split(","), settings_of(args, ctx_len), args.eval_tokens,
+                  command=vars(args), title="Causal ablation table")
 
 
 if __name__ == "__main__":

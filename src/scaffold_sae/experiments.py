@@ -62,7 +62,8 @@ class Experiment:
     code: str = "-"
     """Its code in the lab notebook (results/notebook.md), e.g. H17; '-' if it had none."""
     study: dict[str, Any] | None = None
-    """The study it runs (a StudyConfig, as in a `scaffold-sae study --config` file); None for a legacy experiment."""
+    """The study it runs: a StudyConfig tree (harvest, sae, train, analyses, browse), as in a `scaffold-sae study
+    --config` file; None when it runs no study of its own."""
     depends_on: list[str] = field(default_factory=list)
     """Slugs of experiments whose trained SAEs (and activation cache) this one reuses where its own study would
     train them identically; they run first."""
@@ -154,15 +155,15 @@ def study_config(exp: Experiment):
                           "needs first)")
     if exp.study is None:
         raise ConfigError(f"{exp.path}: has no study")
-    return build(StudyConfig, {**asdict(StudyConfig()), **exp.study}, where=f" in {exp.path}").validate()
+    return build(StudyConfig, exp.study, where=f" in {exp.path}").validate()
 
 
-HARVEST_FIELDS = ("model", "layer", "corpus", "ctx_len", "train_tokens", "sink_factor", "seed")
-"""The study settings an activation cache depends on."""
+HARVEST_FIELDS = ("model", "layer", "corpus", "ctx_len", "train_tokens", "sink_factor")
+"""The harvest settings an activation cache depends on (with the study's seed)."""
 
 
 def _same_harvest(a, b) -> bool:
-    return all(getattr(a, name) == getattr(b, name) for name in HARVEST_FIELDS)
+    return a.seed == b.seed and all(getattr(a.harvest, name) == getattr(b.harvest, name) for name in HARVEST_FIELDS)
 
 
 def _sae_keys(cfg) -> dict[str, str]:
@@ -197,8 +198,8 @@ def link_dependencies(exp: Experiment, cfg, experiments: dict[str, Experiment], 
         if not _same_harvest(cfg, dep_cfg):
             continue
         dep_dir = runs / slug
-        if cfg.cache_dir is None and (dep_dir / "cache").is_dir() and dep_cfg.cache_dir is None:
-            cfg = replace(cfg, cache_dir=(dep_dir / "cache").as_posix())
+        if cfg.harvest.cache_dir is None and (dep_dir / "cache").is_dir() and dep_cfg.harvest.cache_dir is None:
+            cfg = replace(cfg, harvest=replace(cfg.harvest, cache_dir=(dep_dir / "cache").as_posix()))
         for key, dep_name in _sae_keys(dep_cfg).items():
             source = dep_dir / "saes" / dep_name
             if key in mine and (source / "scaffold_sae.json").is_file():
