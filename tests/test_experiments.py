@@ -206,3 +206,24 @@ def test_the_committed_results_md_and_experiments_md_are_what_report_writes():
     experiments = all_experiments(ROOT / "experiments")
     assert (ROOT / "results" / "RESULTS.md").read_text() == results_markdown(ROOT / "results", experiments)
     assert (ROOT / "docs" / "experiments.md").read_text() == experiments_markdown(experiments)
+
+
+def test_the_experiment_command_of_the_cli(tmp_path, monkeypatch, capsys):
+    from scaffold_sae.cli import main
+
+    monkeypatch.chdir(tmp_path)
+    Path("experiments").mkdir()
+    Path("experiments/old-one.yaml").write_text("slug: old-one\nquestion: q\nlegacy: results/old-one/command.sh\n")
+    main(["experiment", "list"])
+    assert capsys.readouterr().out.splitlines()[1].split() == ["old-one", "-", "not", "run", "legacy:",
+                                                               "results/old-one/command.sh"]
+    with pytest.raises(SystemExit) as stopped:
+        main(["experiment", "frobnicate"])
+    assert stopped.value.code == 2
+    assert capsys.readouterr().err == "error: experiment action 'frobnicate' is unknown: choose run, list or report\n"
+    with pytest.raises(SystemExit):
+        main(["experiment", "run"])
+    assert "experiment run needs the experiment file" in capsys.readouterr().err
+    with pytest.raises(SystemExit):
+        main(["experiment", "run", "experiments/old-one.yaml"])
+    assert "a legacy experiment: run `bash results/old-one/command.sh`" in capsys.readouterr().err
