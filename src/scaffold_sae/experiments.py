@@ -162,8 +162,17 @@ HARVEST_FIELDS = ("model", "layer", "corpus", "ctx_len", "train_tokens", "sink_f
 """The harvest settings an activation cache depends on (with the study's seed)."""
 
 
+def _harvest_key(cfg) -> tuple:
+    """The harvest settings of a study with an embedded model's default layer made explicit."""
+    from scaffold_sae.models import EMBEDDED
+
+    h = cfg.harvest
+    layer = EMBEDDED[h.model].default_layer if h.layer is None and h.model in EMBEDDED else h.layer
+    return (cfg.seed, layer, *(getattr(h, name) for name in HARVEST_FIELDS if name != "layer"))
+
+
 def _same_harvest(a, b) -> bool:
-    return a.seed == b.seed and all(getattr(a.harvest, name) == getattr(b.harvest, name) for name in HARVEST_FIELDS)
+    return _harvest_key(a) == _harvest_key(b)
 
 
 def _sae_keys(cfg) -> dict[str, str]:
