@@ -12,15 +12,16 @@ from safetensors.torch import load_file
 from scaffold_sae.corpus import load_corpus, pack_contexts
 from scaffold_sae.lm_passes import position_class_rows
 from scaffold_sae.models import load_model
+from scaffold_sae.saved_analyses import stored_study_config
 
 SAES = {s: f"runs/O/saes/batchtopk_m2048_k32_r24_resin_s{s}" for s in range(3)}
 SAES.update({s: f"runs/H17/train/saes/batchtopk_m2048_k32_r24_resin_s{s}" for s in range(3, 7)})
 
-study = json.load(open("runs/O/study_config.json"))
-lm = load_model(study["model"])
-contexts = pack_contexts(lm.tokenizer, load_corpus(study["corpus"]), study["ctx_len"], 16 * study["ctx_len"],
-                         split="heldout", seed=study["seed"], bos_id=lm.bos_token_id)
-ordinary, special = position_class_rows(lm, study["layer"], contexts, 2000, batch_size=4)
+study = stored_study_config(json.load(open("runs/O/study_config.json")))
+lm = load_model(study.harvest.model)
+contexts = pack_contexts(lm.tokenizer, load_corpus(study.harvest.corpus), study.harvest.ctx_len,
+                         16 * study.harvest.ctx_len, split="heldout", seed=study.seed, bos_id=lm.bos_token_id)
+ordinary, special = position_class_rows(lm, study.harvest.layer, contexts, 2000, batch_size=4)
 print(f"{special.shape[0]} special rows (mean ||x|| {special.norm(dim=1).mean():.0f}), {ordinary.shape[0]} ordinary "
       f"rows (mean ||x|| {ordinary.norm(dim=1).mean():.0f})\n")
 print("| seed | special: left / ‖x‖ | special: ‖left‖ | ordinary: left / ‖x‖ | ordinary: ‖left‖ |\n|---|---|---|---|---|")

@@ -20,16 +20,17 @@ from scaffold_sae.models import load_model
 from scaffold_sae.probing import (fit_probe, load_dataset, one_vs_rest_tasks, pool_activations, probe_direction,
                                   stratified_splits, tpp_latents)
 from scaffold_sae.saving import load_sae
+from scaffold_sae.saved_analyses import stored_study_config
 
 torch.set_num_threads(1)
 N, DOCS = 50, 400
-study = json.load(open("runs/K3/study_config.json"))
+study = stored_study_config(json.load(open("runs/K3/study_config.json")))
 saes = {r: load_sae(f"runs/K3/saes/batchtopk_m2048_k32_r{r}_resin_s0") for r in (0, 24)}
-lm = load_model(study["model"])
+lm = load_model(study.harvest.model)
 tokens = ActivationCache.open("runs/demo/cache", verify="none").sample(8192, seed=0).float()
 density = {r: firing_density(s, tokens, "threshold") for r, s in saes.items()}
 data = load_dataset("language", DOCS, 0)
-pooled = pool_activations(lm, study["layer"], data.texts, {str(r): s for r, s in saes.items()})
+pooled = pool_activations(lm, study.harvest.layer, data.texts, {str(r): s for r, s in saes.items()})
 labels = np.asarray(data.labels)
 resid = pooled.resid.double().numpy()
 split = stratified_splits(labels, 1, 0.3, 0)[0]

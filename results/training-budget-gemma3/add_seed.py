@@ -3,8 +3,8 @@
 The study trains every seed in lockstep on the same batches; the batch order depends only on the study's `seed`, and
 an SAE's initialisation only on its own seed (tests/test_trainer.py: lockstep equals separate training). L's six SAEs
 all stopped at the budget, so seed 2's three SAEs trained alone see exactly what they would have seen beside them.
-This script harvests L's cache, trains and evaluates seed 2's SAEs, merges them into the committed 2-seed results.json
-and rewrites report.md / results.json for 3 seeds. Running the study with `seeds: 3` from an empty folder gives the same
+This script harvests L's cache, trains and evaluates seed 2's SAEs, and merges them into the 2-seed results (the run
+kept in summary.json) in runs/L/report/ (it ran once, on 2026-11-28, when the results.json was still committed). Running the study with `seeds: 3` from an empty folder gives the same
 SAEs in one run (about 2 h on 2 cores instead of 50 min).
 
     .venv/bin/python results/training-budget-gemma3/add_seed.py --run runs/L
@@ -15,11 +15,12 @@ from __future__ import annotations
 import argparse
 import json
 import time
-from dataclasses import asdict
+from dataclasses import replace
 from pathlib import Path
 
-from scaffold_sae.config import build, load_config_file
+from scaffold_sae.config import build, load_config_file, to_dict
 from scaffold_sae.models import load_model
+from scaffold_sae.over_seeds import read_record
 from scaffold_sae.report import format_summary_table, write_report
 from scaffold_sae.study import (StudyConfig, default_layer, eval_contexts, evaluate_all, named_members, sae_records,
                                 study_cache, threshold_section, training_results, train_missing)
@@ -35,13 +36,13 @@ def main() -> None:
     args = parser.parse_args()
     out = Path(args.run)
     cfg = build(StudyConfig, load_config_file(CONFIG)).validate()
-    before = json.loads((HERE / "results.json").read_text())
-    assert cfg.seeds == args.new_seed + 1, f"{CONFIG} must name {args.new_seed + 1} seeds"
+    before = read_record(HERE / "results.json")  # the study run kept in summary.json
+    assert cfg.sae.seeds == args.new_seed + 1, f"{CONFIG} must name {args.new_seed + 1} seeds"
 
     timings = {}
     clock = time.perf_counter()
-    lm = load_model(cfg.model, device=cfg.device)
-    layer = default_layer(cfg.model, lm.n_layers) if cfg.layer is None else cfg.layer
+    lm = load_model(cfg.harvest.model, device=cfg.device)
+    layer = default_layer(cfg.harvest.model, lm.n_layers) if cfg.harvest.layer is None else cfg.harvest.layer
     cache = study_cache(cfg, lm, layer, out, progress=False)
     timings["harvest_s"] = time.perf_counter() - clock
     assert cache.manifest["fingerprint"] == before["cache"]["fingerprint"], "not experiment L's cache"
@@ -54,9 +55,9 @@ def main() -> None:
     results = evaluate_all(sae_dirs, lm, layer, eval_contexts(cfg, lm), cfg, out / "evals", progress=False)
     timings["eval_s"] = time.perf_counter() - clock
 
-    new = sae_records(results, named_members(cfg, cache.d_model), cfg.arch)
+    new = sae_records(results, named_members(cfg, cache.d_model), cfg.sae.arch)
     study = dict(before)
-    study["config"] = {**asdict(cfg), "layer": layer}
+    study["config"] = to_dict(replace(cfg, harvest=replace(cfg.harvest, layer=layer)))
     study["saes"] = {**before["saes"], **new["saes"]}
     study["threshold_evals"] = {**before["threshold_evals"], **new["threshold_evals"]}
     study["training"] = {**before["training"], **training_results(sae_dirs)}
@@ -64,8 +65,7 @@ def main() -> None:
     study.pop("sections", None)
     study.pop("summary", None)
     write_report(study, out / "report", sections=[threshold_section(study)])
-    for name in ("results.json", "report.md"):
-        (HERE / name).write_text((out / "report" / name).read_text())
+    print(f"wrote {out / 'report'}; fold its results.json into {HERE / 'summary.json'} (scaffold_sae.summary)")
     print(format_summary_table(study["saes"]))
     print(json.dumps(timings))
 
