@@ -99,10 +99,11 @@ def test_an_experiment_runs_its_dependency_links_its_saes_and_regenerates_its_su
     assert sorted(p.name for p in Path("runs/tiny-table/r2/saes").iterdir()) == ["batchtopk_m64_k4_r0_resin",
                                                                                    "batchtopk_m64_k4_r2_resin"]
 
-    # from nothing again: the same bytes
-    shutil.rmtree("runs")
+    # from nothing again (its dependency's SAEs linked anew): the same bytes
+    shutil.rmtree("runs/tiny-more")
     shutil.rmtree("results")
     assert run_experiment(path, progress=False).read_bytes() == first
+    assert Path("results/tiny-more/summary.json").read_bytes() == first
 
 
 def test_experiment_list_and_report_read_the_files_and_summaries(tmp_path, monkeypatch, capsys):
