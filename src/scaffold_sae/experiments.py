@@ -44,7 +44,8 @@ class AnalyseStep:
     name: str = ""
     """The run's folder under runs/<slug>/ and its key in the summary (<name>/table.json); empty: table.json."""
     saes: list[str] = field(default_factory=list)
-    """The SAEs (directory names) to analyse, one of them the plain SAE; empty: all of them."""
+    """The SAEs (directory names in runs/<of>/saes/, or <slug>/<name> for one another experiment it depends on
+    saved) to analyse, one of them the plain SAE; empty: all of `of`'s."""
     eval_tokens: int | None = None
     """Held-out tokens to pack (more CE contexts than the study had); None: the study's."""
     settings: dict[str, Any] = field(default_factory=dict)
@@ -175,9 +176,14 @@ def _same_harvest(a, b) -> bool:
     return _harvest_key(a) == _harvest_key(b)
 
 
+SCAFFOLD_ONLY = ("scaffold_init", "scaffold_tied", "scaffold_centred", "scaffold_lr_mult")
+"""SAEConfig fields that only a scaffold (rank > 0) uses."""
+
+
 def _sae_keys(cfg) -> dict[str, str]:
-    """Each SAE of a study by what determines its training (its SAEConfig with the seed made explicit, and the
-    training run's settings) -> its directory name."""
+    """Each SAE of a study by what determines its training (its SAEConfig with the seed made explicit and, for a
+    plain SAE, the scaffold settings it does not use left out; and the training run's settings) -> its directory
+    name."""
     from scaffold_sae.trainer import sae_names
 
     members = cfg.members()
@@ -186,6 +192,9 @@ def _sae_keys(cfg) -> dict[str, str]:
     for member, name in zip(members, sae_names([m.cfg for m in members])):
         sae = asdict(member.cfg)
         sae["seed"] = cfg.seed if sae["seed"] is None else sae["seed"]
+        if sae["rank"] == 0:
+            for unused in SCAFFOLD_ONLY:
+                sae.pop(unused, None)
         keys[json.dumps([sae, train], sort_keys=True, default=str)] = name
     return keys
 
@@ -286,20 +295,26 @@ def run_step(exp: Experiment, step: AnalyseStep, runs: Path, progress: bool) -> 
     source, out = runs / step.of, runs / exp.slug / (step.name or ".")
     saved = sorted(p.name for p in (source / "saes").iterdir() if (p / "scaffold_sae.json").is_file()) \
         if (source / "saes").is_dir() else []
-    missing = [name for name in step.saes if name not in saved]
-    if not saved or missing:
-        raise ConfigError(f"{exp.path}: analyse step {step.name or '(table.json)'}: runs/{step.of}/saes has "
-                          + (f"no {', '.join(missing)} (it has {', '.join(saved) or 'none'})" if saved else
-                             "no saved SAEs: run that experiment first"))
+    chosen = {}
+    for entry in step.saes or saved:
+        slug, _, name = entry.rpartition("/")
+        if slug and slug not in (exp.slug, *exp.depends_on):
+            raise ConfigError(f"{exp.path}: analyse step {step.name or '(table.json)'}: {entry} names {slug}, which "
+                              "is not in depends_on")
+        chosen[name] = runs / (slug or step.of) / "saes" / name
+    missing = [str(path) for path in chosen.values() if not (path / "scaffold_sae.json").is_file()]
+    if missing:
+        raise ConfigError(f"{exp.path}: analyse step {step.name or '(table.json)'}: no saved SAE {', '.join(missing)}"
+                          ": run the experiment that trains it first")
     stamp = out / "step.json"
     settings = json.dumps(asdict(step), sort_keys=True, default=str)
     if (out / "table.json").is_file() and stamp.is_file() and stamp.read_text() == settings:
         return json.loads((out / "table.json").read_text())
     (out / "saes").mkdir(parents=True, exist_ok=True)
-    for name in step.saes or saved:
+    for name, path in chosen.items():
         link = out / "saes" / name
         if not link.exists():
-            link.symlink_to((source / "saes" / name).resolve(), target_is_directory=True)
+            link.symlink_to(path.resolve(), target_is_directory=True)
     shutil.copyfile(source / "study_config.json", out / "study_config.json")
     table = analyse_saved(out, out, step.analyses, step.settings, step.eval_tokens, progress=progress,
                           command={k: v for k, v in asdict(step).items() if v not in (None, [], {}, "")},
