@@ -23,7 +23,7 @@ from .browse import BrowseConfig, BrowseRun, browse_from_config, serve_site
 from .cache import CacheInfoConfig, HarvestConfig, HarvestRun, cache_info, harvest_ranked, harvest_with
 from .compare import CompareConfig, compare_results
 from .diagnose import DiagnoseConfig, DiagnoseRun, diagnose_from_config
-from .config import (LEGACY, ConfigError, build, coerce_field, field_docs, load_config_file, lookup,
+from .config import (LEGACY, ConfigError, annotation, build, coerce_field, field_docs, load_config_file, lookup,
                      merge, nearest_key, nest, node_type, reference, sequence_type, show_value, tree_fields,
                      tree_keys)
 from .distributed import end_rank_process, launched_by_torchrun
@@ -131,7 +131,7 @@ class Command:
             if any(node_type(cls, g) for g in fields(cls)):
                 trees.setdefault(cls, {})[key] = value
             else:
-                coerce_field(key, value, str(f.type), where)
+                coerce_field(key, value, annotation(f), where)
         for cls, values in trees.items():
             build(cls, values, where, base=self.defaults.get(cls))
 
@@ -176,7 +176,7 @@ def add_flags(parser: argparse.ArgumentParser, command: Command) -> None:
         f, path, default = flag.field, flag.path, command.default(flag)
         shown = "required" if default is MISSING else f"default: {show_value(default)}"
         doc = f"{field_docs(flag.owner).get(f.name, '')} ({shown})".replace("%", "%%")
-        annotation = str(f.type)
+        kind = annotation(f)
         if path in command.positional:
             parser.add_argument(path, metavar=path.upper(), help=doc, **({} if default is MISSING else {"nargs": "?"}))
             continue
@@ -188,8 +188,8 @@ def add_flags(parser: argparse.ArgumentParser, command: Command) -> None:
                 continue
         alias = command.aliases.get(path)
         names = [_flag(path)] + ([alias] if alias and alias != command.switches.get(path) else [])
-        extra = {"nargs": "+"} if (sequence_type(annotation) or ("", ""))[1] == "str" else {}
-        parser.add_argument(*names, dest=path, default=None, metavar=_metavar(annotation), help=doc,
+        extra = {"nargs": "+"} if (sequence_type(kind) or ("", ""))[1] == "str" else {}
+        parser.add_argument(*names, dest=path, default=None, metavar=_metavar(kind), help=doc,
                             required=default is MISSING and not has_config_file, **extra)
 
 

@@ -48,6 +48,20 @@ def has_default(f: Field) -> bool:
     return f.default is not MISSING or f.default_factory is not MISSING
 
 
+def default_value(f: Field) -> Any:
+    """A field's default (a fresh one from its default_factory), or None when it has none."""
+    if f.default_factory is not MISSING:
+        return f.default_factory()
+    return None if f.default is MISSING else f.default
+
+
+def annotation(f: Field) -> str:
+    """A field's type as text (``int``, ``list[int] | None``), whether or not its module postpones annotations."""
+    if isinstance(f.type, str):
+        return f.type
+    return f.type.__name__ if isinstance(f.type, type) else str(f.type).replace("typing.", "")
+
+
 def sequence_type(annotation: str) -> tuple[str, str] | None:
     """('list' | 'tuple', item type name) for an annotation like ``list[int]`` or ``tuple[int, ...] | None``."""
     match = re.match(r"\s*(list|tuple)\[(\w+)", annotation)
@@ -245,13 +259,13 @@ def _build(cls: type, values: Mapping[str, Any], where: str, base: Any, prefix: 
             continue
         value, path, child = values[f.name], prefix + f.name, node_type(cls, f)
         if child is None:
-            kwargs[f.name] = coerce_field(path, value, str(f.type), where)
+            kwargs[f.name] = coerce_field(path, value, annotation(f), where)
         elif not isinstance(value, Mapping):
             fix = nearest_key(tree_keys(root), path) if path in LEGACY else f"give its keys, e.g. {path}.{fields(child)[0].name}"
             raise ConfigError(f"{path}={value!r}{where} is invalid: {path} is a section of the config; {fix}")
         else:
-            kwargs[f.name] = _build(child, value, where, None if base is None else getattr(base, f.name),
-                                    path + ".", root, omitted(f))
+            kwargs[f.name] = _build(child, value, where, getattr(base, f.name) if base is not None else
+                                    default_value(f), path + ".", root, omitted(f))
     if base is not None:
         return replace(base, **kwargs)
     for f in fields(cls):
@@ -357,7 +371,7 @@ def setting(config: Mapping[str, Any], path: str, default: Any = None) -> Any:
 
 __all__ = ["ConfigError", "field_docs", "coerce_field", "build", "load_config_file", "sequence_type", "has_default", "LEGACY",
            "setting", "tree_fields", "tree_nodes", "tree_keys", "node_type", "to_dict", "nest", "merge", "lookup",
-           "nearest_key", "show_value", "reference"]
+           "nearest_key", "show_value", "reference", "annotation", "default_value"]
 
 
 if __name__ == "__main__":  # python -m scaffold_sae.config > docs/config.md
