@@ -176,8 +176,8 @@ def _same_harvest(a, b) -> bool:
     return _harvest_key(a) == _harvest_key(b)
 
 
-SCAFFOLD_ONLY = ("scaffold_init", "scaffold_tied", "scaffold_centred", "scaffold_lr_mult")
-"""SAEConfig fields that only a scaffold (rank > 0) uses."""
+SCAFFOLD_ONLY = ("scaffold_init", "scaffold_tied", "scaffold_centred", "scaffold_lr_mult", "encoder_input")
+"""SAEConfig fields that only a scaffold (rank > 0) uses: without one, the residual the encoder would see is x."""
 
 
 def _sae_keys(cfg) -> dict[str, str]:
