@@ -11,10 +11,12 @@ import pytest
 import yaml
 
 from scaffold_sae.claims import claim_rows
+from scaffold_sae.config import build
 from scaffold_sae.experiments import (ExperimentCommand, all_experiments, experiment_command, experiment_rows,
                                       experiments_markdown,
-                                      load_experiment, readings, results_markdown, run_experiment)
+                                      load_experiment, readings, results_markdown, run_experiment, study_config)
 from scaffold_sae.sae import ConfigError
+from scaffold_sae.study import StudyConfig
 from scaffold_sae.summary import SUMMARY_LIMIT, dumps, sample, slim, slim_results
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -185,6 +187,10 @@ def test_every_committed_experiment_loads_and_its_summary_is_small():
     for slug, exp in experiments.items():
         if exp.legacy:
             assert (ROOT / exp.legacy).is_file(), f"{slug}: {exp.legacy} is missing"
+        if exp.study is not None:
+            study_config(exp)  # a renamed or removed setting fails here
+        for step in exp.analyse:
+            build(StudyConfig, step.settings, where=f" in {slug}'s analyse step {step.name}")
         for dep in exp.depends_on:
             assert dep in experiments, f"{slug} depends on {dep}, which has no experiment file"
         summary = ROOT / "results" / slug / "summary.json"
