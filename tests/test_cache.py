@@ -110,12 +110,13 @@ import os, signal, sys
 from pathlib import Path
 from transformers import AutoModelForCausalLM, PreTrainedTokenizerFast
 from scaffold_sae import cache
+from scaffold_sae.cache import shards
 from scaffold_sae.models import from_hf_model
 
 model_dir, corpus, out = sys.argv[1:4]
 lm = from_hf_model(AutoModelForCausalLM.from_pretrained(model_dir),
                    PreTrainedTokenizerFast.from_pretrained(model_dir), spec="tiny-llama")
-real_write, calls = cache.write_shard, []
+real_write, calls = shards.write_shard, []
 
 def write_then_die(path, *args):
     calls.append(path)
@@ -124,7 +125,7 @@ def write_then_die(path, *args):
         os.kill(os.getpid(), signal.SIGKILL)
     return real_write(path, *args)
 
-cache.write_shard = write_then_die
+shards.write_shard = write_then_die
 cache.harvest(lm, 1, corpus, 1500, out, ctx_len=32, batch_size=4, shard_rows=300, sink_factor=1.3, progress=False)
 """
 
@@ -215,7 +216,7 @@ def test_disk_full_on_the_first_shard_leaves_nothing(tiny_lm, tiny_corpus, tmp_p
     def full(path, *args):
         raise OSError(errno.ENOSPC, "No space left on device")
 
-    monkeypatch.setattr(cache_module, "write_shard", full)
+    monkeypatch.setattr(cache_module.shards, "write_shard", full)
     with pytest.raises(CacheError, match="no space left on the device writing .*shard_00000.safetensors"):
         harvest(tiny_lm, 1, str(tiny_corpus), 200, tmp_path / "c", progress=False, **SETTINGS)
     assert not (tmp_path / "c").exists()
@@ -294,7 +295,7 @@ def synthetic_cache(root: Path, shard_rows: list[int], d: int, dtype=torch.float
                 "dtype": "float32" if dtype == torch.float32 else "float16", "corpus": "-", "split": "train",
                 "seed": 0, "sink_factor": 0.0, "n_tokens": offset, "complete": True, "corpus_exhausted": False,
                 "shards": shards}
-    cache_module._recount(manifest)
+    cache_module.shards._recount(manifest)
     (root / MANIFEST).write_text(json.dumps(manifest))
     return ActivationCache.open(root)
 

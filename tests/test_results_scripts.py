@@ -7,6 +7,7 @@ import sys
 from pathlib import Path
 
 import numpy as np
+import pytest
 from scipy import stats
 
 SCRIPTS = Path(__file__).resolve().parents[1] / "results" / "scripts"
@@ -111,3 +112,23 @@ def test_probing_seeds_tpp_differences_are_paired_by_seed(tmp_path):
     mean, sd, low, high = reference(np.subtract(hybrid, plain))
     assert rows == [f"| bbc_topic | 50 | 0.361, 0.285, 0.329 | 0.030, 0.034, 0.030 | "
                     f"{mean:+.3f} ± {sd:.3f} [{low:+.3f}, {high:+.3f}] |"]
+
+
+def test_a_run_folded_into_its_experiments_summary_is_read_by_its_old_path(tmp_path):
+    from scaffold_sae.over_seeds import causal_seeds_table, read_record
+    from scaffold_sae.summary import dumps
+
+    table = {"analyses": {"ablation_table": {"comparisons": [
+        {"numerator": "scaffold:zero", "denominator": "pca:zero", "positions": "all",
+         "ce_ratio": {"value": 1.5, "low": 1.4, "high": 1.6}}]}}}
+    folder = tmp_path / "results" / "some-slug"
+    folder.mkdir(parents=True)
+    (folder / "summary.json").write_text(dumps({"experiment": {}, "runs": {"seed1/table.json": table}}))
+    assert read_record(folder / "seed1" / "table.json") == table
+    assert read_record(folder / "seed1" / "analyses.json") == {"results": table["analyses"]}
+    with pytest.raises(FileNotFoundError, match="has no run 'seed2/table.json' \\(its runs: seed1/table.json\\)"):
+        read_record(folder / "seed2" / "table.json")
+    (tmp_path / "seed0.json").write_text(json.dumps(table))
+    lines = causal_seeds_table([read_record(tmp_path / "seed0.json"), read_record(folder / "seed1/table.json")])
+    assert lines.splitlines()[2] == ("| zero, all | 1.500 [1.400, 1.600] | 1.500 [1.400, 1.600] | "
+                                     "1.500 ± 0.000 [1.500, 1.500] |")

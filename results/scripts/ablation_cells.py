@@ -1,11 +1,12 @@
 """Print the cells and comparisons of causal-ablation tables, and the readouts and paired differences of topic
-analyses (table.json from run_table.py), as markdown.
+analyses (a table.json of run_table.py, or its run in the experiment's summary.json), as markdown.
 
-    python results/scripts/ablation_cells.py results/H3-causal-gemma3-L9-200ctx-grid/*/table.json
+    python results/scripts/ablation_cells.py results/causal-200ctx-grid-gemma3/*/table.json
 """
 
-import json
 import sys
+
+from scaffold_sae.over_seeds import analyses_of, read_record
 
 
 def interval(v: dict | None, digits: int = 2) -> str:
@@ -26,14 +27,14 @@ def topic(path: str, result: dict) -> None:
 
 
 for path in sys.argv[1:]:
-    data = json.load(open(path))
-    if data["analyses"].get("topic_ablation"):
-        topic(path, data["analyses"]["topic_ablation"])
-    table = data["analyses"].get("ablation_table")
+    analyses = analyses_of(read_record(path))
+    if analyses.get("topic_ablation"):
+        topic(path, analyses["topic_ablation"])
+    table = analyses.get("ablation_table")
     if not table:
         continue
     print(f"\n### {path}: {table['sae']} (r = {table['rank']}, centred {table['scaffold_centred']}), "
-          f"{table['n_predictions']} predictions, clean CE {interval(table['ce_clean'])}, wall {data['wall_s']:.0f} s\n")
+          f"{table['n_predictions']} predictions, clean CE {interval(table['ce_clean'])}\n")
     print("| subject | operator | positions | CE / clean | dCE | KL | per-basis ratios |\n|---|---|---|---|---|---|---|")
     for c in table["cells"]:
         bases = ", ".join(f"{r:.2f}" for r in c["per_basis_ratio"]) if c.get("per_basis_ratio") else ""

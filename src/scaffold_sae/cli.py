@@ -28,6 +28,7 @@ from .config import (LEGACY, ConfigError, annotation, build, coerce_field, defau
                      show_value, tree_fields, tree_keys, tree_nodes)
 from .distributed import end_rank_process, launched_by_torchrun
 from .evals import CoreEvalConfig, run_core_eval
+from .experiments import ExperimentCommand, cli_run as experiment_cli
 from .faults import Interrupted, handle_signals
 from .report import ReportConfig, report_from_results
 from .sae import SAEConfig
@@ -182,7 +183,7 @@ def add_flags(parser: argparse.ArgumentParser, command: Command) -> None:
         doc = f"{field_docs(flag.owner).get(f.name, '')} ({shown})".replace("%", "%%")
         kind = annotation(f)
         if path in command.positional:
-            parser.add_argument(path, metavar=path.upper(), help=doc)
+            parser.add_argument(path, metavar=path.upper(), help=doc, **({} if default is MISSING else {"nargs": "?"}))
             continue
         if path in command.switches:
             switch = command.switches[path]
@@ -331,6 +332,12 @@ COMMANDS = [
                         "with a rank-r scaffold (--fit finetune, the default) or a fresh plain and scaffolded SAE of "
                         "the same width and k (--fit fresh). Writes diagnosis.json, .md and .html.",
             switches={"progress": "--no-progress"}),
+    Command("experiment", "run an experiment file, list the experiments, or regenerate results/RESULTS.md",
+            (ExperimentCommand,), experiment_cli,
+            description="run FILE: one experiment of experiments/ (its dependencies first) into runs/<slug>/ and "
+                        "results/<slug>/summary.json; list: every experiment and whether it is done; report: "
+                        "results/RESULTS.md and docs/experiments.md from the summaries.",
+            switches={"progress": "--no-progress"}, positional=("action", "path")),
 ]
 
 

@@ -1,7 +1,0 @@
-#!/bin/bash
-# Experiment H18 (issues 11 and 12): why the paper's topic control holds for Gemma-3 seed 0 and not seeds 1-2 (H15).
-# Needs O's SAEs and eval records (results/O-analyses-seeds-gemma3-L9/command.sh). See control.py's docstring.
-set -euo pipefail
-PY=${PY:-.venv/bin/python}
-$PY results/H18-topic-control-gemma3-L9/control.py --saes runs/O/saes --evals runs/O/evals --seeds 0,1,2 \
-    --out results/H18-topic-control-gemma3-L9 | tee results/H18-topic-control-gemma3-L9/control.txt

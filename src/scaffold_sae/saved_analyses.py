@@ -1,0 +1,75 @@
+"""Analyses on SAEs a study (or `scaffold-sae train`) already saved, at other sample sizes than the study ran them:
+the causal ablation table at 200 contexts, the redundancy curve, probing on 1,000 documents, ...
+
+`analyse_saved(run, out, analyses, settings)` reads run/study_config.json (a study's settings; a flat config written
+before the config tree is read through config.LEGACY), puts `settings` (keys of the config tree, e.g.
+analyses.ce_tokens or analyses.ablation_table.ablation_operators) on top, packs the study's held-out contexts and
+runs the named analyses on every SAE in run/saes/ against the plain SAE among them. It writes out/table.json (the
+analyses as results.json stores them) and out/report/. results/causal-removal-readings-gemma3/run_table.py is its
+command line, which the legacy experiments' scripts call.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any, Mapping
+
+from scaffold_sae.config import LEGACY, ConfigError, build, nest
+from scaffold_sae.fetch import atomic_write_text
+
+
+def stored_study_config(stored: Mapping[str, Any]):
+    """The StudyConfig of a study's stored study_config.json / results.json "config": the tree, or a flat config
+    (pre-tree) whose keys config.LEGACY moves into the tree; keys that no longer exist are left out."""
+    from scaffold_sae.study import StudyConfig
+
+    if "harvest" in stored and isinstance(stored["harvest"], Mapping):
+        return build(StudyConfig, stored)
+    moved = {LEGACY[key]: value for key, value in stored.items() if key in LEGACY and value is not None}
+    for key in ("seed", "device"):
+        if key in stored:
+            moved[key] = stored[key]
+    return build(StudyConfig, nest(moved))
+
+
+def analyse_saved(run: str | Path, out: str | Path, analyses: list[str], settings: Mapping[str, Any] | None = None,
+                  eval_tokens: int | None = None, progress: bool = True, command: Mapping[str, Any] | None = None,
+                  title: str = "Analyses") -> dict[str, Any]:
+    """Run `analyses` (registered names) on the SAEs saved in run/saes/ and write out/table.json and out/report/;
+    returns the table. `eval_tokens` packs that many held-out tokens instead of the study's (more CE contexts);
+    `command` is recorded in the table (what was asked)."""
+    from scaffold_sae.analyses import registered, run_analyses
+    from scaffold_sae.corpus import load_corpus, pack_contexts
+    from scaffold_sae.models import load_model
+    from scaffold_sae.report import write_report
+    from scaffold_sae.saving import load_sae
+
+    run, out = Path(run), Path(out)
+    cfg = stored_study_config(json.loads((run / "study_config.json").read_text()))
+    if settings:
+        cfg = build(type(cfg), nest(settings), base=cfg)
+    unknown = [name for name in analyses if name not in registered()]
+    if unknown:
+        raise ConfigError(f"unknown analyses {', '.join(unknown)}: choose from {', '.join(registered())}")
+    saes = {p.name: load_sae(p) for p in sorted((run / "saes").iterdir()) if (p / "scaffold_sae.json").is_file()}
+    baseline = next((name for name, sae in saes.items() if sae.cfg.rank == 0), None)
+    if baseline is None:
+        raise ConfigError(f"{run / 'saes'} holds no plain SAE (rank 0) to analyse the others against")
+    harvest = cfg.harvest
+    lm = load_model(harvest.model)
+    layer = harvest.layer
+    contexts = pack_contexts(lm.tokenizer, load_corpus(harvest.corpus), harvest.ctx_len,
+                             eval_tokens or harvest.eval_tokens, split="heldout", seed=cfg.seed, bos_id=lm.bos_token_id)
+    chosen = {name: a for name, a in registered().items() if name in analyses}
+    results, sections = run_analyses(lm, layer, saes, baseline, None, contexts, cfg, out=out, progress=progress,
+                                     analyses=chosen)
+    table = {"command": dict(command or {}), "contexts": list(contexts.shape), "analyses": results.to_json()}
+    out.mkdir(parents=True, exist_ok=True)
+    atomic_write_text(out / "table.json", json.dumps(table, indent=1) + "\n")
+    write_report({"title": f"{title}: {harvest.model} layer {layer}", "config": dict(command or {}), "saes": {}},
+                 out / "report", sections=sections)
+    return table
+
+
+__all__ = ["analyse_saved", "stored_study_config"]
