@@ -56,7 +56,7 @@ def ours_step_fn(d: int, m: int, k: int, rank: int, batch: int, fast: bool = Tru
 
     from scaffold_sae.sae import HybridSAE, SAEConfig
     from scaffold_sae.comm import LocalComm
-    from scaffold_sae.trainer import SAEState, TrainConfig, _train_step
+    from scaffold_sae.trainer import SAEState, TrainConfig, train_step
 
     sae = HybridSAE(SAEConfig(arch="batchtopk", d_in=d, width=m, k=k, rank=rank), torch.Generator().manual_seed(0))
     opt = torch.optim.Adam([{"params": sae.dictionary_parameters(), "lr_mult": 1.0},
@@ -66,7 +66,7 @@ def ours_step_fn(d: int, m: int, k: int, rank: int, batch: int, fast: bool = Tru
     cfg = TrainConfig(tokens=10**9, batch_size=batch, fast=fast)
 
     def step(x):
-        _train_step(state, x, 1.0, 10**9, cfg, LocalComm())
+        train_step(state, x, 1.0, 10**9, cfg, LocalComm())
     return step
 
 
@@ -144,7 +144,7 @@ def main() -> None:
           f"threads={args.threads or 'default'}, OMP_WAIT_POLICY={env.get('OMP_WAIT_POLICY', 'default')}, "
           f"load average {os.getloadavg()[0]:.1f} on {os.cpu_count()} cores")
     print(f"{'impl':<12} {'width':>6} {'tokens/s':>10} {'step ms':>9} {'peak RSS MB':>12}")
-    rows = []
+    rows, failed = [], []
     for width in args.widths.split(","):
         for impl in impls:
             cmd = [sys.executable, __file__, "--worker", impl, "--d", str(args.d), "--widths", width,
@@ -153,6 +153,7 @@ def main() -> None:
             proc = subprocess.run(cmd, capture_output=True, text=True, env=env)
             if proc.returncode != 0:
                 print(f"{impl:<12} {width:>6} failed: {proc.stderr.strip().splitlines()[-1:]}")
+                failed.append(f"{impl} width {width}")
                 continue
             r = json.loads(proc.stdout.strip().splitlines()[-1])
             print(f"{impl:<12} {width:>6} {r['tok_s']:>10.0f} {r['step_ms']:>9.0f} {r['peak_rss_mb']:>12.0f}",
@@ -163,7 +164,9 @@ def main() -> None:
                "loadavg": os.getloadavg()[0], "cpu_count": os.cpu_count()}
     os.makedirs(os.path.dirname(args.out) or ".", exist_ok=True)
     with open(args.out, "w") as handle:
-        json.dump({"setting": setting, "rows": rows}, handle, indent=1)
+        json.dump({"setting": setting, "rows": rows, "failed": failed}, handle, indent=1)
+    if failed:
+        sys.exit(f"failed rows: {', '.join(failed)}")
 
 
 if __name__ == "__main__":
