@@ -11,11 +11,12 @@ from __future__ import annotations
 
 import hashlib
 import io
+import contextlib
 import json
 import math
 import os
 from contextlib import contextmanager
-from dataclasses import asdict, dataclass, field, fields
+from dataclasses import asdict, dataclass, fields
 from pathlib import Path
 from typing import Callable, Iterator, Protocol
 
@@ -30,7 +31,9 @@ from .faults import OutputLock, check_space
 from .devices import resolve_device
 from .fetch import atomic_write_bytes
 from .saving import save_sae, state_bytes
-from .sae import ConfigError, HybridSAE, SAEConfig, _choice, geometric_median, lr_for_width, pca_basis
+from .sae import ConfigError, HybridSAE, SAEConfig, _choice, geometric_median, pca_basis
+from .step import SAEState, new_state, refresh_dead_pool, train_step, window_record
+from .syncs import SyncRecorder
 
 
 B_DEC_INITS = ("geometric_median", "mean", "zeros")
@@ -199,26 +202,6 @@ _NON_RESULT_FIELDS = {"log_every", "checkpoint_every", "resume", "keep_checkpoin
                       "wandb_project", "tensorboard_dir", "fast", "threshold_sample_tokens", "device"}
 # fields left out of the checkpoint key at their defaults, so checkpoints written before they existed still resume
 _KEYED_WHEN_SET = ("until_converged", "converge_tol", "converge_frac", "heldout_every", "heldout_tokens")
-
-
-@dataclass
-class SAEState:
-    """One SAE's training state besides its parameters."""
-
-    name: str
-    sae: HybridSAE
-    optim: torch.optim.Adam
-    base_lr: float
-    since_fired: Tensor
-    ema_threshold: float = -1.0
-    window: dict = field(default_factory=dict)
-    heldout: list[tuple[int, float]] = field(default_factory=list)
-    """The held-out FVU curve so far: (step, FVU) per measurement (checkpointed, so a resume decides alike)."""
-
-    def reset_window(self) -> None:
-        self.window = {"steps": 0, "tokens": 0, "loss": 0.0, "mse": 0.0, "aux": 0.0, "fvu": 0.0,
-                       "l0": 0.0, "fires": torch.zeros(self.sae.cfg.width, dtype=torch.long,
-                                                        device=self.since_fired.device)}
 
 
 def resolve_configs(cfgs: list[SAEConfig], d_model: int) -> list[SAEConfig]:
@@ -404,10 +387,11 @@ def _metadata(source: object) -> dict:
 
 def train_saes(cache: ActivationSource, cfgs: list[SAEConfig], train_cfg: TrainConfig,
                out_dir: str | Path, *, on_step: Callable[[int, list[SAEState]], None] | None = None,
-               comm: Communicator | None = None) -> list[Path]:
+               comm: Communicator | None = None, sync_recorder: SyncRecorder | None = None) -> list[Path]:
     """Train ``cfgs`` in lockstep on ``cache``; returns one saved SAE directory per config.
 
     ``on_step(step, states)`` runs after every completed step (tests use it to interrupt).
+    ``sync_recorder`` records the host-device synchronisations of the steps' training work (there should be none).
     ``comm`` (scaffold_sae.distributed.Comm) makes this one rank of a data-parallel run; None trains
     in this one process on ``train_cfg.device``.
     """
@@ -417,14 +401,16 @@ def train_saes(cache: ActivationSource, cfgs: list[SAEConfig], train_cfg: TrainC
     lock = OutputLock(out_dir, "train")
     comm.on_rank0(lock.__enter__, f"locking {out_dir}")  # every rank fails when rank 0 cannot lock
     try:
-        return _train_saes(cache, cfgs, train_cfg, Path(out_dir), on_step, comm)
+        return _train_saes(cache, cfgs, train_cfg, Path(out_dir), on_step, comm, sync_recorder)
     finally:
         if comm.rank == 0:
             lock.__exit__()
 
 
-def _train_saes(cache, cfgs, train_cfg, out_dir, on_step, comm: Communicator) -> list[Path]:
+def _train_saes(cache, cfgs, train_cfg, out_dir, on_step, comm: Communicator,
+                sync_recorder: SyncRecorder | None = None) -> list[Path]:
     run = _setup(cache, cfgs, train_cfg, out_dir, comm)
+    run.sync_recorder = sync_recorder
     _loop(run, on_step)
     return _finalise(run)
 
@@ -456,6 +442,8 @@ class _Run:
     """Steps done when the loop ended: total_steps, or fewer when every SAE converged first."""
     converged: bool = False
     """The run stopped because every SAE converged (until_converged)."""
+    sync_recorder: SyncRecorder | None = None
+    """Records the synchronising ops of every step's training work (tests, bench/train.py)."""
 
     @property
     def ckpt_path(self) -> Path:
@@ -522,22 +510,6 @@ def warmup_steps(train_cfg: TrainConfig, total_steps: int) -> int:
     return min(1000, max(1, total_steps // 20))
 
 
-def new_state(name: str, sae: HybridSAE, train_cfg: TrainConfig, device) -> SAEState:
-    """Training state of `sae` (already on `device`): Adam over the dictionary and, unless frozen by
-    scaffold_lr_mult 0, the scaffold at its own lr multiple."""
-    cfg = sae.cfg
-    base_lr = train_cfg.lr or lr_for_width(cfg.width)
-    groups = [{"params": sae.dictionary_parameters(), "lr": base_lr, "lr_mult": 1.0}]
-    if cfg.rank > 0 and cfg.scaffold_lr_mult == 0:  # frozen: no gradient, no clipping share, no QR
-        for p in sae.scaffold_parameters():
-            p.requires_grad_(False)
-    elif cfg.rank > 0:
-        groups.append({"params": sae.scaffold_parameters(), "lr": base_lr * cfg.scaffold_lr_mult,
-                       "lr_mult": cfg.scaffold_lr_mult})
-    optim = torch.optim.Adam(groups, betas=(train_cfg.adam_beta1, train_cfg.adam_beta2), fused=True)
-    return SAEState(name, sae, optim, base_lr, torch.zeros(cfg.width, dtype=torch.long, device=device))
-
-
 def _loop(run: _Run, on_step) -> None:
     """The training steps from ``run.start``, with logging, progress and periodic checkpoints."""
     train_cfg, comm, states, total_steps = run.train_cfg, run.comm, run.states, run.total_steps
@@ -553,16 +525,22 @@ def _loop(run: _Run, on_step) -> None:
     labels = short_labels(run.names)
     batches = run.cache.batches(train_cfg.batch_size, seed=train_cfg.seed, skip=start, rank=process_rank,
                             world_size=world_size)
+    tokens_per_step = train_cfg.batch_size * world_size
+    peek_every = bar_refresh_steps(train_cfg, total_steps)
     for st in states:
         st.reset_window()
+        refresh_dead_pool(st, run.dead_tokens, tokens_per_step, next_log_step(start, train_cfg, total_steps) - start)
+    recorder = run.sync_recorder if run.sync_recorder is not None else contextlib.nullcontext()
     try:
         for step in range(start, total_steps):
-            x = next(batches).to(device, torch.float32, non_blocking=True)
-            if scale != 1.0:
-                x = x * scale
+            batch = next(batches)
             factor = schedule(step, total_steps, run.warmup, train_cfg.lr_decay_frac)
-            for st in states:
-                train_step(st, x, factor, run.dead_tokens, train_cfg, comm)
+            with recorder:  # the steady state: nothing in here may wait for the device
+                x = batch.to(device, torch.float32, non_blocking=True)
+                if scale != 1.0:
+                    x = x * scale
+                for st in states:
+                    train_step(st, x, factor, run.dead_tokens, train_cfg, comm)
             done = step + 1
             stop = False
             if run.heldout is not None and (done % train_cfg.heldout_every == 0 or done == total_steps):
@@ -571,12 +549,15 @@ def _loop(run: _Run, on_step) -> None:
             if done % train_cfg.log_every == 0 or done == total_steps or stop:
                 for st in states:
                     comm.reduce_window(st.window)
-                records = [_window_record(st, done, train_cfg, world_size, factor) for st in states]
+                records = [window_record(st, done, train_cfg, world_size, factor, run.dead_tokens) for st in states]
                 loggers.write(records)
+                horizon = next_log_step(done, train_cfg, total_steps) - done
+                for st in states:
+                    refresh_dead_pool(st, run.dead_tokens, tokens_per_step, horizon)
                 if bar is not None:
-                    bar.set_postfix_str(" | ".join(
-                        f"{label}: L0 {r['l0']:.1f} FVU {r['fvu']:.3f} dead {r['dead']} dense {r['dense']}"
-                        for label, r in zip(labels, records)))
+                    bar.set_postfix_str(_bar_text(labels, records))
+            elif bar is not None and done % peek_every == 0:  # a short run's bar shows fresh metrics too
+                bar.set_postfix_str(_bar_text(labels, [window_means(st, run.dead_tokens) for st in states]))
             if bar is not None:
                 bar.update(train_cfg.batch_size * world_size)
             if (train_cfg.checkpoint_every and done % train_cfg.checkpoint_every == 0
@@ -600,6 +581,31 @@ def _loop(run: _Run, on_step) -> None:
         comm.teardown(states)
 
 
+def next_log_step(done: int, train_cfg: TrainConfig, total_steps: int) -> int:
+    """The step after which the next log record is written (a multiple of log_every, or the last step)."""
+    return min(total_steps, (done // train_cfg.log_every + 1) * train_cfg.log_every)
+
+
+def bar_refresh_steps(train_cfg: TrainConfig, total_steps: int) -> int:
+    """Steps between progress-bar refreshes of the live metrics: log_every, or about a twentieth of a shorter
+    run, so a short run's bar never shows the first window's FVU until the end.  Each refresh reads the device
+    once (no per-step reads: at most ~20 per run beyond the log steps)."""
+    return max(1, min(train_cfg.log_every, -(-total_steps // 20)))
+
+
+def window_means(st: SAEState, dead_tokens: int) -> dict:
+    """The running means of ``st``'s current window for the progress bar (reads the device, keeps the window)."""
+    w = st.window
+    n = max(1, w["steps"])
+    l0, fvu, dead = torch.stack([w["l0"] / n, w["fvu"] / n, (st.since_fired >= dead_tokens).sum().double()]).tolist()
+    return {"l0": l0, "fvu": fvu, "dead": int(dead), "dense": "-"}
+
+
+def _bar_text(labels: list[str], records: list[dict]) -> str:
+    return " | ".join(f"{label}: L0 {r['l0']:.1f} FVU {r['fvu']:.3f} dead {r['dead']} dense {r['dense']}"
+                      for label, r in zip(labels, records))
+
+
 def _finalise(run: _Run) -> list[Path]:
     """Calibrate thresholds, save every SAE (rank 0) and drop the checkpoint; returns the SAE directories."""
     cache, train_cfg, comm, scale, need = run.cache, run.train_cfg, run.comm, run.scale, run.need
@@ -612,14 +618,15 @@ def _finalise(run: _Run) -> list[Path]:
         sae, cfg = st.sae, st.sae.cfg
         summary = {"steps": steps, "tokens": steps * train_cfg.batch_size * world_size, "max_steps": total_steps,
                    "stop_reason": "converged" if run.converged else "budget",
-                   "input_scale": scale, "train_config": asdict(train_cfg), "ema_threshold": st.ema_threshold}
+                   "input_scale": scale, "train_config": asdict(train_cfg),
+                   "ema_threshold": float(st.ema_threshold)}
         if st.heldout:
             summary["heldout_fvu"] = st.heldout[-1][1]
             summary["converged_step"] = converged_since(st.heldout, train_cfg.converge_tol, train_cfg.converge_frac,
                                                         run.warmup)
         if sae.architecture.calibrates_threshold:
-            if train_cfg.threshold_method == "ema" and st.ema_threshold > 0:
-                thr = st.ema_threshold
+            if train_cfg.threshold_method == "ema" and float(st.ema_threshold) > 0:
+                thr = float(st.ema_threshold)
             else:
                 thr = estimate_threshold(sae, thr_sample, cfg.k)
             with torch.no_grad():
@@ -638,10 +645,10 @@ def _finalise(run: _Run) -> list[Path]:
 
 
 def train_distributed(cache, cfgs, train_cfg, out_dir, comm: distributed.Comm,
-                      on_step: Callable | None = None) -> list[Path]:
+                      on_step: Callable | None = None, sync_recorder: SyncRecorder | None = None) -> list[Path]:
     """``train_saes`` as one rank of a data-parallel run (every rank calls it with the same arguments)."""
     try:
-        return train_saes(cache, cfgs, train_cfg, out_dir, on_step=on_step, comm=comm)
+        return train_saes(cache, cfgs, train_cfg, out_dir, on_step=on_step, comm=comm, sync_recorder=sync_recorder)
     except RuntimeError as error:
         if isinstance(error, distributed.DistributedError) or not distributed.is_peer_failure(error):
             raise
@@ -674,59 +681,6 @@ def _drop_checkpoint(ckpt_path: Path, train_cfg: TrainConfig) -> None:
 def _sample(cache: ActivationSource, n: int, seed: int) -> Tensor:
     n = min(n, int(getattr(cache, "n_rows", n)))
     return cache.sample(n, seed=seed).float()
-
-
-def train_step(st: SAEState, x: Tensor, factor: float, dead_tokens: int, train_cfg: TrainConfig,
-                comm: Communicator) -> None:
-    sae = st.sae
-    for group in st.optim.param_groups:
-        group["lr"] = st.base_lr * group["lr_mult"] * factor
-    st.optim.zero_grad(set_to_none=True)
-    dead = st.since_fired >= dead_tokens
-    out = sae.loss(x, dead=dead, fast=train_cfg.fast)
-    out.loss.backward()
-    sae.project_decoder_grad()
-    comm.all_reduce_grads(sae)
-    if train_cfg.grad_clip > 0:
-        torch.nn.utils.clip_grad_norm_(sae.parameters(), train_cfg.grad_clip)
-    st.optim.step()
-    sae.apply_constraints()
-    with torch.no_grad():
-        fires = torch.bincount(out.active.col, minlength=sae.cfg.width)
-        # dead / dense counts over the global batch
-        fires = comm.sum_counts(fires)
-        n_tokens = x.shape[0] * comm.world_size
-        st.since_fired += n_tokens
-        st.since_fired[fires > 0] = 0
-        if out.batch_threshold > 0:
-            d = train_cfg.threshold_ema_decay
-            st.ema_threshold = (out.batch_threshold if st.ema_threshold < 0
-                                else d * st.ema_threshold + (1 - d) * out.batch_threshold)
-    w = st.window
-    w["steps"] += 1
-    w["tokens"] += n_tokens
-    w["loss"] += float(out.loss.detach())
-    w["mse"] += float(out.mse.detach())
-    w["aux"] += float(out.aux.detach())
-    w["fvu"] += out.fvu
-    w["l0"] += out.l0
-    w["fires"] += fires
-
-
-def _window_record(st: SAEState, step: int, train_cfg: TrainConfig, world_size: int,
-                   factor: float) -> dict:
-    w = st.window
-    n = max(1, w["steps"])
-    freq = w["fires"].double() / max(1, w["tokens"])
-    rec = {"sae": st.name, "step": step, "tokens": step * train_cfg.batch_size * world_size,
-           "lr": st.base_lr * factor, "loss": w["loss"] / n, "mse": w["mse"] / n, "aux": w["aux"] / n,
-           "fvu": w["fvu"] / n, "l0": w["l0"] / n,
-           "dead": int((st.since_fired >= dead_tokens_of(train_cfg)).sum()),
-           "dense": int((freq > train_cfg.dense_fraction).sum()),
-           "dense_1pct": int((freq > 0.01).sum()),
-           "ema_threshold": st.ema_threshold}
-    st.reset_window()
-    return rec
 
 
 def dead_tokens_of(train_cfg: TrainConfig) -> int:
@@ -806,7 +760,7 @@ def _save_checkpoint(path: Path, key: str, step: int, scale: float, states: list
     payload = {
         "config_key": key, "step": step, "scale": scale, "torch_rng": torch.get_rng_state(),
         "saes": [{"name": st.name, "model": st.sae.state_dict(), "optim": st.optim.state_dict(),
-                  "since_fired": st.since_fired.clone(), "ema_threshold": st.ema_threshold,
+                  "since_fired": st.since_fired.clone(), "ema_threshold": float(st.ema_threshold),
                   "heldout": list(st.heldout)}
                  for st in states],
     }
@@ -851,7 +805,8 @@ def _load_checkpoint(path: Path, key: str, states: list[SAEState]) -> tuple[int,
         st.sae.load_state_dict(saved["model"])
         st.optim.load_state_dict(saved["optim"])
         st.since_fired = saved["since_fired"].to(st.since_fired.device)
-        st.ema_threshold = saved["ema_threshold"]
+        st.ema_threshold = torch.tensor(float(saved["ema_threshold"]), dtype=torch.float64,
+                                        device=st.since_fired.device)
         st.heldout = [(int(step), float(fvu)) for step, fvu in saved.get("heldout", [])]
     torch.set_rng_state(payload["torch_rng"])
     return int(payload["step"]), float(payload["scale"])
