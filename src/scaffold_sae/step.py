@@ -52,6 +52,8 @@ class SAEState:
         elif not isinstance(self.ema_threshold, Tensor):
             self.ema_threshold = torch.tensor(float(self.ema_threshold), dtype=torch.float64,
                                               device=self.since_fired.device)
+        if not self.window:
+            self.reset_window()
 
     def reset_window(self) -> None:
         device = self.since_fired.device
