@@ -275,6 +275,7 @@ def gather_active(x_in: Tensor, w_enc: Tensor, b_enc: Tensor, pre: Tensor, activ
     the pre-activations are recomputed densely with autograd (reference path).
     """
     if fast:
+        active._transpose()  # built here, not in backward: a traced backward must not mutate the set (dynamo)
         return active.masked(_GatherActive.apply(x_in, w_enc, b_enc, pre.detach(), active))
     dense = torch.addmm(b_enc, x_in, w_enc.t())
     return active.masked(dense[active.row, active.col])
@@ -283,6 +284,7 @@ def gather_active(x_in: Tensor, w_enc: Tensor, b_enc: Tensor, pre: Tensor, activ
 def sparse_decode(vals: Tensor, w_dec: Tensor, active: ActiveSet, fast: bool = True) -> Tensor:
     """``sum_j vals_j * w_dec[col_j]`` per token ([B, d]); ``fast=False`` uses dense codes."""
     if fast:
+        active._transpose()
         return _SparseDecode.apply(vals, w_dec, active)
     codes = torch.zeros(active.n_rows, active.n_cols, dtype=vals.dtype, device=vals.device)
     codes = codes.index_put((active.row, active.col), vals)

@@ -45,6 +45,8 @@ class SAEState:
     """The held-out FVU curve so far: (step, FVU) per measurement (checkpointed, so a resume decides alike)."""
     dead_pool: Tensor | None = None
     """Latents AuxK may use until the next refresh (increasing indices; None = all latents)."""
+    compiled_loss: object = None
+    """``torch.compile`` of the SAE's dense training loss, when TrainConfig.compile asks for it."""
 
     def __post_init__(self) -> None:
         if self.ema_threshold is None:
@@ -101,7 +103,7 @@ def train_step(st: SAEState, x: Tensor, factor: float, dead_tokens: int, train_c
     for group in st.optim.param_groups:
         group["lr"] = st.base_lr * group["lr_mult"] * factor
     st.optim.zero_grad(set_to_none=True)
-    out = sae.loss(x, dead=dead_latents(st, dead_tokens), fast=train_cfg.fast)
+    out = training_loss(st, train_cfg)(x, dead=dead_latents(st, dead_tokens))
     out.loss.backward()
     sae.project_decoder_grad()
     comm.all_reduce_grads(sae)
@@ -123,6 +125,19 @@ def train_step(st: SAEState, x: Tensor, factor: float, dead_tokens: int, train_c
         for key in WINDOW_SUMS:
             w[key] += getattr(out, key).detach().double()
         w["fires"] += fires
+
+
+def training_loss(st: SAEState, train_cfg: "TrainConfig"):
+    """The SAE's loss function for this run: ``sae.loss`` with the run's kernels, or (TrainConfig.compile) a
+    ``torch.compile`` of its dense maths, compiled once per SAE.  The fixed shapes make the whole loss one graph
+    (tests/test_compile.py: no graph break for any architecture); the sparse kernels' autograd functions carry a
+    Python active set that dynamo cannot trace yet, so the compiled loss uses the dense maths."""
+    if not getattr(train_cfg, "compile", False):
+        return lambda x, dead: st.sae.loss(x, dead=dead, fast=train_cfg.fast)
+    if st.compiled_loss is None:
+        sae = st.sae
+        st.compiled_loss = torch.compile(lambda x, dead: sae.loss(x, dead=dead, fast=False), dynamic=False)
+    return st.compiled_loss
 
 
 def window_record(st: SAEState, step: int, train_cfg: "TrainConfig", world_size: int, factor: float,

@@ -153,6 +153,9 @@ class TrainConfig:
     """A latent is dense when it fires on more than this fraction of a log window's tokens."""
     fast: bool = True
     """Sparse-aware kernels (False: the plain dense implementation, same maths)."""
+    compile: bool = False
+    """torch.compile each SAE's training loss (its dense maths, one graph with no graph break; the first steps
+    pay the compilation). Off by default: on the 2-core CPU it does not beat the sparse kernels (docs/gpu.md)."""
     log_every: int = 50
     """Steps between JSONL log records (and progress-bar updates of the metrics)."""
     checkpoint_every: int = 500
@@ -200,7 +203,7 @@ class TrainConfig:
 
 # fields that do not change the trained weights (a checkpoint stays valid when they change)
 _NON_RESULT_FIELDS = {"log_every", "checkpoint_every", "resume", "keep_checkpoint", "progress",
-                      "wandb_project", "tensorboard_dir", "fast", "threshold_sample_tokens", "device"}
+                      "wandb_project", "tensorboard_dir", "fast", "threshold_sample_tokens", "device", "compile"}
 # fields left out of the checkpoint key at their defaults, so checkpoints written before they existed still resume
 _KEYED_WHEN_SET = ("until_converged", "converge_tol", "converge_frac", "heldout_every", "heldout_tokens")
 
