@@ -29,6 +29,7 @@ def test_training_loss_has_no_graph_break(arch):
     assert explained.graph_count == 1
 
 
+@pytest.mark.slow  # inductor compiles forward and backward: minutes on a 2-core CPU
 def test_compiled_training_equals_eager(tmp_path):
     cfg = dict(tokens=64 * 4, batch_size=64, log_every=2, progress=False, checkpoint_every=0, init_sample_tokens=512,
                threshold_sample_tokens=512, dead_tokens=128, lr=3e-3, fast=False)

@@ -69,3 +69,37 @@ def test_training_steps_make_no_sync(tmp_path, arch, rank):
     assert len(log) == 3 * len(cfgs)
     if arch["arch"] != "relu":  # AuxK ran: latents were dead, and their loss counted
         assert max(r["dead"] for r in log) > 0 and max(r["aux"] for r in log) > 0
+
+
+class _CudaSyncsAreErrors:
+    """While active, any synchronising CUDA call raises (torch.cuda.set_sync_debug_mode('error'))."""
+
+    def __enter__(self):
+        torch.cuda.set_sync_debug_mode("error")
+        return self
+
+    def __exit__(self, *exc):
+        torch.cuda.set_sync_debug_mode("default")
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device (bench/device.sh runs it)")
+@pytest.mark.parametrize("arch", ARCHS, ids=lambda a: a["arch"])
+def test_cuda_training_steps_make_no_sync(tmp_path, arch):
+    """On a GPU, CUDA itself checks the steady state: every step's training work runs with syncs as errors."""
+    cfgs = [SAEConfig(width=256, rank=0, **arch), SAEConfig(width=256, rank=3, encoder_input="residual", **arch)]
+    train_cfg = TrainConfig(tokens=64 * 12, batch_size=64, log_every=4, progress=False, checkpoint_every=0,
+                            init_sample_tokens=512, threshold_sample_tokens=512, dead_tokens=128, lr=3e-3,
+                            device="cuda")
+    recorder = SyncRecorder()
+
+    class Both:
+        def __enter__(self):
+            recorder.__enter__()
+            self.cuda = _CudaSyncsAreErrors().__enter__()
+
+        def __exit__(self, *exc):
+            self.cuda.__exit__(*exc)
+            recorder.__exit__(*exc)
+
+    train_saes(TensorSource(synthetic(2048)), cfgs, train_cfg, tmp_path, sync_recorder=Both())
+    assert not recorder.events, recorder.summary()
