@@ -35,7 +35,7 @@ def test_stacked_training_gives_the_weights_of_separate_training(arch, encoder_i
     data = data * input_scale(data)
     models = saes(arch, [0, 2, 5], encoder_input=encoder_input)
     separate = [copy.deepcopy(s) for s in models]
-    cfg = TrainConfig(tokens=10**6, batch_size=128, lr=3e-3, grad_clip=0.5, fast=False)
+    cfg = TrainConfig(tokens=10**6, batch_size=128, lr=3e-3, grad_clip=0.5)
     states = [new_state(f"s{i}", s, cfg, "cpu") for i, s in enumerate(separate)]
     stack = StackedSAEs(models)
     trainer = StackedTrainer(stack, lr=3e-3, grad_clip=0.5)

@@ -10,21 +10,21 @@ A rank sweep trains SAEs that differ only in their scaffold (rank, seed).  Stack
     x_hat  = embedding_bag over the stacked decoder      one bag-sum for the n decoders
              + scaf + b_dec
 
-followed by one Adam step over the stacked parameters.  Every SAE's loss, gradient clip, decoder-gradient
+followed by one Adam step over the stacked parameters.  The n SAEs' active sets form one block-diagonal set
+over n*B tokens and n*m latents, so the one-SAE sparse kernels (the gathered encoder backward, the embedding_bag
+decode) serve all n at once.  Every SAE's loss, gradient clip, decoder-gradient
 projection, Adam update and unit-norm constraint only ever mixes numbers of that SAE, and the zero padding of a
 smaller scaffold gets zero gradients and zero Adam updates, so the stacked run gives the weights of n separate
 runs (tests/test_batched.py: to 1e-5 in fp32).
 
 Supported: batchtopk and topk SAEs with the same d, m, k, encoder_input, scaffold_centred and scaffold_lr_mult,
 untied scaffolds (a tied scaffold's QR is per SAE).  AuxK runs per SAE on slices of the stacked weights (dead
-latents are rare; their shapes differ per SAE).  The encoder backward is the dense product here (the one-SAE
-step's sparse encoder backward is not batched yet).
+latents are rare; their shapes differ per SAE).
 """
 
 from __future__ import annotations
 
 import torch
-import torch.nn.functional as F
 from torch import Tensor, nn
 
 from . import kernels
@@ -102,17 +102,15 @@ class StackedSAEs(nn.Module):
         source = x_cent if cfg.scaffold_centred else x[None].expand(n, b, d)
         scaf = torch.bmm(torch.bmm(source, self.V), self.U.transpose(1, 2))
         x_in = x_cent - scaf if cfg.encoder_input == "residual" else x_cent
-        pre = torch.baddbmm(self.b_enc[:, None], x_in, self.encoder_weight.transpose(1, 2))
         with torch.no_grad():
+            pre = torch.baddbmm(self.b_enc[:, None], x_in, self.encoder_weight.transpose(1, 2))
             sets = [_select(cfg, pre[i]) for i in range(n)]
-            nnz = sets[0][0].nnz
-            flat = torch.cat([(i * b + a.row) * m + a.col for i, (a, _) in enumerate(sets)])
-            mask = torch.cat([a.mask for a, _ in sets])
-            cols = torch.cat([a.col + i * m for i, (a, _) in enumerate(sets)])
-            offsets = torch.cat([a.crow[:-1] + i * nnz for i, (a, _) in enumerate(sets)])
-        vals = torch.where(mask, pre.reshape(-1)[flat], pre.new_zeros(()))
-        sparse_out = F.embedding_bag(cols, self.W_dec.reshape(n * m, d), offsets, mode="sum",
-                                     per_sample_weights=vals).view(n, b, d)
+            joint = _block_diagonal([a for a, _ in sets], b, m)
+        # the n SAEs as one of n*m latents over n*B rows, block-diagonal: the one-SAE sparse kernels (gathered
+        # encoder backward, embedding_bag decode) serve all n without mixing them
+        vals = kernels.gather_active(x_in.reshape(n * b, d), self.encoder_weight.reshape(n * m, d),
+                                     self.b_enc.reshape(n * m), pre.reshape(n * b, m), joint)
+        sparse_out = kernels.sparse_decode(vals, self.W_dec.reshape(n * m, d), joint).view(n, b, d)
         x_hat = sparse_out + scaf + self.b_dec[:, None]
         err = x_hat - x[None]
         mse = err.pow(2).sum((1, 2)) / (b * d)
@@ -138,9 +136,8 @@ class StackedSAEs(nn.Module):
             sub = kernels.row_topk(masked, k_aux)
             sub.col = pool.index[sub.col]
             sub.n_cols = self.cfg.width
-            sub.pre_values = None
-        vals = sub.masked(pre[sub.row, sub.col])
-        e_hat = sub.bag_sum(vals, self.W_dec[i])
+        vals = kernels.gather_active(x_in, self.encoder_weight[i], self.b_enc[i], pre, sub)
+        e_hat = kernels.sparse_decode(vals, self.W_dec[i], sub)
         e = (x - x_hat).detach()
         var = (e - e.mean(0)).pow(2).sum().clamp_min(1e-12)
         aux = (e_hat - e).pow(2).sum() / var
@@ -164,6 +161,20 @@ class StackedSAEs(nn.Module):
     @torch.no_grad()
     def apply_constraints(self) -> None:
         self.W_dec /= self.W_dec.norm(dim=-1, keepdim=True).clamp_min(1e-12)
+
+
+def _block_diagonal(sets: list[kernels.ActiveSet], rows: int, cols: int) -> kernels.ActiveSet:
+    """The active sets of n SAEs as one set over n*rows tokens and n*cols latents (SAE i's pairs shifted by
+    (i*rows, i*cols)); every set holds the same number of pairs (fixed shapes), so its CSR pointer is a shift."""
+    nnz = sets[0].nnz
+    n = len(sets)
+    crow = torch.cat([a.crow[:-1] + i * nnz for i, a in enumerate(sets)] + [sets[0].crow[-1:] + (n - 1) * nnz])
+    joint = kernels.ActiveSet(row=torch.cat([a.row + i * rows for i, a in enumerate(sets)]),
+                              col=torch.cat([a.col + i * cols for i, a in enumerate(sets)]), crow=crow,
+                              n_rows=n * rows, n_cols=n * cols,
+                              pre_values=torch.cat([a.pre_values for a in sets]),
+                              mask=torch.cat([a.mask for a in sets]))
+    return joint
 
 
 def _select(cfg, pre: Tensor) -> tuple[kernels.ActiveSet, Tensor]:

@@ -24,6 +24,8 @@ from .sae import DeadLatents, HybridSAE, lr_for_width
 if TYPE_CHECKING:
     from .trainer import TrainConfig
 
+SELF_REFRESH_STEPS = 50
+"""How many steps the AuxK pool covers when the step has to refresh it itself (callers other than the trainer)."""
 WINDOW_SUMS = ("loss", "mse", "aux", "fvu", "l0")
 """The per-step scalars a log window averages (accumulated on the device in float64)."""
 
@@ -44,7 +46,10 @@ class SAEState:
     heldout: list[tuple[int, float]] = field(default_factory=list)
     """The held-out FVU curve so far: (step, FVU) per measurement (checkpointed, so a resume decides alike)."""
     dead_pool: Tensor | None = None
-    """Latents AuxK may use until the next refresh (increasing indices; None = all latents)."""
+    """Latents AuxK may use until the next refresh (increasing indices)."""
+    pool_steps: int = 0
+    """Steps the AuxK pool still covers; at 0 the step refreshes it itself (a sync, every SELF_REFRESH_STEPS
+    steps: the trainer refreshes at its log steps instead, so its steps never do)."""
     compiled_loss: object = None
     """``torch.compile`` of the SAE's dense training loss, when TrainConfig.compile asks for it."""
 
@@ -82,8 +87,6 @@ def new_state(name: str, sae: HybridSAE, train_cfg: "TrainConfig", device) -> SA
 
 def dead_latents(st: SAEState, dead_tokens: int) -> DeadLatents:
     """The AuxK pool and which of its latents are dead now (fixed shapes: no host read)."""
-    if st.dead_pool is None:
-        return DeadLatents.from_mask(st.since_fired >= dead_tokens)
     return DeadLatents(st.dead_pool, st.since_fired.index_select(0, st.dead_pool) >= dead_tokens)
 
 
@@ -94,6 +97,7 @@ def refresh_dead_pool(st: SAEState, dead_tokens: int, tokens_per_step: int, step
     log steps only."""
     horizon = max(0, steps - 1) * tokens_per_step
     st.dead_pool = (st.since_fired + horizon >= dead_tokens).nonzero().squeeze(1)
+    st.pool_steps = steps
 
 
 def train_step(st: SAEState, x: Tensor, factor: float, dead_tokens: int, train_cfg: "TrainConfig",
@@ -103,6 +107,10 @@ def train_step(st: SAEState, x: Tensor, factor: float, dead_tokens: int, train_c
     for group in st.optim.param_groups:
         group["lr"] = st.base_lr * group["lr_mult"] * factor
     st.optim.zero_grad(set_to_none=True)
+    n_tokens = x.shape[0] * comm.world_size
+    if st.pool_steps <= 0 or st.dead_pool is None:
+        refresh_dead_pool(st, dead_tokens, n_tokens, SELF_REFRESH_STEPS)
+    st.pool_steps -= 1
     out = training_loss(st, train_cfg)(x, dead=dead_latents(st, dead_tokens))
     out.loss.backward()
     sae.project_decoder_grad()
@@ -111,7 +119,6 @@ def train_step(st: SAEState, x: Tensor, factor: float, dead_tokens: int, train_c
         torch.nn.utils.clip_grad_norm_(sae.parameters(), train_cfg.grad_clip, foreach=True)
     st.optim.step()
     sae.apply_constraints()
-    n_tokens = x.shape[0] * comm.world_size
     with torch.no_grad():
         fires = comm.sum_counts(out.fires)  # dead / dense counts over the global batch
         st.since_fired = torch.where(fires > 0, 0, st.since_fired + n_tokens)
@@ -157,5 +164,5 @@ def window_record(st: SAEState, step: int, train_cfg: "TrainConfig", world_size:
     return rec
 
 
-__all__ = ["SAEState", "WINDOW_SUMS", "dead_latents", "new_state", "refresh_dead_pool", "train_step",
-           "window_record"]
+__all__ = ["SAEState", "SELF_REFRESH_STEPS", "WINDOW_SUMS", "dead_latents", "new_state", "refresh_dead_pool",
+           "train_step", "training_loss", "window_record"]
