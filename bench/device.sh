@@ -14,6 +14,7 @@ WHEELS=${2:-$ROOT/.gpu/whl}
 mkdir -p "$OUT"
 OUT=$(cd "$OUT" && pwd)
 SITE=$(mktemp -d)
+PY=${PYTHON:-python3}  # the interpreter with torch (CUDA)
 START=$(date +%s)
 STATUS=()
 
@@ -29,20 +30,20 @@ stage() {  # stage NAME SECONDS COMMAND...
 }
 
 if ls "$WHEELS"/*.whl > /dev/null 2>&1; then
-  stage install 60 python3 -m pip install -q --no-index --no-deps --no-compile --target "$SITE" "$WHEELS"/*.whl
+  stage install 60 "$PY" -m pip install -q --no-index --no-deps --no-compile --target "$SITE" "$WHEELS"/*.whl
 fi
 export PYTHONPATH="$SITE:$ROOT/src"
 cd "$ROOT"
 nvidia-smi > "$OUT/nvidia-smi.txt" 2>&1
-python3 -c "import torch; print(torch.__version__, torch.cuda.get_device_name())" > "$OUT/torch.txt" 2>&1
+"$PY" -c "import torch; print(torch.__version__, torch.cuda.get_device_name())" > "$OUT/torch.txt" 2>&1
 
-stage tests 150 python3 -m pytest -q -x -p no:cacheprovider tests/test_syncs.py tests/test_distributed.py \
+stage tests 120 "$PY" -m pytest -q -x -p no:cacheprovider tests/test_syncs.py tests/test_distributed.py \
   -k "cuda or device" --junitxml "$OUT/tests.xml"
-stage bench_d576 90 python3 bench/train.py --device cuda --d 576 --widths 4608 --k 32 --rank 24 --batch 4096 \
+stage bench_d576 120 "$PY" bench/train.py --device cuda --d 576 --widths 4608 --k 32 --rank 24 --batch 4096 \
   --steps 15 --parts step,e2e --out "$OUT/bench_d576.json"
-stage bench_d2304 100 python3 bench/train.py --device cuda --d 2304 --widths 65536 --k 64 --rank 24 --batch 4096 \
+stage bench_d2304 90 "$PY" bench/train.py --device cuda --d 2304 --widths 65536 --k 64 --rank 24 --batch 4096 \
   --steps 15 --parts step --out "$OUT/bench_d2304.json"
-stage bench_lockstep 60 python3 bench/train.py --device cuda --d 640 --widths 16384 --k 64 --rank 32 --batch 4096 \
+stage bench_lockstep 60 "$PY" bench/train.py --device cuda --d 640 --widths 16384 --k 64 --rank 32 --batch 4096 \
   --steps 10 --parts lockstep --out "$OUT/bench_lockstep.json"
 
 ( IFS=,; echo "{\"seconds\": $(( $(date +%s) - START )), \"stages\": {${STATUS[*]}}}" ) > "$OUT/summary.json"

@@ -296,8 +296,11 @@ def main() -> None:
     machine = {"cpu_count": os.cpu_count(), "platform": platform.platform(), "processor": platform.processor(),
                "loadavg_before": load_before, "loadavg_after": os.getloadavg()}
     if args.device.startswith("cuda"):
-        import torch
-        machine["gpu"] = torch.cuda.get_device_name()
+        try:
+            import torch
+            machine["gpu"] = torch.cuda.get_device_name()
+        except Exception as error:  # noqa: BLE001 - the rows already say what failed
+            machine["gpu"] = f"unknown ({type(error).__name__})"
     os.makedirs(os.path.dirname(args.out) or ".", exist_ok=True)
     with open(args.out, "w") as handle:
         json.dump({"setting": setting, "machine": machine, "rows": rows, "ratios": ratios, "notes": notes,
