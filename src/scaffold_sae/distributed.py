@@ -281,7 +281,7 @@ def distributed_batch_topk(pre: Tensor, k: int, comm: Comm) -> tuple[kernels.Act
     n_rows, n_cols = pre.shape
     total = n_rows * comm.world_size * k
     mine = min(total, pre.numel())
-    vals, row, col = kernels.candidates(pre, mine, min(n_cols, kernels.CANDIDATE_FACTOR * k))
+    vals, row, col = kernels.candidates(pre, mine)
     top, at = vals.topk(mine, sorted=False)
     gathered = [torch.empty_like(top) for _ in range(comm.world_size)]
     dist.all_gather(gathered, top)

@@ -42,8 +42,8 @@ def _csr(crow: Tensor, col: Tensor, values: Tensor, size: tuple[int, int]) -> Te
         return torch.sparse_csr_tensor(crow, col, values, size, check_invariants=False)
 
 
-CANDIDATE_FACTOR = 4
-"""Batch top-k reads each token's top CANDIDATE_FACTOR * k pre-activations first (see :func:`batch_topk`)."""
+GROUP = 8
+"""Batch top-k's candidates are whole groups of GROUP adjacent latents of a token (see :func:`candidates`)."""
 
 
 @dataclass
@@ -119,7 +119,7 @@ class ActiveSet:
         if cached is None:
             # the keys col * B + row are distinct, so an unstable sort orders by latent then token (torch's stable
             # sort is ~500x slower on the CPU); the row pointer comes from a search, not a bincount (a sync on CUDA)
-            perm = torch.sort(self.col * self.n_rows + self.row).indices
+            perm = sort_indices(self.col * self.n_rows + self.row)
             sorted_col = self.col[perm]
             crow_t = torch.searchsorted(sorted_col, torch.arange(self.n_cols + 1, device=self.col.device))
             cached = (perm, crow_t, self.row[perm])
@@ -127,9 +127,22 @@ class ActiveSet:
         return cached
 
 
+def sort_indices(keys: Tensor) -> Tensor:
+    """The permutation that sorts ``keys``.  On the CPU in one thread: torch's two-thread sort of ~10^5 keys
+    stalls for 20-600 ms on an oversubscribed CPU, against ~2 ms in one thread."""
+    if keys.device.type != "cpu":
+        return torch.sort(keys).indices
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        return torch.sort(keys).indices
+    finally:
+        torch.set_num_threads(threads)
+
+
 def _csr_order(row: Tensor, col: Tensor, n_rows: int, n_cols: int) -> Tensor:
     """The permutation that sorts pairs by (row, col)."""
-    return torch.sort(row * n_cols + col).indices
+    return sort_indices(row * n_cols + col)
 
 
 def active_from_pairs(row: Tensor, col: Tensor, vals: Tensor, n_rows: int, n_cols: int, keep: Tensor) -> ActiveSet:
@@ -172,48 +185,33 @@ def batch_topk(pre: Tensor, k: int) -> tuple[ActiveSet, Tensor]:
     """
     n_rows, n_cols = pre.shape
     total = min(n_rows * k, pre.numel())
-    vals, row, col = candidates(pre, total, min(n_cols, CANDIDATE_FACTOR * k))
+    vals, row, col = candidates(pre, total)
     top, at = vals.topk(total, sorted=False)
     keep = top > 0
     thr = torch.where(keep.all(), top.min(), top.new_zeros(())).clamp_min(0)
     return active_from_pairs(row[at], col[at], top, n_rows, n_cols, keep), thr
 
 
-def candidates(pre: Tensor, total: int, width: int, growth: int = 4) -> tuple[Tensor, Tensor, Tensor]:
-    """Values, rows and columns of per-row candidate sets that contain every one of the ``total`` largest
-    positive values of ``pre`` [B, m] (ties aside), with shapes fixed by (B, m, total, width).
+def candidates(pre: Tensor, total: int, group: int = GROUP) -> tuple[Tensor, Tensor, Tensor]:
+    """Values, rows and columns of a candidate set that holds every one of the ``total`` largest values of
+    ``pre`` [B, m] (ties aside), with shapes fixed by (B, m, total, group).
 
-    Each row contributes its top ``width + 1`` values.  A row can hold more of the top ``total`` than that only
-    if its (width+1)-th value is among them, and at most total // (width + 1) rows can: so the rows with the
-    largest (width+1)-th values, that many, are read again ``growth`` times wider (their first reading is set to
-    -inf), until a reading covers whole rows.  The rows read again shrink as fast as the width grows, so the
-    candidates number about B * width + growth * total per level.
+    Each row is cut into groups of ``group`` adjacent columns.  A value among the top ``total`` lies in a group
+    whose maximum is at least that value, and at most ``total`` groups can have a maximum that high: so the
+    ``total`` groups with the largest maxima hold them all.  The candidates are those groups' values (total * group
+    of them): one pass for the maxima and two top-k calls, whatever the rows look like.
     """
     n_rows, n_cols = pre.shape
-    device = pre.device
-    parts_v, parts_r, parts_c = [], [], []
-    rows = torch.arange(n_rows, device=device)
-    sub = pre
-    while True:
-        n = sub.shape[0]
-        if width + 1 >= n_cols or n == 0:
-            parts_v.append(sub.reshape(-1))
-            parts_r.append(rows[:, None].expand(n, n_cols).reshape(-1))
-            parts_c.append(torch.arange(n_cols, device=device).expand(n, n_cols).reshape(-1))
-            break
-        v, c = sub.topk(width + 1, dim=1, sorted=False)
-        again = min(n, total // (width + 1))
-        if again:
-            picked = v.min(1).values.topk(again, sorted=False).indices
-            v = v.index_fill(0, picked, float("-inf"))
-        parts_v.append(v.reshape(-1))
-        parts_r.append(rows[:, None].expand(n, width + 1).reshape(-1))
-        parts_c.append(c.reshape(-1))
-        if not again:
-            break
-        sub, rows = sub.index_select(0, picked), rows[picked]
-        width = min(n_cols, width * growth)
-    return torch.cat(parts_v), torch.cat(parts_r), torch.cat(parts_c)
+    pad = -n_cols % group
+    if pad:
+        pre = F.pad(pre, (0, pad), value=float("-inf"))
+    per_row = pre.shape[1] // group
+    blocks = pre.reshape(n_rows * per_row, group)
+    picked = blocks.amax(1).topk(min(total, blocks.shape[0]), sorted=False).indices
+    vals = blocks.index_select(0, picked)
+    row = (picked // per_row)[:, None].expand(-1, group)
+    col = (picked % per_row * group)[:, None] + torch.arange(group, device=pre.device)
+    return vals.reshape(-1), row.reshape(-1), col.clamp_max(n_cols - 1).reshape(-1)
 
 
 # --------------------------------------------------------------------------------------------
