@@ -197,8 +197,9 @@ def end_to_end(d: int, m: int, k: int, rank: int, batch: int, steps: int, device
         harvest(lm, 1, str(corpus), rows, Path(tmp, "cache"), ctx_len=64, progress=False)
         cache = ActivationCache.open(Path(tmp, "cache"))
         stamps: list[float] = []
+        # dead_tokens as the bare step's (no AuxK): a run this short would otherwise count every latent dead
         cfg = TrainConfig(tokens=batch * (steps + 3), batch_size=batch, progress=False, checkpoint_every=0,
-                          init_sample_tokens=4096, threshold_sample_tokens=4096, device=device)
+                          init_sample_tokens=4096, threshold_sample_tokens=4096, device=device, dead_tokens=10**9)
         start = time.perf_counter()
         train_saes(cache, [SAEConfig(arch="batchtopk", width=m, k=k, rank=rank)], cfg, Path(tmp, "out"),
                    on_step=lambda step, states: stamps.append(time.perf_counter()))
