@@ -119,6 +119,23 @@ def test_two_ranks_equal_one_process_with_the_same_global_batch(tmp_path):
                                                                     rel=1e-5)
 
 
+def _sync_target(comm, data, cfgs, train_cfg, out_dir):
+    from scaffold_sae.syncs import SyncRecorder
+    recorder = SyncRecorder()
+    train_distributed(TensorSource(data), cfgs, train_cfg, out_dir, comm, sync_recorder=recorder)
+    Path(out_dir, f"syncs{comm.rank}.txt").write_text(recorder.summary())
+
+
+def test_two_ranks_make_no_sync_in_the_training_steps(tmp_path):
+    """Every architecture, with and without a scaffold, dead latents and AuxK on: the steps between log steps
+    (global batch top-k and gradient all-reduce included) make no host-device synchronisation on either rank."""
+    cfgs = [SAEConfig(**{**vars(cfg), "width": 128, "k": 2}) if cfg.arch != "relu" else cfg for cfg in CFGS]
+    codes, errors = run_ranks(tmp_path, _sync_target, synthetic(), cfgs, tcfg(32, dead_tokens=128), str(tmp_path))
+    assert codes == [0, 0], errors
+    assert [(tmp_path / f"syncs{r}.txt").read_text() for r in range(2)] == ["", ""]
+    assert max(r["dead"] for r in log_records(tmp_path)) > 0
+
+
 def _last_step_target(comm, data, cfgs, train_cfg, out_dir):
     last = []
     train_distributed(TensorSource(data), cfgs, train_cfg, out_dir, comm,
@@ -198,7 +215,9 @@ def _topk_target(comm, pre, k, out_dir):
     half = pre.shape[0] // 2
     mine = pre[comm.rank * half:(comm.rank + 1) * half]
     active, thr = distributed.distributed_batch_topk(mine, k, comm)
-    torch.save({"row": active.row + comm.rank * half, "col": active.col, "vals": active.pre_values, "thr": thr},
+    keep = active.mask
+    torch.save({"row": active.row[keep] + comm.rank * half, "col": active.col[keep], "vals": active.pre_values[keep],
+                "thr": float(thr)},
                Path(out_dir, f"topk{comm.rank}.pt"))
 
 
@@ -212,8 +231,9 @@ def test_global_batch_topk_equals_single_process_batch_topk(tmp_path, shift):
     parts = [torch.load(tmp_path / f"topk{r}.pt") for r in range(2)]
     got = sorted(zip(torch.cat([p["row"] for p in parts]).tolist(), torch.cat([p["col"] for p in parts]).tolist()))
     want_active, want_thr = batch_topk(pre, 3)
-    assert got == sorted(zip(want_active.row.tolist(), want_active.col.tolist()))
-    assert parts[0]["thr"] == parts[1]["thr"] == pytest.approx(want_thr)
+    keep = want_active.mask
+    assert got == sorted(zip(want_active.row[keep].tolist(), want_active.col[keep].tolist()))
+    assert parts[0]["thr"] == parts[1]["thr"] == pytest.approx(float(want_thr))
     # slow obvious reference: the 64*3 largest positive values of the whole batch
     flat = pre.flatten()
     ref = flat[flat > 0].sort(descending=True).values[:64 * 3]

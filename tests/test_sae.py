@@ -72,25 +72,28 @@ def test_batch_topk_matches_flat_reference(k):
     pre = torch.randn(50, 30, generator=torch.Generator().manual_seed(k))
     pre[7] += 5.0  # one row holds far more than k of the batch's top values: exercises the retry
     active, thr = kernels.batch_topk(pre, k)
-    dense = torch.zeros_like(pre)
-    dense[active.row, active.col] = pre[active.row, active.col]
+    dense = active.dense(pre)
     assert torch.equal(dense, ref_batch_topk(pre, k))
-    assert thr == pytest.approx(float(dense[dense > 0].min()))
-    assert torch.equal(active.crow[1:] - active.crow[:-1], (dense > 0).sum(1))
+    assert float(thr) == pytest.approx(float(dense[dense > 0].min()))
+    assert active.nnz == 50 * k  # a fixed number of stored pairs, in CSR order
+    assert torch.equal(active.row, torch.arange(50).repeat_interleave(active.crow[1:] - active.crow[:-1]))
+    assert torch.equal(torch.zeros(50, dtype=torch.long).index_add_(0, active.row, active.mask.long()),
+                       (dense > 0).sum(1))
+    assert torch.equal(active.fires(), (dense > 0).sum(0))
 
 
 def test_batch_topk_with_few_positive_values_keeps_only_positive():
     pre = -torch.ones(6, 5)
     pre[0, 0] = 2.0
     active, thr = kernels.batch_topk(pre, 2)
-    assert active.nnz == 1 and thr == 0.0
+    assert int(active.count()) == 1 and float(thr) == 0.0
+    assert torch.equal(active.dense(pre), pre.relu())
 
 
 def test_row_topk_matches_reference_and_is_csr_sorted():
     pre = torch.randn(20, 30, generator=torch.Generator().manual_seed(0)) - 0.8
     active = kernels.row_topk(pre, 5)
-    dense = torch.zeros_like(pre)
-    dense[active.row, active.col] = pre[active.row, active.col]
+    dense = active.dense(pre)
     assert torch.equal(dense, ref_row_topk(pre, 5))
     for b in range(20):
         cols = active.col[active.crow[b]:active.crow[b + 1]]

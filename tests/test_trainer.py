@@ -354,3 +354,10 @@ def test_held_out_rows_are_never_trained_on_and_bad_settings_fail_with_the_fix(t
         tcfg(converge_frac=1.5).validate()
     with pytest.raises(ConfigError, match="cannot hold out 2048"):
         train_saes(TensorSource(data), CONVERGE_CFGS[:1], tcfg(heldout_every=5, heldout_tokens=2048), tmp_path / "b")
+
+
+def test_progress_bar_metrics_refresh_about_twenty_times_in_a_short_run():
+    from scaffold_sae.trainer import bar_refresh_steps
+    assert bar_refresh_steps(TrainConfig(log_every=50), 61) == 4  # not only at step 50 and the end
+    assert bar_refresh_steps(TrainConfig(log_every=50), 5) == 1
+    assert bar_refresh_steps(TrainConfig(log_every=50), 10**5) == 50  # long runs: the log steps, no extra reads

@@ -222,9 +222,9 @@ class Comm:
         if not self.active:
             return
         keys = ("loss", "mse", "aux", "fvu", "l0")
-        t = torch.tensor([float(window[k]) for k in keys], dtype=torch.float64, device=self.device)
+        t = torch.stack([torch.as_tensor(window[k], dtype=torch.float64, device=self.device) for k in keys])
         dist.all_reduce(t)
-        for key, value in zip(keys, (t / self.world_size).tolist()):
+        for key, value in zip(keys, t / self.world_size):
             window[key] = value
 
     def setup(self, states: Sequence, start: int, scale: float) -> float:
@@ -238,7 +238,7 @@ class Comm:
             for tensor in st.sae.state_dict().values():
                 dist.broadcast(tensor, 0)
             dist.broadcast(st.since_fired, 0)
-            st.ema_threshold = self.broadcast_float(st.ema_threshold)
+            dist.broadcast(st.ema_threshold, 0)
             if st.sae.architecture.uses_global_batch_selection:
                 st.sae.select = _GlobalSelect(self, st.sae.cfg.k)
         return scale
@@ -261,7 +261,7 @@ class _GlobalSelect:
     def __init__(self, comm: Comm, k: int):
         self.comm, self.k = comm, k
 
-    def __call__(self, pre: Tensor) -> tuple[kernels.ActiveSet, float]:
+    def __call__(self, pre: Tensor) -> tuple[kernels.ActiveSet, Tensor]:
         return distributed_batch_topk(pre, self.k, self.comm)
 
     def __deepcopy__(self, memo):  # SAE copies (folding at save) share it; it holds no tensors
@@ -269,58 +269,28 @@ class _GlobalSelect:
 
 
 @torch.no_grad()
-def distributed_batch_topk(pre: Tensor, k: int, comm: Comm) -> tuple[kernels.ActiveSet, float]:
-    """Batch top-k over the union of every rank's batch: the N*k largest positive pre-activations,
-    N the global token count.  Exact (ties aside): the global cut lies between the smallest and the
-    largest local cut, so only the values between them are exchanged.  Returns this rank's active
-    set and the global threshold (the smallest kept value; 0 when fewer than N*k are positive)."""
+def distributed_batch_topk(pre: Tensor, k: int, comm: Comm) -> tuple[kernels.ActiveSet, Tensor]:
+    """Batch top-k over the union of every rank's batch: the N*k largest positive pre-activations, N the global
+    token count (every rank holds the same number of tokens).  Exact (ties aside) with fixed shapes, nothing read
+    back to the host: each rank's share of the global top N*k lies in its own top N*k, which
+    :func:`scaffold_sae.kernels.candidates` holds; the ranks exchange those values (one all_gather), and each
+    keeps its pairs at or above the global cut.  Returns this rank's active set (N*k stored pairs, the ones below
+    the cut inactive) and the global threshold (the smallest kept value; 0 when fewer than N*k are positive)."""
     if not comm.active:
         return kernels.batch_topk(pre, k)
     n_rows, n_cols = pre.shape
-    sizes = torch.tensor([n_rows], dtype=torch.long, device=comm.device)
-    dist.all_reduce(sizes)
-    total = int(sizes.item()) * k
-    local_cut = _local_cut(pre, k)
-    bounds = torch.tensor([-local_cut, local_cut], dtype=torch.float64, device=comm.device)
-    dist.all_reduce(bounds, op=dist.ReduceOp.MAX)
-    lo, hi = -float(bounds[0]), float(bounds[1])
-    # values strictly above hi are kept for sure; the cut is among the values in [lo, hi]
-    floor = max(lo, 0.0)
-    above = int((pre > hi).sum())
-    if floor > 0:
-        middle = pre[(pre >= floor) & (pre <= hi)]
-    else:
-        middle = pre[(pre > 0) & (pre <= hi)]
-    counts = torch.tensor([above, middle.numel()], dtype=torch.long, device=comm.device)
-    dist.all_reduce(counts)
-    need = total - int(counts[0])
-    width = torch.tensor([middle.numel()], dtype=torch.long, device=comm.device)
-    dist.all_reduce(width, op=dist.ReduceOp.MAX)
-    padded = torch.full((int(width.item()),), float("-inf"), dtype=pre.dtype, device=comm.device)
-    padded[:middle.numel()] = middle.to(comm.device)
-    gathered = [torch.empty_like(padded) for _ in range(comm.world_size)]
-    dist.all_gather(gathered, padded)
+    total = n_rows * comm.world_size * k
+    mine = min(total, pre.numel())
+    vals, row, col = kernels.candidates(pre, mine)
+    top, at = vals.topk(mine, sorted=False)
+    gathered = [torch.empty_like(top) for _ in range(comm.world_size)]
+    dist.all_gather(gathered, top)
     union = torch.cat(gathered)
-    union = union[union > float("-inf")]
-    if need <= 0:
-        thr = hi
-    elif union.numel() <= need:
-        thr = floor  # fewer than N*k positive values overall: keep them all
-    else:
-        thr = float(union.kthvalue(union.numel() - need + 1).values)
-    if thr > 0:
-        row, col = (pre >= thr).nonzero(as_tuple=True)
-    else:
-        row, col = (pre > 0).nonzero(as_tuple=True)
-    active = kernels.active_from_coo(row, col, n_rows, n_cols)
-    active.pre_values = pre[row, col]
-    return active, max(thr, 0.0) if union.numel() > need else 0.0
-
-
-def _local_cut(pre: Tensor, k: int) -> float:
-    """This rank's batch top-k threshold (0 when fewer than n*k pre-activations are positive)."""
-    _, thr = kernels.batch_topk(pre, k)
-    return max(thr, 0.0)
+    cut = union.topk(min(total, union.numel()), sorted=False).values.min()
+    enough = (union > 0).sum() >= total
+    thr = torch.where(enough, cut, cut.new_zeros(())).clamp_min(0)
+    keep = (top >= thr) & (top > 0)
+    return kernels.active_from_pairs(row[at], col[at], top, n_rows, n_cols, keep), thr
 
 
 # ------------------------------------------------------------------------------------ training

@@ -20,15 +20,17 @@ slower than either.
 ``fast=False`` selects the obvious dense implementation of the same maths (dense masked codes and
 full matrix products); tests compare the two.  The selection functions are exact: batch top-k
 computes the same set as a top-k over the flattened batch (ties aside).
+
+Every shape here is fixed by the batch's shape, never by its values: nothing waits for the GPU (no
+``nonzero``, boolean-mask index, ``bincount`` or host read).  A selection stores B*k pairs and marks the
+ones that are not active (non-positive pre-activations) in :attr:`ActiveSet.mask`.
 """
 
 from __future__ import annotations
 
-import math
 import warnings
 from dataclasses import dataclass
 
-import numpy as np
 import torch
 import torch.nn.functional as F
 from torch import Tensor
@@ -40,14 +42,22 @@ def _csr(crow: Tensor, col: Tensor, values: Tensor, size: tuple[int, int]) -> Te
         return torch.sparse_csr_tensor(crow, col, values, size, check_invariants=False)
 
 
+GROUP = 8
+"""Batch top-k's candidates are whole groups of GROUP adjacent latents of a token (see :func:`candidates`)."""
+
+
 @dataclass
 class ActiveSet:
-    """The active (token, latent) pairs of one batch, in CSR order (by token, then latent)."""
+    """The selected (token, latent) pairs of one batch, in CSR order (by token, then latent).
+
+    The number of pairs is fixed by the shapes (B*k for the k-sparse rules), never by the data, so nothing
+    here waits for the GPU: a pair whose pre-activation is not positive stays in the set with ``mask`` False
+    and contributes exactly zero (its value is replaced by 0, so it has no gradient either)."""
 
     row: Tensor
-    """Token index of each active pair, LongTensor[nnz]."""
+    """Token index of each pair, LongTensor[nnz]."""
     col: Tensor
-    """Latent index of each active pair, LongTensor[nnz]."""
+    """Latent index of each pair, LongTensor[nnz]."""
     crow: Tensor
     """CSR row pointer, LongTensor[B + 1]."""
     n_rows: int
@@ -56,27 +66,49 @@ class ActiveSet:
     """Number of latents m."""
     pre_values: Tensor | None = None
     """The pre-activations at the pairs, when the selection already gathered them."""
+    mask: Tensor | None = None
+    """BoolTensor[nnz]: the pair is active (its pre-activation is kept); None = every pair."""
 
     @property
     def nnz(self) -> int:
+        """Number of stored pairs (a shape, not a count of active ones: see :meth:`count`)."""
         return int(self.col.numel())
 
+    def count(self) -> Tensor:
+        """Number of active pairs, a 0-dim device tensor (read it only when logging)."""
+        if self.mask is None:
+            return torch.tensor(self.nnz, device=self.col.device)
+        return self.mask.sum()
+
+    def fires(self) -> Tensor:
+        """Active pairs per latent, LongTensor[m] on the device (index_add: bincount would wait for the GPU)."""
+        ones = (torch.ones_like(self.col) if self.mask is None else self.mask.long())
+        return torch.zeros(self.n_cols, dtype=torch.long, device=self.col.device).index_add_(0, self.col, ones)
+
+    def masked(self, values: Tensor) -> Tensor:
+        """``values`` [nnz] with inactive pairs set to 0 (no gradient flows to them)."""
+        return values if self.mask is None else torch.where(self.mask, values, values.new_zeros(()))
+
+    def restrict(self, keep: Tensor) -> "ActiveSet":
+        """The same pairs with only those where ``keep`` [nnz] holds active (shapes unchanged)."""
+        mask = keep if self.mask is None else self.mask & keep
+        out = ActiveSet(self.row, self.col, self.crow, self.n_rows, self.n_cols, self.pre_values, mask)
+        out._t_cache = getattr(self, "_t_cache", None)
+        return out
+
+    def dense(self, pre: Tensor) -> Tensor:
+        """Dense codes [B, m]: ``pre`` at the active pairs, zero elsewhere."""
+        codes = torch.zeros_like(pre)
+        return codes.index_put((self.row, self.col), self.masked(pre[self.row, self.col]))
+
     def csr(self, values: Tensor) -> Tensor:
-        """The [B, m] CSR matrix holding ``values`` at the active pairs."""
+        """The [B, m] CSR matrix holding ``values`` at the pairs."""
         return _csr(self.crow, self.col, values, (self.n_rows, self.n_cols))
 
     def csr_t(self, values: Tensor) -> Tensor:
-        """The transposed [m, B] CSR matrix holding ``values`` at the active pairs."""
+        """The transposed [m, B] CSR matrix holding ``values`` at the pairs."""
         perm, crow_t, col_t = self._transpose()
         return _csr(crow_t, col_t, values[perm], (self.n_cols, self.n_rows))
-
-    def subset(self, keep: Tensor) -> "ActiveSet":
-        """The pairs selected by the bool mask ``keep`` [nnz] (CSR order is preserved)."""
-        row = self.row[keep]
-        sub = active_from_coo(row, self.col[keep], self.n_rows, self.n_cols)
-        if self.pre_values is not None:
-            sub.pre_values = self.pre_values[keep]
-        return sub
 
     def bag_sum(self, values: Tensor, table: Tensor) -> Tensor:
         """``csr(values) @ table`` ([B, d]) via embedding_bag, which beats the CSR product here."""
@@ -85,77 +117,101 @@ class ActiveSet:
     def _transpose(self) -> tuple[Tensor, Tensor, Tensor]:
         cached = getattr(self, "_t_cache", None)
         if cached is None:
-            # numpy's stable integer sort (radix for uint16) is far faster here than torch's
-            # parallel sort, which stalls when the CPU is oversubscribed
-            if self.col.is_cuda:  # GPU path: torch's stable sort (numpy needs host memory)
-                perm = torch.sort(self.col, stable=True).indices
-            else:
-                keys = self.col.numpy().astype(np.uint16 if self.n_cols <= 65536 else np.int32)
-                perm = torch.from_numpy(np.argsort(keys, kind="stable"))
-            counts = torch.bincount(self.col, minlength=self.n_cols)
-            crow_t = torch.zeros(self.n_cols + 1, dtype=torch.long, device=self.col.device)
-            torch.cumsum(counts, 0, out=crow_t[1:])
+            # the keys col * B + row are distinct, so an unstable sort orders by latent then token (torch's stable
+            # sort is ~500x slower on the CPU); the row pointer comes from a search, not a bincount (a sync on CUDA)
+            perm = sort_indices(self.col * self.n_rows + self.row)
+            sorted_col = self.col[perm]
+            crow_t = torch.searchsorted(sorted_col, torch.arange(self.n_cols + 1, device=self.col.device))
             cached = (perm, crow_t, self.row[perm])
             self._t_cache = cached
         return cached
 
 
-def row_topk(pre: Tensor, k: int) -> ActiveSet:
-    """Per-token top-k of relu(pre): the k largest positive pre-activations of each row."""
-    n_rows, n_cols = pre.shape
-    vals, col = pre.topk(min(k, n_cols), dim=1, sorted=False)
-    col, order = col.sort(dim=1)
-    vals = vals.gather(1, order)
-    keep = vals > 0
-    counts = keep.sum(1)
-    crow = torch.zeros(n_rows + 1, dtype=torch.long, device=pre.device)
-    torch.cumsum(counts, 0, out=crow[1:])
-    row = torch.repeat_interleave(torch.arange(n_rows, device=pre.device), counts)
-    return ActiveSet(row=row, col=col[keep], crow=crow, n_rows=n_rows, n_cols=n_cols, pre_values=vals[keep])
+def sort_indices(keys: Tensor) -> Tensor:
+    """The permutation that sorts ``keys``.  On the CPU in one thread: torch's two-thread sort of ~10^5 keys
+    stalls for 20-600 ms on an oversubscribed CPU, against ~2 ms in one thread."""
+    if keys.device.type != "cpu":
+        return torch.sort(keys).indices
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        return torch.sort(keys).indices
+    finally:
+        torch.set_num_threads(threads)
 
 
-def batch_topk(pre: Tensor, k: int, sample_rows: int = 256) -> tuple[ActiveSet, float]:
-    """Batch top-k: the B*k largest positive pre-activations of the whole batch.
+def _csr_order(row: Tensor, col: Tensor, n_rows: int, n_cols: int) -> Tensor:
+    """The permutation that sorts pairs by (row, col)."""
+    return sort_indices(row * n_cols + col)
 
-    Returns the active set (CSR order) and the threshold (smallest kept value; 0 when fewer than
-    B*k values are positive).  Exact (equals a top-k over the flattened batch, ties aside) but
-    avoids sorting the batch: a lower bound on the threshold is read off a few rows, every value
-    above it is gathered in one pass, and the exact cut is a k-th value over those candidates.
-    If the bound turns out too high (fewer than B*k candidates) it is lowered and retried.
-    """
-    n_rows, n_cols = pre.shape
-    total = min(n_rows * k, pre.numel())
-    rows = torch.linspace(0, n_rows - 1, min(n_rows, sample_rows), device=pre.device).long()
-    sub = pre[rows].flatten()
-    margin = 1.3
-    while True:
-        q = int(math.ceil(margin * k * rows.numel()))
-        low = float(sub.topk(q, sorted=False).values.min()) if q < sub.numel() else 0.0
-        if low <= 0.0:
-            row, col = (pre > 0).nonzero(as_tuple=True)
-            break
-        row, col = (pre >= low).nonzero(as_tuple=True)
-        if row.numel() >= total:
-            break
-        margin *= 2.0
-    vals = pre[row, col]
-    thr = 0.0
-    if vals.numel() > total:
-        thr = float(vals.kthvalue(vals.numel() - total + 1).values)
-        keep = vals >= thr
-        row, col, vals = row[keep], col[keep], vals[keep]
-    elif vals.numel():
-        thr = float(vals.min()) if low > 0 else 0.0
-    active = active_from_coo(row, col, n_rows, n_cols)
-    active.pre_values = vals
-    return active, max(thr, 0.0)
+
+def active_from_pairs(row: Tensor, col: Tensor, vals: Tensor, n_rows: int, n_cols: int, keep: Tensor) -> ActiveSet:
+    order = _csr_order(row, col, n_rows, n_cols)
+    row, col, vals, keep = row[order], col[order], vals[order], keep[order]
+    crow = torch.searchsorted(row, torch.arange(n_rows + 1, device=row.device))
+    return ActiveSet(row=row, col=col, crow=crow, n_rows=n_rows, n_cols=n_cols, pre_values=vals, mask=keep)
 
 
 def active_from_coo(row: Tensor, col: Tensor, n_rows: int, n_cols: int) -> ActiveSet:
-    counts = torch.bincount(row, minlength=n_rows)
-    crow = torch.zeros(n_rows + 1, dtype=torch.long, device=row.device)
-    torch.cumsum(counts, 0, out=crow[1:])
+    """An active set of the given pairs, all active (row-sorted input).  Its size follows the data, so building
+    it from a mask waits for the GPU: the built-in rules use fixed shapes instead."""
+    crow = torch.searchsorted(row, torch.arange(n_rows + 1, device=row.device))
     return ActiveSet(row=row, col=col, crow=crow, n_rows=n_rows, n_cols=n_cols)
+
+
+def row_topk(pre: Tensor, k: int) -> ActiveSet:
+    """Per-token top-k of relu(pre): the k largest positive pre-activations of each row (B*k stored pairs; a
+    pair whose value is not positive is inactive)."""
+    n_rows, n_cols = pre.shape
+    k = min(k, n_cols)
+    vals, col = pre.topk(k, dim=1, sorted=False)
+    col, order = col.sort(dim=1)
+    vals = vals.gather(1, order)
+    row = torch.arange(n_rows, device=pre.device)[:, None].expand(n_rows, k).reshape(-1)
+    crow = torch.arange(n_rows + 1, device=pre.device) * k
+    vals = vals.reshape(-1)
+    return ActiveSet(row=row, col=col.reshape(-1), crow=crow, n_rows=n_rows, n_cols=n_cols, pre_values=vals,
+                     mask=vals > 0)
+
+
+def batch_topk(pre: Tensor, k: int) -> tuple[ActiveSet, Tensor]:
+    """Batch top-k: the B*k largest positive pre-activations of the whole batch, with fixed shapes.
+
+    Returns the active set (B*k stored pairs in CSR order; fewer are active when fewer than B*k values are
+    positive) and the threshold, a 0-dim device tensor (the smallest kept value; 0 when fewer than B*k values are
+    positive).  Exact (equals a top-k over the flattened batch, ties aside) without sorting the batch or reading
+    anything back to the host: :func:`candidates` holds every value of the batch's top B*k, and one top-k over
+    the candidates makes the cut.
+    """
+    n_rows, n_cols = pre.shape
+    total = min(n_rows * k, pre.numel())
+    vals, row, col = candidates(pre, total)
+    top, at = vals.topk(total, sorted=False)
+    keep = top > 0
+    thr = torch.where(keep.all(), top.min(), top.new_zeros(())).clamp_min(0)
+    return active_from_pairs(row[at], col[at], top, n_rows, n_cols, keep), thr
+
+
+def candidates(pre: Tensor, total: int, group: int = GROUP) -> tuple[Tensor, Tensor, Tensor]:
+    """Values, rows and columns of a candidate set that holds every one of the ``total`` largest values of
+    ``pre`` [B, m] (ties aside), with shapes fixed by (B, m, total, group).
+
+    Each row is cut into groups of ``group`` adjacent columns.  A value among the top ``total`` lies in a group
+    whose maximum is at least that value, and at most ``total`` groups can have a maximum that high: so the
+    ``total`` groups with the largest maxima hold them all.  The candidates are those groups' values (total * group
+    of them): one pass for the maxima and two top-k calls, whatever the rows look like.
+    """
+    n_rows, n_cols = pre.shape
+    pad = -n_cols % group
+    if pad:
+        pre = F.pad(pre, (0, pad), value=float("-inf"))
+    per_row = pre.shape[1] // group
+    blocks = pre.reshape(n_rows * per_row, group)
+    picked = blocks.amax(1).topk(min(total, blocks.shape[0]), sorted=False).indices
+    vals = blocks.index_select(0, picked)
+    row = (picked // per_row)[:, None].expand(-1, group)
+    col = (picked % per_row * group)[:, None] + torch.arange(group, device=pre.device)
+    return vals.reshape(-1), row.reshape(-1), col.clamp_max(n_cols - 1).reshape(-1)
 
 
 # --------------------------------------------------------------------------------------------
@@ -211,20 +267,22 @@ class _SparseDecode(torch.autograd.Function):
 
 def gather_active(x_in: Tensor, w_enc: Tensor, b_enc: Tensor, pre: Tensor, active: ActiveSet,
                   fast: bool = True) -> Tensor:
-    """Pre-activations at the active pairs, differentiable w.r.t. x_in, w_enc [m, d], b_enc.
+    """Pre-activations at the pairs (0 at inactive ones), differentiable w.r.t. x_in, w_enc [m, d], b_enc.
 
     ``pre`` must equal ``x_in @ w_enc.T + b_enc`` (computed without grad).  With ``fast=False``
     the pre-activations are recomputed densely with autograd (reference path).
     """
     if fast:
-        return _GatherActive.apply(x_in, w_enc, b_enc, pre.detach(), active)
+        active._transpose()  # built here, not in backward: a traced backward must not mutate the set (dynamo)
+        return active.masked(_GatherActive.apply(x_in, w_enc, b_enc, pre.detach(), active))
     dense = torch.addmm(b_enc, x_in, w_enc.t())
-    return dense[active.row, active.col]
+    return active.masked(dense[active.row, active.col])
 
 
 def sparse_decode(vals: Tensor, w_dec: Tensor, active: ActiveSet, fast: bool = True) -> Tensor:
     """``sum_j vals_j * w_dec[col_j]`` per token ([B, d]); ``fast=False`` uses dense codes."""
     if fast:
+        active._transpose()
         return _SparseDecode.apply(vals, w_dec, active)
     codes = torch.zeros(active.n_rows, active.n_cols, dtype=vals.dtype, device=vals.device)
     codes = codes.index_put((active.row, active.col), vals)

@@ -132,17 +132,37 @@ class SAEOutput(NamedTuple):
 
 @dataclass
 class StepLoss:
-    """What one training forward returns (all in the trainer's scaled input space)."""
+    """What one training forward returns (all in the trainer's scaled input space).  Every field is a device
+    tensor: nothing is read back to the host, so a training step never waits for the GPU."""
 
     loss: Tensor
     mse: Tensor
     aux: Tensor
     l1: Tensor
-    fvu: float
-    l0: float
-    active: ActiveSet
-    batch_threshold: float
+    fvu: Tensor
+    """Fraction of variance unexplained on this batch (0-dim)."""
+    l0: Tensor
+    """Mean active latents per token (0-dim)."""
+    fires: Tensor
+    """Active tokens per latent [m] (long)."""
+    active: ActiveSet | None
+    batch_threshold: Tensor
+    """The batch's selection threshold (0-dim; 0 when the rule has none)."""
     x_hat: Tensor = field(repr=False)
+
+
+@dataclass
+class DeadLatents:
+    """The latents AuxK may use this step: ``index`` [p] (increasing) holds every dead latent and maybe others,
+    ``mask`` [p] says which of them are dead now.  A fixed superset keeps the AuxK shapes fixed between the
+    trainer's log steps (see scaffold_sae.step); a plain dead mask [m] is the superset of all latents."""
+
+    index: Tensor
+    mask: Tensor
+
+    @classmethod
+    def from_mask(cls, dead: Tensor) -> "DeadLatents":
+        return cls(torch.arange(dead.numel(), device=dead.device), dead)
 
 
 class HybridSAE(nn.Module):
@@ -247,13 +267,13 @@ class HybridSAE(nn.Module):
         return x_cent
 
     # ---------------------------------------------------------------- training forward
-    def select(self, pre: Tensor) -> tuple[ActiveSet, float]:
+    def select(self, pre: Tensor) -> tuple[ActiveSet, Tensor]:
         """Training-time active set and batch threshold for a batch of pre-activations (k-sparse
         archs); data-parallel training replaces it on the instance by a global selection."""
         return self.architecture.select(pre, self.cfg)
 
-    def loss(self, x: Tensor, dead: Tensor | None = None, fast: bool = True) -> StepLoss:
-        """Training loss on a (scaled) batch.  ``dead`` [m] bool marks latents for AuxK.
+    def loss(self, x: Tensor, dead: "Tensor | DeadLatents | None" = None, fast: bool = True) -> StepLoss:
+        """Training loss on a (scaled) batch.  ``dead`` ([m] bool, or :class:`DeadLatents`) marks latents for AuxK.
 
         ``fast`` uses the sparse kernels; ``fast=False`` the plain dense maths (same result).
         """
@@ -271,31 +291,36 @@ class HybridSAE(nn.Module):
         mse = step.mse if step.mse is not None else torch.dot(err.flatten(), err.flatten()) / (n * d)
         l1 = step.l1 if step.l1 is not None else zero
         aux = zero
-        if dead is not None and arch.uses_aux_k and cfg.effective_aux_k > 0 and bool(dead.any()):
-            aux = cfg.aux_coeff * self._aux_loss(x, x_hat, x_in, pre, dead, fast)
+        pool = DeadLatents.from_mask(dead) if isinstance(dead, Tensor) else dead
+        if pool is not None and arch.uses_aux_k and cfg.effective_aux_k > 0 and pool.index.numel():
+            aux = cfg.aux_coeff * self._aux_loss(x, x_hat, x_in, pre, pool, fast)
         with torch.no_grad():
             flat, xc = err.detach().flatten(), x_cent.detach()
             mean = xc.mean(0)  # total variance from x - b_dec: one pass, little cancellation
             total_var = torch.dot(xc.flatten(), xc.flatten()) - n * torch.dot(mean, mean)
-            fvu = float(torch.dot(flat, flat) / total_var.clamp_min(1e-12))
-        return StepLoss(loss=mse + aux + l1, mse=mse, aux=aux, l1=l1, fvu=fvu,
-                        l0=active.nnz / n, active=active, batch_threshold=step.batch_threshold, x_hat=x_hat)
+            fvu = torch.dot(flat, flat) / total_var.clamp_min(1e-12)
+            fires = step.fire_counts()
+            l0 = fires.sum() / n
+        return StepLoss(loss=mse + aux + l1, mse=mse, aux=aux, l1=l1, fvu=fvu, l0=l0, fires=fires,
+                        active=active, batch_threshold=step.batch_threshold, x_hat=x_hat)
 
-    def _aux_loss(self, x: Tensor, x_hat: Tensor, x_in: Tensor, pre: Tensor, dead: Tensor,
+    def _aux_loss(self, x: Tensor, x_hat: Tensor, x_in: Tensor, pre: Tensor, pool: DeadLatents,
                   fast: bool) -> Tensor:
         """AuxK: the top aux_k dead latents model the residual x - x_hat (decoded without b_dec),
-        normalised by the residual's variance."""
-        dead_idx = dead.nonzero().squeeze(1)
-        k_aux = min(self.cfg.effective_aux_k, dead_idx.numel())
+        normalised by the residual's variance; exactly 0 when no latent of the pool is dead (fixed shapes: the
+        pool's latents that are not dead are read at -inf and stay inactive)."""
+        k_aux = min(self.cfg.effective_aux_k, pool.index.numel())
         with torch.no_grad():
-            sub = kernels.row_topk(pre[:, dead_idx], k_aux)
-            sub.col = dead_idx[sub.col]
-            sub.n_cols = self.cfg.width  # dead_idx is increasing: columns stay sorted per row
+            masked = torch.where(pool.mask, pre.index_select(1, pool.index), float("-inf"))
+            sub = kernels.row_topk(masked, k_aux)
+            sub.col = pool.index[sub.col]  # pool.index is increasing: columns stay sorted per row
+            sub.n_cols = self.cfg.width
         vals = kernels.gather_active(x_in, self.encoder_weight, self.b_enc, pre, sub, fast)
         e_hat = kernels.sparse_decode(vals, self.W_dec, sub, fast)
         e = (x - x_hat).detach()
         var = (e - e.mean(0)).pow(2).sum().clamp_min(1e-12)
-        return (e_hat - e).pow(2).sum() / var
+        aux = (e_hat - e).pow(2).sum() / var
+        return torch.where(pool.mask.any(), aux, aux.new_zeros(()))
 
     # ---------------------------------------------------------------- constraints and folding
     @torch.no_grad()

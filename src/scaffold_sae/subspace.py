@@ -32,8 +32,7 @@ def orthonormalise(a: Tensor) -> Tensor:
     """Q of a QR decomposition with signs fixed so that diag(R) > 0 (continuous in a)."""
     q, r = torch.linalg.qr(a)
     signs = torch.sign(torch.diagonal(r))
-    signs[signs == 0] = 1.0
-    return q * signs
+    return q * torch.where(signs == 0, 1.0, signs)  # not signs[signs == 0] = 1: a mask index waits for the GPU
 
 
 def pca(x: Tensor, center: Tensor | None = None) -> PCA:

@@ -1,21 +1,23 @@
 """Lockstep trainer: several hybrid SAEs learn from the same batches in one pass over a cache.
 
-Per step and per SAE: loss -> backward -> project decoder grads -> all-reduce (data-parallel
-training only) -> clip -> Adam -> unit-norm decoder / orthonormal scaffold.  Inputs are scaled to
-mean norm sqrt(d) (estimated on a sample) and the scale is folded into the saved weights.
-Checkpoints (models, optimisers, counters, RNG, step = data position) are written atomically behind a
-sha256 header, verified on resume; rerunning the same call resumes and ends with the same weights.
+The run: set-up (or resume), the loop (the step itself is :func:`scaffold_sae.step.train_step`: loss ->
+backward -> project decoder grads -> all-reduce (data-parallel training only) -> clip -> Adam -> unit-norm
+decoder / orthonormal scaffold), then threshold calibration and saving.  Inputs are scaled to mean norm sqrt(d)
+(estimated on a sample) and the scale is folded into the saved weights.  Checkpoints (scaffold_sae.checkpoint)
+are written atomically behind a sha256 header, verified on resume; rerunning the same call resumes and ends with
+the same weights.  The held-out convergence rule is in scaffold_sae.convergence, the log in
+scaffold_sae.train_log.
 """
 
 from __future__ import annotations
 
-import hashlib
-import io
+import contextlib
 import json
 import math
 import os
-from contextlib import contextmanager
-from dataclasses import asdict, dataclass, field, fields
+import signal
+import threading
+from dataclasses import asdict, dataclass, fields
 from pathlib import Path
 from typing import Callable, Iterator, Protocol
 
@@ -28,17 +30,19 @@ from .comm import Communicator, LocalComm
 from .config import build
 from .faults import OutputLock, check_space
 from .devices import resolve_device
-from .fetch import atomic_write_bytes
-from .saving import save_sae, state_bytes
-from .sae import ConfigError, HybridSAE, SAEConfig, _choice, geometric_median, lr_for_width, pca_basis
+from .saving import save_sae
+from .sae import ConfigError, HybridSAE, SAEConfig, _choice, geometric_median, pca_basis
+from .checkpoint import CHECKPOINT, CheckpointError, explain_full_disk, load_checkpoint, save_checkpoint
+from .convergence import converged_since, heldout_fvu, rule_holds
+from .step import SAEState, new_state, refresh_dead_pool, train_step, window_record
+from .syncs import SyncRecorder
+from .train_log import LOG, Loggers, read_log
+
+_Loggers = Loggers  # the name tests and older callers use
 
 
 B_DEC_INITS = ("geometric_median", "mean", "zeros")
 THRESHOLD_METHODS = ("sample", "ema")
-CHECKPOINT = "checkpoint.pt"
-CHECKPOINT_MAGIC = b"scaffold-sae checkpoint sha256:"
-"""A checkpoint file is this, the sha256 hex digest of the payload, a newline, then the torch.save payload."""
-LOG = "train_log.jsonl"
 
 
 class ActivationSource(Protocol):
@@ -149,6 +153,9 @@ class TrainConfig:
     """A latent is dense when it fires on more than this fraction of a log window's tokens."""
     fast: bool = True
     """Sparse-aware kernels (False: the plain dense implementation, same maths)."""
+    compile: bool = False
+    """torch.compile each SAE's training loss (its dense maths, one graph with no graph break; the first steps
+    pay the compilation). Off by default: on the 2-core CPU it does not beat the sparse kernels (docs/gpu.md)."""
     log_every: int = 50
     """Steps between JSONL log records (and progress-bar updates of the metrics)."""
     checkpoint_every: int = 500
@@ -196,29 +203,9 @@ class TrainConfig:
 
 # fields that do not change the trained weights (a checkpoint stays valid when they change)
 _NON_RESULT_FIELDS = {"log_every", "checkpoint_every", "resume", "keep_checkpoint", "progress",
-                      "wandb_project", "tensorboard_dir", "fast", "threshold_sample_tokens", "device"}
+                      "wandb_project", "tensorboard_dir", "fast", "threshold_sample_tokens", "device", "compile"}
 # fields left out of the checkpoint key at their defaults, so checkpoints written before they existed still resume
 _KEYED_WHEN_SET = ("until_converged", "converge_tol", "converge_frac", "heldout_every", "heldout_tokens")
-
-
-@dataclass
-class SAEState:
-    """One SAE's training state besides its parameters."""
-
-    name: str
-    sae: HybridSAE
-    optim: torch.optim.Adam
-    base_lr: float
-    since_fired: Tensor
-    ema_threshold: float = -1.0
-    window: dict = field(default_factory=dict)
-    heldout: list[tuple[int, float]] = field(default_factory=list)
-    """The held-out FVU curve so far: (step, FVU) per measurement (checkpointed, so a resume decides alike)."""
-
-    def reset_window(self) -> None:
-        self.window = {"steps": 0, "tokens": 0, "loss": 0.0, "mse": 0.0, "aux": 0.0, "fvu": 0.0,
-                       "l0": 0.0, "fires": torch.zeros(self.sae.cfg.width, dtype=torch.long,
-                                                        device=self.since_fired.device)}
 
 
 def resolve_configs(cfgs: list[SAEConfig], d_model: int) -> list[SAEConfig]:
@@ -323,70 +310,6 @@ def _config_key(cfgs: list[SAEConfig], train_cfg: TrainConfig, world_size: int) 
                       sort_keys=True)
 
 
-class _Loggers:
-    def __init__(self, out_dir: Path, train_cfg: TrainConfig, start_step: int, process_rank: int,
-                 names: list[str]):
-        self.path = out_dir / LOG
-        self.active = process_rank == 0
-        self.wandb = self.tb = None
-        if not self.active:
-            return
-        if self.path.exists():  # drop this run's records beyond the resume point; other SAEs' records stay
-            def kept(record: dict) -> bool:
-                return record.get("sae") not in names or record.get("step", 0) <= start_step
-            keep = [json.dumps(record) for record in read_log(self.path) if kept(record)]
-            # atomically: a kill during this rewrite must not lose the records of earlier runs and other SAEs
-            atomic_write_bytes(self.path, "".join(line + "\n" for line in keep).encode())
-        if train_cfg.wandb_project:
-            try:
-                import wandb
-            except ImportError as error:
-                raise ConfigError("wandb_project is set but wandb is not installed: "
-                                  "pip install 'scaffold-sae[wandb]'") from error
-            self.wandb = wandb.init(project=train_cfg.wandb_project, config=asdict(train_cfg))
-        if train_cfg.tensorboard_dir:
-            try:
-                from torch.utils.tensorboard import SummaryWriter
-            except ImportError as error:
-                raise ConfigError("tensorboard_dir is set but tensorboard is not installed: "
-                                  "pip install 'scaffold-sae[tensorboard]'") from error
-            self.tb = SummaryWriter(train_cfg.tensorboard_dir)
-
-    def write(self, records: list[dict]) -> None:
-        if not self.active:
-            return
-        with open(self.path, "a") as out:
-            for rec in records:
-                out.write(json.dumps(rec) + "\n")
-        for rec in records:
-            scalars = {f"{rec['sae']}/{k}": v for k, v in rec.items() if isinstance(v, (int, float))}
-            if self.wandb is not None:
-                self.wandb.log(scalars, step=rec["step"])
-            if self.tb is not None:
-                for key, value in scalars.items():
-                    self.tb.add_scalar(key, value, rec["step"])
-
-    def close(self) -> None:
-        if self.wandb is not None:
-            self.wandb.finish()
-        if self.tb is not None:
-            self.tb.close()
-
-
-def read_log(path: Path) -> list[dict]:
-    """The records of a train_log.jsonl; a line that does not parse (the torn last line of a killed run) is
-    skipped, so a rerun still resumes."""
-    records = []
-    for line in Path(path).read_text().splitlines():
-        try:
-            record = json.loads(line)
-        except ValueError:
-            continue
-        if isinstance(record, dict):
-            records.append(record)
-    return records
-
-
 def _metadata(source: object) -> dict:
     manifest = dict(getattr(source, "manifest", {}) or {})
     model = manifest.get("model_name") or manifest.get("model") or manifest.get("model_spec") or ""
@@ -404,10 +327,11 @@ def _metadata(source: object) -> dict:
 
 def train_saes(cache: ActivationSource, cfgs: list[SAEConfig], train_cfg: TrainConfig,
                out_dir: str | Path, *, on_step: Callable[[int, list[SAEState]], None] | None = None,
-               comm: Communicator | None = None) -> list[Path]:
+               comm: Communicator | None = None, sync_recorder: SyncRecorder | None = None) -> list[Path]:
     """Train ``cfgs`` in lockstep on ``cache``; returns one saved SAE directory per config.
 
     ``on_step(step, states)`` runs after every completed step (tests use it to interrupt).
+    ``sync_recorder`` records the host-device synchronisations of the steps' training work (there should be none).
     ``comm`` (scaffold_sae.distributed.Comm) makes this one rank of a data-parallel run; None trains
     in this one process on ``train_cfg.device``.
     """
@@ -417,14 +341,16 @@ def train_saes(cache: ActivationSource, cfgs: list[SAEConfig], train_cfg: TrainC
     lock = OutputLock(out_dir, "train")
     comm.on_rank0(lock.__enter__, f"locking {out_dir}")  # every rank fails when rank 0 cannot lock
     try:
-        return _train_saes(cache, cfgs, train_cfg, Path(out_dir), on_step, comm)
+        return _train_saes(cache, cfgs, train_cfg, Path(out_dir), on_step, comm, sync_recorder)
     finally:
         if comm.rank == 0:
             lock.__exit__()
 
 
-def _train_saes(cache, cfgs, train_cfg, out_dir, on_step, comm: Communicator) -> list[Path]:
+def _train_saes(cache, cfgs, train_cfg, out_dir, on_step, comm: Communicator,
+                sync_recorder: SyncRecorder | None = None) -> list[Path]:
     run = _setup(cache, cfgs, train_cfg, out_dir, comm)
+    run.sync_recorder = sync_recorder
     _loop(run, on_step)
     return _finalise(run)
 
@@ -456,6 +382,8 @@ class _Run:
     """Steps done when the loop ended: total_steps, or fewer when every SAE converged first."""
     converged: bool = False
     """The run stopped because every SAE converged (until_converged)."""
+    sync_recorder: SyncRecorder | None = None
+    """Records the synchronising ops of every step's training work (tests, bench/train.py)."""
 
     @property
     def ckpt_path(self) -> Path:
@@ -498,7 +426,7 @@ def _setup(cache, cfgs, train_cfg: TrainConfig, out_dir, comm: Communicator) -> 
 
     start = 0
     if train_cfg.resume and ckpt_path.exists():
-        start, scale = _load_checkpoint(ckpt_path, key, states)
+        start, scale = load_checkpoint(ckpt_path, key, states)
     else:
         scaled = sample * scale
         b_dec = init_b_dec(scaled, train_cfg.b_dec_init)
@@ -522,28 +450,12 @@ def warmup_steps(train_cfg: TrainConfig, total_steps: int) -> int:
     return min(1000, max(1, total_steps // 20))
 
 
-def new_state(name: str, sae: HybridSAE, train_cfg: TrainConfig, device) -> SAEState:
-    """Training state of `sae` (already on `device`): Adam over the dictionary and, unless frozen by
-    scaffold_lr_mult 0, the scaffold at its own lr multiple."""
-    cfg = sae.cfg
-    base_lr = train_cfg.lr or lr_for_width(cfg.width)
-    groups = [{"params": sae.dictionary_parameters(), "lr": base_lr, "lr_mult": 1.0}]
-    if cfg.rank > 0 and cfg.scaffold_lr_mult == 0:  # frozen: no gradient, no clipping share, no QR
-        for p in sae.scaffold_parameters():
-            p.requires_grad_(False)
-    elif cfg.rank > 0:
-        groups.append({"params": sae.scaffold_parameters(), "lr": base_lr * cfg.scaffold_lr_mult,
-                       "lr_mult": cfg.scaffold_lr_mult})
-    optim = torch.optim.Adam(groups, betas=(train_cfg.adam_beta1, train_cfg.adam_beta2), fused=True)
-    return SAEState(name, sae, optim, base_lr, torch.zeros(cfg.width, dtype=torch.long, device=device))
-
-
 def _loop(run: _Run, on_step) -> None:
     """The training steps from ``run.start``, with logging, progress and periodic checkpoints."""
     train_cfg, comm, states, total_steps = run.train_cfg, run.comm, run.states, run.total_steps
     device, process_rank, world_size, scale = comm.device, comm.rank, comm.world_size, run.scale
     start = run.start
-    loggers = _Loggers(run.out_dir, train_cfg, start, process_rank, run.names)
+    loggers = Loggers(run.out_dir, train_cfg, start, process_rank, run.names)
     bar = None
     if train_cfg.progress and process_rank == 0:
         from tqdm.auto import tqdm
@@ -553,16 +465,24 @@ def _loop(run: _Run, on_step) -> None:
     labels = short_labels(run.names)
     batches = run.cache.batches(train_cfg.batch_size, seed=train_cfg.seed, skip=start, rank=process_rank,
                             world_size=world_size)
+    tokens_per_step = train_cfg.batch_size * world_size
+    peek_every = bar_refresh_steps(train_cfg, total_steps)
     for st in states:
         st.reset_window()
+        refresh_dead_pool(st, run.dead_tokens, tokens_per_step, next_log_step(start, train_cfg, total_steps) - start)
+    recorder = run.sync_recorder if run.sync_recorder is not None else contextlib.nullcontext()
+    interrupt = StepBoundarySignals(active=world_size == 1)
     try:
+        interrupt.__enter__()
         for step in range(start, total_steps):
-            x = next(batches).to(device, torch.float32, non_blocking=True)
-            if scale != 1.0:
-                x = x * scale
+            batch = next(batches)
             factor = schedule(step, total_steps, run.warmup, train_cfg.lr_decay_frac)
-            for st in states:
-                train_step(st, x, factor, run.dead_tokens, train_cfg, comm)
+            with recorder:  # the steady state: nothing in here may wait for the device
+                x = batch.to(device, torch.float32, non_blocking=True)
+                if scale != 1.0:
+                    x = x * scale
+                for st in states:
+                    train_step(st, x, factor, run.dead_tokens, train_cfg, comm)
             done = step + 1
             stop = False
             if run.heldout is not None and (done % train_cfg.heldout_every == 0 or done == total_steps):
@@ -571,33 +491,95 @@ def _loop(run: _Run, on_step) -> None:
             if done % train_cfg.log_every == 0 or done == total_steps or stop:
                 for st in states:
                     comm.reduce_window(st.window)
-                records = [_window_record(st, done, train_cfg, world_size, factor) for st in states]
+                records = [window_record(st, done, train_cfg, world_size, factor, run.dead_tokens) for st in states]
                 loggers.write(records)
+                horizon = next_log_step(done, train_cfg, total_steps) - done
+                for st in states:
+                    refresh_dead_pool(st, run.dead_tokens, tokens_per_step, horizon)
                 if bar is not None:
-                    bar.set_postfix_str(" | ".join(
-                        f"{label}: L0 {r['l0']:.1f} FVU {r['fvu']:.3f} dead {r['dead']} dense {r['dense']}"
-                        for label, r in zip(labels, records)))
+                    bar.set_postfix_str(_bar_text(labels, records))
+            elif bar is not None and done % peek_every == 0:  # a short run's bar shows fresh metrics too
+                bar.set_postfix_str(_bar_text(labels, [window_means(st, run.dead_tokens) for st in states]))
             if bar is not None:
                 bar.update(train_cfg.batch_size * world_size)
             if (train_cfg.checkpoint_every and done % train_cfg.checkpoint_every == 0
                     and done < total_steps and not stop):
                 # rank 0 writes; the others wait for its success flag
-                comm.on_rank0(lambda: _save_checkpoint(run.ckpt_path, run.key, done, scale, states, run.need),
+                comm.on_rank0(lambda: save_checkpoint(run.ckpt_path, run.key, done, scale, states, run.need),
                               "writing the checkpoint")
             faults.progress("step", done)
             if on_step is not None:
                 on_step(done, states)
             run.steps_run = done
+            if interrupt.signum is not None:  # Ctrl-C / SIGTERM during this step: save it, then stop
+                if train_cfg.checkpoint_every:
+                    save_checkpoint(run.ckpt_path, run.key, done, scale, states, run.need)
+                raise faults.Interrupted(interrupt.signum)
             if stop:
                 run.converged = True
                 if bar is not None:
                     bar.set_description(f"train: converged at step {done}")
                 break
     finally:
+        interrupt.__exit__()
         if bar is not None:
             bar.close()
         loggers.close()
         comm.teardown(states)
+
+
+class StepBoundarySignals:
+    """While active, SIGINT (Ctrl-C) and SIGTERM only set ``signum``: the loop finishes its step, writes a
+    checkpoint there and raises faults.Interrupted, so "rerun the same command to resume" holds even before the
+    first checkpoint interval.  A second signal interrupts at once.  Active only in the main thread of a
+    one-process run: the ranks of a data-parallel run could stop at different steps, so they keep the immediate
+    interrupt (and resume from the last periodic checkpoint)."""
+
+    def __init__(self, active: bool = True):
+        self.active = active and threading.current_thread() is threading.main_thread()
+        self.signum: int | None = None
+        self._previous: dict = {}
+
+    def _handle(self, signum, frame) -> None:
+        if self.signum is not None:
+            raise faults.Interrupted(signum)
+        self.signum = signum
+
+    def __enter__(self) -> "StepBoundarySignals":
+        if self.active:
+            self._previous = {sig: signal.signal(sig, self._handle) for sig in (signal.SIGINT, signal.SIGTERM)}
+        return self
+
+    def __exit__(self, *exc) -> None:
+        for sig, handler in self._previous.items():
+            if handler is not None:  # None: a handler not installed from Python, which cannot be restored
+                signal.signal(sig, handler)
+        self._previous = {}
+
+
+def next_log_step(done: int, train_cfg: TrainConfig, total_steps: int) -> int:
+    """The step after which the next log record is written (a multiple of log_every, or the last step)."""
+    return min(total_steps, (done // train_cfg.log_every + 1) * train_cfg.log_every)
+
+
+def bar_refresh_steps(train_cfg: TrainConfig, total_steps: int) -> int:
+    """Steps between progress-bar refreshes of the live metrics: log_every, or about a twentieth of a shorter
+    run, so a short run's bar never shows the first window's FVU until the end.  Each refresh reads the device
+    once (no per-step reads: at most ~20 per run beyond the log steps)."""
+    return max(1, min(train_cfg.log_every, -(-total_steps // 20)))
+
+
+def window_means(st: SAEState, dead_tokens: int) -> dict:
+    """The running means of ``st``'s current window for the progress bar (reads the device, keeps the window)."""
+    w = st.window
+    n = max(1, w["steps"])
+    l0, fvu, dead = torch.stack([w["l0"] / n, w["fvu"] / n, (st.since_fired >= dead_tokens).sum().double()]).tolist()
+    return {"l0": l0, "fvu": fvu, "dead": int(dead), "dense": "-"}
+
+
+def _bar_text(labels: list[str], records: list[dict]) -> str:
+    return " | ".join(f"{label}: L0 {r['l0']:.1f} FVU {r['fvu']:.3f} dead {r['dead']} dense {r['dense']}"
+                      for label, r in zip(labels, records))
 
 
 def _finalise(run: _Run) -> list[Path]:
@@ -612,14 +594,15 @@ def _finalise(run: _Run) -> list[Path]:
         sae, cfg = st.sae, st.sae.cfg
         summary = {"steps": steps, "tokens": steps * train_cfg.batch_size * world_size, "max_steps": total_steps,
                    "stop_reason": "converged" if run.converged else "budget",
-                   "input_scale": scale, "train_config": asdict(train_cfg), "ema_threshold": st.ema_threshold}
+                   "input_scale": scale, "train_config": asdict(train_cfg),
+                   "ema_threshold": float(st.ema_threshold)}
         if st.heldout:
             summary["heldout_fvu"] = st.heldout[-1][1]
             summary["converged_step"] = converged_since(st.heldout, train_cfg.converge_tol, train_cfg.converge_frac,
                                                         run.warmup)
         if sae.architecture.calibrates_threshold:
-            if train_cfg.threshold_method == "ema" and st.ema_threshold > 0:
-                thr = st.ema_threshold
+            if train_cfg.threshold_method == "ema" and float(st.ema_threshold) > 0:
+                thr = float(st.ema_threshold)
             else:
                 thr = estimate_threshold(sae, thr_sample, cfg.k)
             with torch.no_grad():
@@ -629,7 +612,7 @@ def _finalise(run: _Run) -> list[Path]:
         path = run.out_dir / st.name
 
         def save(sae=sae, path=path, summary=summary) -> None:
-            with _explain_full_disk(path, need):
+            with explain_full_disk(path, need):
                 save_sae(sae.folded(scale).cpu(), path, metadata=meta, summary=summary)
         comm.on_rank0(save, f"saving {st.name}")
         paths.append(path)
@@ -638,10 +621,10 @@ def _finalise(run: _Run) -> list[Path]:
 
 
 def train_distributed(cache, cfgs, train_cfg, out_dir, comm: distributed.Comm,
-                      on_step: Callable | None = None) -> list[Path]:
+                      on_step: Callable | None = None, sync_recorder: SyncRecorder | None = None) -> list[Path]:
     """``train_saes`` as one rank of a data-parallel run (every rank calls it with the same arguments)."""
     try:
-        return train_saes(cache, cfgs, train_cfg, out_dir, on_step=on_step, comm=comm)
+        return train_saes(cache, cfgs, train_cfg, out_dir, on_step=on_step, comm=comm, sync_recorder=sync_recorder)
     except RuntimeError as error:
         if isinstance(error, distributed.DistributedError) or not distributed.is_peer_failure(error):
             raise
@@ -676,99 +659,11 @@ def _sample(cache: ActivationSource, n: int, seed: int) -> Tensor:
     return cache.sample(n, seed=seed).float()
 
 
-def train_step(st: SAEState, x: Tensor, factor: float, dead_tokens: int, train_cfg: TrainConfig,
-                comm: Communicator) -> None:
-    sae = st.sae
-    for group in st.optim.param_groups:
-        group["lr"] = st.base_lr * group["lr_mult"] * factor
-    st.optim.zero_grad(set_to_none=True)
-    dead = st.since_fired >= dead_tokens
-    out = sae.loss(x, dead=dead, fast=train_cfg.fast)
-    out.loss.backward()
-    sae.project_decoder_grad()
-    comm.all_reduce_grads(sae)
-    if train_cfg.grad_clip > 0:
-        torch.nn.utils.clip_grad_norm_(sae.parameters(), train_cfg.grad_clip)
-    st.optim.step()
-    sae.apply_constraints()
-    with torch.no_grad():
-        fires = torch.bincount(out.active.col, minlength=sae.cfg.width)
-        # dead / dense counts over the global batch
-        fires = comm.sum_counts(fires)
-        n_tokens = x.shape[0] * comm.world_size
-        st.since_fired += n_tokens
-        st.since_fired[fires > 0] = 0
-        if out.batch_threshold > 0:
-            d = train_cfg.threshold_ema_decay
-            st.ema_threshold = (out.batch_threshold if st.ema_threshold < 0
-                                else d * st.ema_threshold + (1 - d) * out.batch_threshold)
-    w = st.window
-    w["steps"] += 1
-    w["tokens"] += n_tokens
-    w["loss"] += float(out.loss.detach())
-    w["mse"] += float(out.mse.detach())
-    w["aux"] += float(out.aux.detach())
-    w["fvu"] += out.fvu
-    w["l0"] += out.l0
-    w["fires"] += fires
-
-
-def _window_record(st: SAEState, step: int, train_cfg: TrainConfig, world_size: int,
-                   factor: float) -> dict:
-    w = st.window
-    n = max(1, w["steps"])
-    freq = w["fires"].double() / max(1, w["tokens"])
-    rec = {"sae": st.name, "step": step, "tokens": step * train_cfg.batch_size * world_size,
-           "lr": st.base_lr * factor, "loss": w["loss"] / n, "mse": w["mse"] / n, "aux": w["aux"] / n,
-           "fvu": w["fvu"] / n, "l0": w["l0"] / n,
-           "dead": int((st.since_fired >= dead_tokens_of(train_cfg)).sum()),
-           "dense": int((freq > train_cfg.dense_fraction).sum()),
-           "dense_1pct": int((freq > 0.01).sum()),
-           "ema_threshold": st.ema_threshold}
-    st.reset_window()
-    return rec
-
-
 def dead_tokens_of(train_cfg: TrainConfig) -> int:
     return train_cfg.dead_tokens or min(10_000_000, max(train_cfg.batch_size, train_cfg.tokens // 10))
 
 
 # ------------------------------------------------------------------------------- held-out FVU and convergence
-
-
-@torch.no_grad()
-def heldout_fvu(sae: HybridSAE, rows: Tensor, chunk: int) -> float:
-    """FVU of ``sae`` on held-out ``rows`` (in its training input space): the squared error summed over all rows
-    over their total variance about their mean. Codes by inference over chunks of ``chunk`` rows (batch top-k over
-    each chunk for the BatchTopK family, so L0 matches training), the same on every rank."""
-    batch_topk = "batchtopk" in sae.architecture.inference_modes
-    sse = rows.new_zeros((), dtype=torch.float64)
-    for part in rows.split(chunk):
-        err = (sae(part, batch_topk=batch_topk).x_hat - part).double()
-        sse += torch.dot(err.flatten(), err.flatten())
-    centred = rows.double() - rows.double().mean(0)
-    return float(sse / torch.dot(centred.flatten(), centred.flatten()).clamp_min(1e-300))
-
-
-def rule_holds(curve: list[tuple[int, float]], index: int, tol: float, frac: float, min_step: int = 0) -> bool:
-    """The convergence rule at measurement ``index`` of ``curve`` ((step, FVU), increasing steps): its step is at
-    least ``min_step``, and against the last earlier measurement at a step <= (1 - frac) x its step, FVU improved by
-    less than ``tol`` (relative). False when there is no such earlier measurement."""
-    step, fvu = curve[index]
-    earlier = [f for s, f in curve[:index] if s <= step * (1 - frac) + 1e-9]
-    if step < min_step or not earlier:
-        return False
-    return earlier[-1] - fvu < tol * earlier[-1]
-
-
-def converged_since(curve: list[tuple[int, float]], tol: float, frac: float, min_step: int = 0) -> int | None:
-    """The first step from which the rule has held at every measurement up to the last; None when it fails at the
-    last one."""
-    since = None
-    for index, (step, _) in enumerate(curve):
-        held = rule_holds(curve, index, tol, frac, min_step)
-        since = (since if since is not None else step) if held else None
-    return since
 
 
 def _measure_heldout(run: _Run, step: int) -> list[dict]:
@@ -790,71 +685,6 @@ def _all_converged(run: _Run) -> bool:
     mine = all(rule_holds(st.heldout, len(st.heldout) - 1, cfg.converge_tol, cfg.converge_frac, run.warmup)
                for st in run.states)
     return run.comm.min_int(int(mine)) == 1
-
-
-@contextmanager
-def _explain_full_disk(path: Path, need: int) -> Iterator[None]:
-    try:
-        yield
-    except OSError as error:
-        if not faults.is_disk_full(error):
-            raise
-        raise faults.disk_full_error(path, need) from None
-
-
-def _save_checkpoint(path: Path, key: str, step: int, scale: float, states: list[SAEState], need: int) -> None:
-    payload = {
-        "config_key": key, "step": step, "scale": scale, "torch_rng": torch.get_rng_state(),
-        "saes": [{"name": st.name, "model": st.sae.state_dict(), "optim": st.optim.state_dict(),
-                  "since_fired": st.since_fired.clone(), "ema_threshold": st.ema_threshold,
-                  "heldout": list(st.heldout)}
-                 for st in states],
-    }
-    with _explain_full_disk(path, need):
-        atomic_write_bytes(path, seal_checkpoint(state_bytes(payload)))
-
-
-class CheckpointError(RuntimeError):
-    """A checkpoint whose bytes fail their checksum."""
-
-
-def seal_checkpoint(payload: bytes) -> bytes:
-    """The checkpoint file: CHECKPOINT_MAGIC, the payload's sha256 hex digest, a newline, the payload."""
-    return CHECKPOINT_MAGIC + hashlib.sha256(payload).hexdigest().encode() + b"\n" + payload
-
-
-def open_checkpoint(path: Path) -> bytes:
-    """The payload of a checkpoint file, after checking its sha256; one-line CheckpointError otherwise."""
-    raw = Path(path).read_bytes()
-    fix = ("delete it to restart training from scratch, or restore it from a backup (this directory keeps only "
-           "this one checkpoint)")
-    start = len(CHECKPOINT_MAGIC) + 65
-    if not raw.startswith(CHECKPOINT_MAGIC) or raw[start - 1:start] != b"\n":
-        raise CheckpointError(f"checkpoint {path} is corrupted (no valid scaffold-sae checksum header; or it was "
-                              f"written by an older scaffold-sae): {fix}")
-    payload = raw[start:]
-    if hashlib.sha256(payload).hexdigest().encode() != raw[len(CHECKPOINT_MAGIC):start - 1]:
-        raise CheckpointError(f"checkpoint {path} is corrupted (sha256 mismatch): {fix}")
-    return payload
-
-
-def _load_checkpoint(path: Path, key: str, states: list[SAEState]) -> tuple[int, float]:
-    payload = open_checkpoint(path)
-    try:
-        payload = torch.load(io.BytesIO(payload), map_location="cpu", weights_only=False)
-    except Exception as error:  # noqa: BLE001 - any unreadable file gets the same advice
-        raise RuntimeError(f"cannot read checkpoint {path}: {error}; delete it to start over") from error
-    if payload.get("config_key") != key:
-        raise ConfigError(f"checkpoint {path} was written by a different configuration: use another "
-                          "output directory, or delete the checkpoint to start over")
-    for st, saved in zip(states, payload["saes"]):
-        st.sae.load_state_dict(saved["model"])
-        st.optim.load_state_dict(saved["optim"])
-        st.since_fired = saved["since_fired"].to(st.since_fired.device)
-        st.ema_threshold = saved["ema_threshold"]
-        st.heldout = [(int(step), float(fvu)) for step, fvu in saved.get("heldout", [])]
-    torch.set_rng_state(payload["torch_rng"])
-    return int(payload["step"]), float(payload["scale"])
 
 
 # ------------------------------------------------------------------------------- configs from values
@@ -937,5 +767,8 @@ def train_from_config(values: dict) -> list[Path]:
     return train_saes(cache, cfgs, train_cfg, values["out"])
 
 
-__all__ = ["TrainConfig", "TensorSource", "train_saes", "train_from_config", "train_distributed", "TrainRun", "configs_from_dict",
-           "estimate_threshold", "schedule", "input_scale"]
+__all__ = ["TrainConfig", "TensorSource", "train_saes", "train_from_config", "train_distributed", "TrainRun",
+           "configs_from_dict", "estimate_threshold", "schedule", "input_scale",
+           # defined in the modules split out of this one, importable from here as before
+           "CHECKPOINT", "CheckpointError", "LOG", "read_log", "SAEState", "new_state", "train_step",
+           "converged_since", "heldout_fvu", "rule_holds"]

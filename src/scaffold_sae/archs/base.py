@@ -25,16 +25,22 @@ class SparseStep:
 
     pre: Tensor
     """Encoder pre-activations [B, m] (AuxK picks dead latents from them)."""
-    active: ActiveSet
-    """The active (token, latent) pairs: L0, firing counts."""
-    batch_threshold: float
-    """The batch's selection threshold (its EMA can become the inference threshold; 0 if none)."""
+    active: ActiveSet | None
+    """The selected (token, latent) pairs: L0, firing counts (None for a dense rule, which sets ``fires``)."""
+    batch_threshold: Tensor
+    """The batch's selection threshold, a 0-dim device tensor (its EMA can become the inference threshold; 0 if
+    none)."""
     sparse_out: Tensor
     """W_dec^T f [B, d]."""
     mse: Tensor | None = None
     """The architecture's own reconstruction loss; None = per-element MSE of the full x_hat."""
     l1: Tensor | None = None
     """A sparsity penalty added to the loss; None = none."""
+    fires: Tensor | None = None
+    """Active tokens per latent [m] (long), when there is no active set; None = from ``active``."""
+
+    def fire_counts(self) -> Tensor:
+        return self.active.fires() if self.fires is None else self.fires
 
 
 class Architecture:
@@ -74,8 +80,9 @@ class Architecture:
         """Inference codes f [B, m] from pre-activations; ``batch_topk`` asks for the batchtopk mode."""
         raise NotImplementedError(f"architecture {self.name!r} defines no inference codes")
 
-    def select(self, pre: Tensor, cfg: "SAEConfig") -> tuple[ActiveSet, float]:
-        """Training-time active set of a batch of pre-activations and the batch threshold."""
+    def select(self, pre: Tensor, cfg: "SAEConfig") -> tuple[ActiveSet, Tensor]:
+        """Training-time active set of a batch of pre-activations and the batch threshold (a 0-dim tensor);
+        fixed shapes, nothing read back to the host (the step must not wait for the GPU)."""
         raise NotImplementedError(f"architecture {self.name!r} defines no training selection")
 
     def sparse_step(self, sae: "HybridSAE", x: Tensor, x_in: Tensor, scaf: Tensor, fast: bool) -> SparseStep:
@@ -84,21 +91,21 @@ class Architecture:
         return SparseStep(pre, active, thr, kernels.sparse_decode(vals, sae.W_dec, active, fast))
 
 
-def active_values(sae: "HybridSAE", x_in: Tensor, fast: bool) -> tuple[Tensor, ActiveSet, float, Tensor]:
+def active_values(sae: "HybridSAE", x_in: Tensor, fast: bool) -> tuple[Tensor, ActiveSet, Tensor, Tensor]:
     """Pre-activations, ``sae.select``'s active set and threshold, and the active pre-activations
     (differentiable).  Goes through ``sae.select`` so that data-parallel training can replace it."""
     with torch.no_grad():
         pre = torch.addmm(sae.b_enc, x_in, sae.encoder_weight.t())
         active, thr = sae.select(pre)
+        if not isinstance(thr, Tensor):  # a rule written before thresholds stayed on the device
+            thr = pre.new_tensor(float(thr))
     vals = kernels.gather_active(x_in, sae.encoder_weight, sae.b_enc, pre, active, fast)
     return pre, active, thr, vals
 
 
 def codes_at(pre: Tensor, active: ActiveSet) -> Tensor:
     """Dense codes [B, m]: ``pre`` at the active pairs, zero elsewhere."""
-    codes = torch.zeros_like(pre)
-    codes[active.row, active.col] = pre[active.row, active.col]
-    return codes
+    return active.dense(pre)
 
 
 def threshold_codes(pre: Tensor, threshold: Tensor) -> Tensor:

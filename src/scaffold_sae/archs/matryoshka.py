@@ -20,7 +20,8 @@ class Matryoshka(BatchTopK):
         return None
 
     def sparse_step(self, sae, x, x_in, scaf, fast):
-        """Each latent group [w_{i-1}, w_i) is decoded once; prefix reconstructions are running sums."""
+        """Each latent group [w_{i-1}, w_i) is decoded once (the whole active set with the other groups' pairs
+        made inactive: fixed shapes); prefix reconstructions are running sums."""
         pre, active, thr, vals = active_values(sae, x_in, fast)
         n, d = x.shape
         resid = sae.b_dec + scaf - x
@@ -29,7 +30,8 @@ class Matryoshka(BatchTopK):
         lo = 0
         for hi in sae.cfg.prefix_widths():
             keep = (active.col >= lo) & (active.col < hi)
-            out = kernels.sparse_decode(vals[keep], sae.W_dec, active.subset(keep), fast)
+            group = active.restrict(keep)
+            out = kernels.sparse_decode(group.masked(vals), sae.W_dec, group, fast)
             resid = resid + out
             sparse_out = sparse_out + out
             flat = resid.flatten()

@@ -5,7 +5,6 @@ from __future__ import annotations
 import torch
 from torch import Tensor
 
-from .. import kernels
 from .base import Architecture, SparseStep
 
 
@@ -23,7 +22,6 @@ class ReLU(Architecture):
         codes = pre.relu()
         sparse_out = codes @ sae.W_dec
         with torch.no_grad():
-            row, col = (codes > 0).nonzero(as_tuple=True)
-            active = kernels.active_from_coo(row, col, n, sae.cfg.width)
+            fires = (codes > 0).sum(0)
         l1 = sae.cfg.l1_coeff * (codes * sae.W_dec.norm(dim=1)).sum() / n
-        return SparseStep(pre, active, 0.0, sparse_out, l1=l1)
+        return SparseStep(pre, None, pre.new_zeros(()), sparse_out, l1=l1, fires=fires)

@@ -16,7 +16,7 @@ class TopK(Architecture):
     saelens_imports = ("topk",)
 
     def select(self, pre, cfg):
-        return kernels.row_topk(pre, cfg.k), 0.0
+        return kernels.row_topk(pre, cfg.k), pre.new_zeros(())
 
     def codes(self, sae, pre: Tensor, batch_topk: bool) -> Tensor:
         return codes_at(pre, kernels.row_topk(pre, sae.cfg.k))
