@@ -385,7 +385,7 @@ def _decode(tokenizer, token_id: int) -> str:
         text = tokenizer.decode([token_id])
     except Exception:  # tokenizers raise many types on odd ids
         text = ""
-    return text or f"<id {token_id}>"
+    return text or f"<id_{token_id}>"
 
 
 def _context_entries(entries, token_ids: list[list[int]], kept: list[list[bool]], cfg: BrowseConfig, vocab: _Vocab,

@@ -177,7 +177,10 @@
     return out;
   }
   function logTicks(lo, hi) {
-    // log10 range -> tick positions at 1, 2, 5 x 10^k (or only 10^k over wide ranges), at least two ticks
+    // log10 range -> tick positions: under a decade, evenly spaced values; else 1, 2, 5 x 10^k (or fewer)
+    if (hi - lo < 1) {
+      return linearTicks(Math.pow(10, lo), Math.pow(10, hi), 4).filter(function (v) { return v > 0; }).map(Math.log10);
+    }
     var out = [], mults = hi - lo > 3 ? [1] : hi - lo > 1.2 ? [1, 3] : [1, 2, 5];
     for (var k = Math.floor(lo) - 1; k <= Math.ceil(hi); k++) {
       mults.forEach(function (m) { var v = k + Math.log10(m); if (v >= lo - 1e-9 && v <= hi + 1e-9) out.push(v); });
@@ -283,7 +286,7 @@
     var quant = el("div", { id: "quantiles" }, groups.map(function (g, k) {
       return el("div", { "class": "qgroup" }, [el("h4", { text: "Quantile group " + (nq - k) + " of " + nq +
         (k === 0 ? " (highest)" : k === nq - 1 ? " (lowest)" : "") + ": activation " + fmt(g.lo) + " to " + fmt(g.hi) }),
-        el("div", {}, g.contexts.map(function (x) { return contextLine(x, row.max_act, false); }))]);
+        el("div", {}, g.contexts.slice().reverse().map(function (x) { return contextLine(x, row.max_act, false); }))]);
     }));
     show(el("div", { id: "latent-page", "data-latent": i }, [el("h2", { text: "Latent " + i }),
       el("div", { "class": "cols" }, [stats, el("div", {}, [el("h3", { text: "Activation histogram (log scale, when firing)" }), histogram(d.hist)])]),
