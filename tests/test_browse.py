@@ -117,8 +117,8 @@ def test_quantile_samples_hold_every_firing_context_when_few(site, tiny_sae, tin
     (at a kept position), ordered by the context's largest code; the histogram counts its firing tokens."""
     from scaffold_sae.lm_passes import eval_mask
 
-    data = site[1]
     sae = tiny_sae[1]
+    assert site[1]["meta"]["n_contexts"] == heldout.shape[0] == 20
     with torch.no_grad():
         resid = tiny_lm.residual(heldout, 1)
         keep = eval_mask(tiny_lm, resid, heldout, browse.DEFAULT_SINK_FACTOR)
