@@ -103,6 +103,44 @@ def test_log_histogram_matches_numpy():
         assert counts[j].tolist() == ref.tolist()
 
 
+def test_quantile_groups_cut_the_sorted_sample_into_equal_groups():
+    sample = [(v, c, 0, []) for c, v in enumerate([0.5, 0.1, 0.9, 0.3, 0.7, 0.2, 0.8])]
+    groups = browse.quantile_groups(sample, 3)
+    assert [[v for v, *_ in g] for g in groups] == [[0.1, 0.2], [0.3, 0.5], [0.7, 0.8, 0.9]]
+    assert browse.quantile_groups(sample[:2], 5) == [[sample[1]], [sample[0]]]
+    assert browse.trimmed([0, 0, 3, 0, 1, 0]) == {"start": 2, "counts": [3, 0, 1]}
+    assert browse.trimmed([0, 0]) == {"start": 0, "counts": []}
+
+
+def test_quantile_samples_hold_every_firing_context_when_few(site, tiny_sae, tiny_lm, heldout):
+    """With 20 contexts and a sample of 5 x 5, each latent's quantile groups hold exactly the contexts it fires in
+    (at a kept position), ordered by the context's largest code; the histogram counts its firing tokens."""
+    from scaffold_sae.lm_passes import eval_mask
+
+    sae = tiny_sae[1]
+    assert site[1]["meta"]["n_contexts"] == heldout.shape[0] == 20
+    with torch.no_grad():
+        resid = tiny_lm.residual(heldout, 1)
+        keep = eval_mask(tiny_lm, resid, heldout, browse.DEFAULT_SINK_FACTOR)
+        codes = sae(resid.reshape(-1, resid.shape[-1])).codes.view(*heldout.shape, -1)
+    chunk = json.loads((index_dir(site) / "data" / "latents-0000.js").read_text()[len("BROWSE.chunk(0, "):-3])
+    for i in range(sae.W_dec.shape[0]):
+        masked = codes[:, :, i].masked_fill(~keep, 0)
+        fired = {c for c in range(heldout.shape[0]) if masked[c].max() > 0}
+        groups = chunk[str(i)]["quantiles"]
+        shown = [(e["context"], e["value"]) for g in groups for e in g["contexts"]]
+        assert {c for c, _ in shown} == fired and len(shown) == len(fired)
+        assert [v for _, v in shown] == sorted(v for _, v in shown)
+        for c, v in shown:
+            assert v == pytest.approx(float(masked[c].max()), rel=1e-3)
+        assert all(g["lo"] <= g["hi"] for g in groups)
+        assert sum(chunk[str(i)]["hist"]["counts"]) == int((masked > 0).sum())
+
+
+def index_dir(site):
+    return site[0].parent
+
+
 def test_logit_effects_match_an_explicit_rmsnorm_and_unembedding(tiny_lm, tiny_sae):
     sae = tiny_sae[1]
     norm, head = browse.final_norm_and_head(tiny_lm)
@@ -325,11 +363,58 @@ def test_browser_latent_page_highlights_contexts(browser, site):
     assert lit >= n_contexts
     assert browser.js("document.querySelectorAll('#contexts .tok.top').length") == n_contexts
     assert browser.js("document.querySelector('#latent-page svg.hist rect') !== null")
+    groups = data_chunk(site)[str(densest)]["quantiles"]
+    assert browser.js("document.querySelectorAll('#quantiles .qgroup').length") == len(groups)
+    assert browser.js("document.querySelectorAll('#quantiles .ctx').length") == sum(len(g["contexts"]) for g in groups)
+    axis_text = browser.js("Array.from(document.querySelectorAll('#latent-page svg.hist text')).map(function (t) {"
+                           " return t.getAttribute('class') + ':' + t.textContent; })")
+    assert "xtitle:activation (log scale)" in axis_text and "ytitle:tokens" in axis_text
+    assert len([t for t in axis_text if t.startswith("xtick:")]) >= 2
+    assert len([t for t in axis_text if t.startswith("ytick:")]) >= 2
     browser.js("location.hash = '#/scaffold/1'")
     assert browser.wait_for("document.querySelector('#scaffold-page h2') && "
                             "document.querySelector('#scaffold-page h2').textContent") == "Scaffold direction 1"
     rows = browser.js("document.querySelectorAll('#absorbed tbody tr').length")
     assert rows == len(data["scaffold"][1]["absorbed"])
+
+
+def data_chunk(site) -> dict:
+    text = (index_dir(site) / "data" / "latents-0000.js").read_text()
+    return json.loads(text[len("BROWSE.chunk(0, "):-3])
+
+
+def test_browser_header_is_labelled_and_the_scatter_links_latents(browser, site):
+    data = site[1]
+    browser.js("location.hash = '#/'")
+    assert browser.wait_for("document.querySelector('#scatter') !== null")
+    labels = browser.js("Array.from(document.querySelectorAll('#meta .k')).map(function (k) { return k.textContent; })")
+    assert labels == ["model: ", "SAE: ", "held-out tokens: ", "dense latents: ", "dead latents: ", "built in: "]
+    assert f"{data['meta']['dense_10']} fire on >10% of tokens" in browser.js("document.getElementById('meta').textContent")
+    fired = [row for row in data["latents"] if row["density"] > 0]
+    points = browser.js("Array.from(document.querySelectorAll('#scatter a')).map(function (a) {"
+                        " return +a.getAttribute('data-latent'); })")
+    assert sorted(points) == sorted(row["latent"] for row in fired)
+    titles = browser.js("Array.from(document.querySelectorAll('#scatter text')).map(function (t) { return t.textContent; })")
+    assert "mean activation when firing" in titles and any(t.startswith("firing density") for t in titles)
+    densest = points[-1]  # drawn last, so on top
+    browser.click(f"#scatter a[data-latent='{densest}'] circle")
+    browser.wait_for(f"location.hash === '#/latent/{densest}'")
+    browser.wait_for("document.querySelectorAll('#contexts .ctx').length > 0")
+
+
+def test_browser_shows_whitespace_as_symbols_on_one_line(browser, site):
+    assert browser.js("BROWSE.visible('a\\nb\\tc d\\r\\u0001')") == "a\u21b5b\u2192c\u00b7d\u240d\u2401"
+    latent = site[1]["latents"][0]["latent"]
+    browser.js("location.hash = '#/'")
+    browser.wait_for("document.querySelector('#scatter') !== null")
+    token = data_chunk(site)[str(latent)]["contexts"][0]["tokens"][0]
+    browser.js(f"BROWSE.site().tokens['{token}'] = 'two\\nlines\\there'; location.hash = '#/latent/{latent}'")
+    browser.wait_for("document.querySelectorAll('#contexts .ctx').length > 0")
+    heights = browser.js("Array.from(document.querySelectorAll('#contexts .ctx')).map(function (c) { return c.offsetHeight; })")
+    assert len(set(heights)) == 1
+    text = browser.js("document.getElementById('contexts').textContent")
+    assert "two\u21b5lines\u2192here" in text and "\n" not in text
+    assert browser.js("document.querySelectorAll('#contexts .ws').length") >= 2
 
 
 def test_wrong_width_sae_is_refused_with_a_fix(tiny_lm, heldout, tmp_path):

@@ -145,3 +145,35 @@ def test_too_little_text_and_bad_arguments(tiny_tokenizer, tmp_path):
         pack_contexts(tiny_tokenizer, corpus, 64, 1000, split)
     with pytest.raises(CorpusError, match="unknown split"):
         next(iter_contexts(tiny_tokenizer, corpus, 64, split="test"))
+
+
+def test_invalid_utf8_names_the_file_and_byte_offset(tmp_path):
+    path = tmp_path / "latin1.txt"
+    path.write_bytes("good line\n\ncaf".encode() + b"\xe9 au lait\n")
+    with pytest.raises(CorpusError, match=r"latin1\.txt is not UTF-8 text: invalid byte 0xe9 at byte offset 14; "
+                                          r"convert it to UTF-8"):
+        load_corpus(str(path))
+    late = tmp_path / "late.jsonl"  # past the start load_corpus checks, bad bytes fail when the reader gets there
+    first = json.dumps({"text": "fine " * 20000}).encode() + b"\n"
+    late.write_bytes(first + b'{"text": "\xff"}\n')
+    corpus = load_corpus(str(late))
+    with pytest.raises(CorpusError, match=rf"late\.jsonl is not UTF-8 text: invalid byte 0xff at byte offset "
+                                          rf"{len(first) + 10};"):
+        list(corpus)
+
+
+def test_random_bytes_and_control_characters_are_refused(tmp_path):
+    import random
+
+    rng = random.Random(0)
+    noise = tmp_path / "noise.txt"
+    noise.write_bytes(bytes(rng.randrange(256) for _ in range(4096)))
+    with pytest.raises(CorpusError, match=r"noise\.txt is not UTF-8 text: invalid byte"):
+        load_corpus(str(noise))
+    controls = tmp_path / "controls.txt"
+    controls.write_text("".join(chr(rng.randrange(32)) + "word " for _ in range(2000)))
+    with pytest.raises(CorpusError, match=r"controls\.txt does not look like text: \d+% of its first 12000 characters"):
+        load_corpus(str(controls))
+    text = tmp_path / "tabs.txt"  # tabs, CRLF, non-ASCII letters and a few stray controls are text
+    text.write_text("col\tcol\r\nnaïve café 東京 \x07bell\n\n" * 200)
+    assert len(list(load_corpus(str(text)))) == 200

@@ -76,6 +76,8 @@ def test_diagnose_counts_match_evals_and_writes_the_report(tiny_saved_sae, tiny_
     assert saved["verdict"] == result.verdict and saved["fit"]["scaffold"]["dense_1"] == result.fit.scaffold.dense_1
     assert result.verdict in (tmp_path / "diagnosis.md").read_text()
     assert "<table>" in (tmp_path / "diagnosis.html").read_text()
+    markdown = (tmp_path / "diagnosis.md").read_text()
+    assert "Plots are in diagnosis.html next to this file" in markdown and "report.html" not in markdown
 
 
 def test_fit_arch_uses_the_measured_l0_for_non_k_archs(tiny_saved_sae):
@@ -219,3 +221,16 @@ def test_finetune_refuses_an_sae_with_a_scaffold_and_bad_fit_names(tiny_lm, cont
         diagnose(hybrid, tiny_lm, 1, heldout, tmp_path, DiagnoseConfig(rank=2, progress=False), train)
     with pytest.raises(DiagnoseError, match="fit='tune' is invalid: allowed values are finetune, fresh"):
         diagnose(hybrid, tiny_lm, 1, heldout, tmp_path, DiagnoseConfig(fit="tune", progress=False), train)
+
+
+def test_wrong_width_sae_fails_before_anything_is_written(tiny_lm, contexts, tmp_path):
+    """Issue 31 item 1: an SAE of another model's width is refused with one line, and no diagnosis/ folder."""
+    from scaffold_sae.diagnose import DiagnoseError
+    from scaffold_sae.sae import HybridSAE, SAEConfig
+
+    heldout, train = contexts
+    other = HybridSAE(SAEConfig(d_in=tiny_lm.d_model + 8, width=16, k=2)).eval()
+    with pytest.raises(DiagnoseError, match=r"^the SAE has input size 72 but tiny-llama has d_model 64: diagnose it "
+                                            r"on the model and layer it was trained on$"):
+        diagnose(other, tiny_lm, 1, heldout, tmp_path / "diagnosis", DiagnoseConfig(progress=False), train)
+    assert not (tmp_path / "diagnosis").exists()

@@ -439,3 +439,17 @@ def test_sink_tokens_are_excluded_and_kept_in_the_splice(lm, contexts):
     keep_huge = evals.eval_mask(lm, huge, contexts[:2], sink_factor=10.0)
     assert keep[0, 5] and not keep_huge[0, 5]
     assert (keep_huge ^ keep).sum() == 1
+
+
+def test_one_sae_source_opens_the_sae_for_eval_browse_and_diagnose(tmp_path):
+    """eval, browse and diagnose name their SAE, model, layer, corpus and device with the same fields, read by one
+    SAESource; a missing SAE fails as the caller's error type before anything loads."""
+    from scaffold_sae.browse import BrowseError, BrowseRun
+    from scaffold_sae.diagnose import DiagnoseRun
+    from scaffold_sae.source import SAESource
+
+    expected = SAESource(sae="s", model="m", layer=3, corpus="c", device="cpu")
+    for cls in (evals.CoreEvalConfig, BrowseRun, DiagnoseRun):
+        assert SAESource.of(cls(sae="s", model="m", layer=3, corpus="c", device="cpu")) == expected
+    with pytest.raises(BrowseError, match=r"SAE path .*nothing does not exist"):
+        SAESource(sae=str(tmp_path / "nothing")).open(BrowseError)

@@ -103,6 +103,47 @@ def test_unknown_model_offline(monkeypatch, tmp_path):
         models.load_model("nobody/no-such-model")
 
 
+def test_unknown_model_with_the_hub_unreachable_fails_at_once_without_retries(monkeypatch, capfd):
+    """Where no hub answers (here a closed local port), a hub id is looked up in the local cache only: one ModelError
+    saying the hub is unreachable, and none of huggingface_hub's retry lines (before: 22 lines and 49 s)."""
+    from huggingface_hub import constants
+
+    monkeypatch.setattr(constants, "ENDPOINT", "http://127.0.0.1:9")
+    monkeypatch.setattr(models, "_hub_probe", {})
+    for name in ("HF_HUB_OFFLINE", "HTTPS_PROXY", "https_proxy"):
+        monkeypatch.delenv(name, raising=False)
+    assert models.hub_reachable() is False and models._hub_probe == {"http://127.0.0.1:9": False}
+    with pytest.raises(models.ModelError, match=r"cannot load model 'nobody/no-such-model': the Hugging Face hub "
+                                                r"\(http://127\.0\.0\.1:9\) is unreachable from here and the model is "
+                                                r"not in the local cache; use an embedded model"):
+        models.load_model("nobody/no-such-model")
+    assert "Retry" not in capfd.readouterr().err
+
+
+def test_hub_probe_sees_a_listening_port(monkeypatch):
+    import socket
+
+    from huggingface_hub import constants
+
+    server = socket.socket()
+    server.bind(("127.0.0.1", 0))
+    server.listen(1)
+    try:
+        monkeypatch.setattr(constants, "ENDPOINT", f"http://127.0.0.1:{server.getsockname()[1]}")
+        monkeypatch.setattr(models, "_hub_probe", {})
+        for name in ("HTTPS_PROXY", "https_proxy"):
+            monkeypatch.delenv(name, raising=False)
+        assert models.hub_reachable() is True
+    finally:
+        server.close()
+
+
+@pytest.mark.parametrize("spec", ["./no/such/dir", "/no/such/model", "two words"])
+def test_a_missing_local_path_is_not_taken_for_a_hub_id(spec):
+    with pytest.raises(models.ModelError, match="no such directory or file, and not an embedded model"):
+        models.load_model(spec)
+
+
 def test_corrupt_gguf_is_reported(tmp_path, monkeypatch):
     monkeypatch.setenv("SCAFFOLD_SAE_HOME", str(tmp_path / "home"))
     bad = tmp_path / "broken.gguf"

@@ -8,6 +8,11 @@ What the site shows and how each number is computed (one place):
 - Top contexts: per latent, the `top_n` contexts whose largest code at a kept position is largest, kept by a
   streaming top-n (`TopContexts`); each shows a window of tokens around that position with every token's code,
   excluded positions (BOS, sinks) included and marked.
+- Quantile samples: per latent, a uniform random sample (without replacement, seed `sample_seed`) of
+  `quantile_bins * quantile_n` of the contexts it fires in, kept by the same pass (a streaming top-n of a random key
+  per context and latent), then sorted by the context's largest code and cut into `quantile_bins` groups of equal
+  size: group g holds sampled contexts between the g-th and (g+1)-th quantiles of that activation. A latent firing
+  in fewer contexts than the sample size shows all of them.
 - Alignment of decoder row w_i with a subspace with orthonormal basis Q: ||Q^T w_i||^2 / ||w_i||^2
   (`subspace.alignment_scores`) for span(U), the top PCs of the held-out activations and the massive dims.
 - Logit effects (`logit_effects`): the direct path only, later blocks ignored. A direction w is scaled to unit RMS
@@ -39,7 +44,8 @@ from scaffold_sae.evals import DENSE
 from scaffold_sae.lm_passes import DEFAULT_SINK_FACTOR, eval_mask
 from scaffold_sae.subspace import alignment_scores, outlier_dims, pca, span_basis
 
-HIST_LOG10_MIN, HIST_LOG10_MAX, HIST_BINS = -4.0, 4.0, 64
+HIST_LOG10_MIN, HIST_LOG10_MAX, HIST_BINS = -4.0, 4.0, 256
+"""32 bins per decade; the site stores each latent's counts trimmed to the bins between the first and last filled."""
 CHUNK = 128
 """Latents per data file of the site."""
 ASSETS = Path(__file__).with_name("browse_assets")
@@ -178,6 +184,12 @@ class BrowseConfig:
 
     top_n: int = 20
     """Top-activating contexts kept per latent (and per sign of each scaffold direction)."""
+    quantile_bins: int = 5
+    """Activation quantile groups of the sampled contexts shown per latent."""
+    quantile_n: int = 5
+    """Sampled contexts per quantile group."""
+    sample_seed: int = 0
+    """Seed of the random sample behind the quantile groups."""
     before: int = 10
     """Tokens shown before the top position of a context."""
     after: int = 4
@@ -229,6 +241,8 @@ class BrowseStats:
     max_acts: Tensor
     hist: Tensor
     latent_top: TopContexts
+    latent_sample: TopContexts
+    """Keyed by a random number per (context, latent) where the latent fires: a uniform sample of those contexts."""
     scaffold_top: TopContexts | None
     scaffold_bottom: TopContexts | None
     scaffold_abs: dict[str, Tensor]
@@ -267,6 +281,8 @@ def collect(sae, lm, layer: int, contexts: Tensor, cfg: BrowseConfig, baseline=N
     maxes = torch.zeros(width)
     hist = torch.zeros(width, HIST_BINS, dtype=torch.long)
     latent_top = TopContexts(width, cfg.top_n, win)
+    latent_sample = TopContexts(width, cfg.quantile_bins * cfg.quantile_n, win)
+    generator = torch.Generator().manual_seed(cfg.sample_seed)
     scaf_top = TopContexts(rank, cfg.top_n, win) if rank else None
     scaf_bottom = TopContexts(rank, cfg.top_n, win) if rank else None
     classes = ("bos", "sink", "ordinary")
@@ -299,7 +315,10 @@ def collect(sae, lm, layer: int, contexts: Tensor, cfg: BrowseConfig, baseline=N
         positive = values > 0
         hist += log_histogram(values[positive], cols[positive], width)
         scores, positions = best_positions(codes, keep)
-        latent_top.update(scores, ids, positions, windows(codes, positions, cfg.before, cfg.after))
+        around = windows(codes, positions, cfg.before, cfg.after)
+        latent_top.update(scores, ids, positions, around)
+        keys = torch.rand(scores.shape, generator=generator).masked_fill(~(scores > 0), -math.inf)
+        latent_sample.update(keys, ids, positions, around)
         if rank:
             coords = sae.scaffold_codes(x).float().cpu().view(b, t, rank)
             for tops, sign in ((scaf_top, 1.0), (scaf_bottom, -1.0)):
@@ -319,8 +338,25 @@ def collect(sae, lm, layer: int, contexts: Tensor, cfg: BrowseConfig, baseline=N
             n_sample += rows_x.shape[0]
     if not n_tokens:
         raise BrowseError("no held-out tokens to browse: give contexts with at least 2 positions")
-    return BrowseStats(n_tokens, fire, sums, maxes, hist, latent_top, scaf_top, scaf_bottom, scaf_abs, scaf_count,
+    return BrowseStats(n_tokens, fire, sums, maxes, hist, latent_top, latent_sample, scaf_top, scaf_bottom, scaf_abs, scaf_count,
                        torch.cat(sample), torch.cat(keeps), base_fire)
+
+
+def quantile_groups(sample: list[tuple[float, int, int, list[float]]], bins: int
+                    ) -> list[list[tuple[float, int, int, list[float]]]]:
+    """The sampled (value, context, position, window) entries sorted by value and cut into `bins` groups of equal
+    size (sizes differ by at most one; empty groups dropped), lowest first."""
+    ordered = sorted(sample, key=lambda entry: (entry[0], entry[1]))
+    groups = [ordered[g * len(ordered) // bins:(g + 1) * len(ordered) // bins] for g in range(bins)]
+    return [group for group in groups if group]
+
+
+def trimmed(counts: list[int]) -> dict:
+    """Histogram counts without the empty bins at both ends: {start: first filled bin, counts}."""
+    filled = [i for i, c in enumerate(counts) if c]
+    if not filled:
+        return {"start": 0, "counts": []}
+    return {"start": filled[0], "counts": counts[filled[0]:filled[-1] + 1]}
 
 
 def _round(value: float, digits: int = 4) -> float | None:
@@ -349,7 +385,7 @@ def _decode(tokenizer, token_id: int) -> str:
         text = tokenizer.decode([token_id])
     except Exception:  # tokenizers raise many types on odd ids
         text = ""
-    return text or f"<id {token_id}>"
+    return text or f"<id_{token_id}>"
 
 
 def _context_entries(entries, token_ids: list[list[int]], kept: list[list[bool]], cfg: BrowseConfig, vocab: _Vocab,
@@ -406,6 +442,7 @@ def build_site(sae, lm, layer: int, contexts: Tensor, out_dir: str | Path, cfg: 
     (out / "data").mkdir(parents=True, exist_ok=True)
     rows: list[LatentRow] = []
     latent_entries = stats.latent_top.columns()
+    sampled = stats.latent_sample.columns()
     for start in range(0, width, CHUNK):
         chunk = {}
         for i in range(start, min(width, start + CHUNK)):
@@ -414,7 +451,12 @@ def build_site(sae, lm, layer: int, contexts: Tensor, out_dir: str | Path, cfg: 
             if norm_head is not None:
                 logits = {"promoted": [[vocab(int(t)), _round(float(v))] for v, t in zip(lp_v[i], lp_i[i])],
                           "suppressed": [[vocab(int(t)), _round(float(v))] for v, t in zip(ln_v[i], ln_i[i])]}
-            chunk[i] = {"contexts": entries, "hist": stats.hist[i].tolist(), "logits": logits}
+            sample = [(w[cfg.before], c, p, w) for key, c, p, w in sampled[i] if key > -math.inf]
+            quantiles = [{"lo": _round(group[0][0]), "hi": _round(group[-1][0]), "contexts": _context_entries(
+                group, token_ids, kept_positions, cfg, vocab, positive_only=True)}
+                for group in quantile_groups(sample, cfg.quantile_bins)]
+            chunk[i] = {"contexts": entries, "quantiles": quantiles, "hist": trimmed(stats.hist[i].tolist()),
+                        "logits": logits}
             rows.append(LatentRow(
                 latent=i, density=_round(float(density[i]), 6), mean_act=_round(float(mean_act[i])),
                 max_act=_round(float(stats.max_acts[i])),
@@ -525,21 +567,37 @@ class BrowseRun:
     disk)."""
 
 
+def check_browse_request(run: BrowseRun, cfg: BrowseConfig) -> None:
+    """One-line BrowseError for settings that cannot work, before anything loads."""
+    from scaffold_sae.evals import check_positive
+
+    check_positive(BrowseError, tokens=run.tokens, top_n=cfg.top_n, batch_size=cfg.batch_size,
+                   quantile_bins=cfg.quantile_bins, quantile_n=cfg.quantile_n, pca_tokens=cfg.pca_tokens)
+    if run.ctx_len < 2:
+        raise BrowseError(f"ctx_len={run.ctx_len} is invalid: use at least 2 (BOS plus one token)")
+    for name in ("before", "after", "n_logits"):
+        if getattr(cfg, name) < 0:
+            raise BrowseError(f"{name}={getattr(cfg, name)} is invalid: --{name.replace('_', '-')} must be 0 or more")
+    if run.baseline and not Path(run.baseline).exists():
+        raise BrowseError(f"baseline SAE {run.baseline} does not exist: pass a saved plain SAE of the same model "
+                          "and layer, or leave --baseline out")
+    if run.out and Path(run.out).exists() and not Path(run.out).is_dir():
+        raise BrowseError(f"--out {run.out} is a file: give a directory for the site")
+
+
 def browse_from_config(run: BrowseRun, cfg: BrowseConfig) -> Path:
     """`scaffold-sae browse` as one call: load the SAE and its model, pass over held-out text, write the site;
     returns the path of index.html."""
-    from scaffold_sae import corpus as corpus_mod
     from scaffold_sae import saving
-    from scaffold_sae.evals import open_sae_with_model
+    from scaffold_sae.source import SAESource
 
-    opened = open_sae_with_model(run.sae, run.model, run.layer, run.device, BrowseError)
-    sae_path, sae, lm, layer = opened.path, opened.sae, opened.lm, opened.layer
-    contexts = corpus_mod.pack_contexts(lm.tokenizer, corpus_mod.load_corpus(run.corpus), ctx_len=run.ctx_len,
-                                        n_tokens=run.tokens, split="heldout", bos_id=lm.bos_token_id)
-    out = Path(run.out) if run.out else (sae_path if sae_path.is_dir() else sae_path.parent) / "browser"
-    baseline = saving.load_sae(run.baseline).to(run.device).eval() if run.baseline else None
-    return build_site(sae, lm, int(layer), contexts, out, cfg, baseline=baseline,
-                      meta={"sae": str(sae_path), "corpus": run.corpus, "baseline": run.baseline})
+    check_browse_request(run, cfg)
+    opened = SAESource.of(run).open(BrowseError)
+    contexts = opened.contexts(run.tokens, run.ctx_len)
+    out = Path(run.out) if run.out else opened.beside("browser")
+    baseline = saving.load_sae(run.baseline).to(opened.lm.device).eval() if run.baseline else None
+    return build_site(opened.sae, opened.lm, opened.layer, contexts, out, cfg, baseline=baseline,
+                      meta={"sae": str(opened.path), "corpus": run.corpus, "baseline": run.baseline})
 
 
 def serve_site(site_dir: str | Path, port: int) -> None:

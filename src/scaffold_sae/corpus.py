@@ -28,6 +28,7 @@ import importlib
 import io
 import json
 import random
+import unicodedata
 import zipfile
 from dataclasses import dataclass
 from pathlib import Path
@@ -60,7 +61,8 @@ class Corpus:
 
 
 def load_corpus(spec: str) -> Corpus:
-    """Resolve a corpus spec and check it holds at least one document."""
+    """Resolve a corpus spec and check it holds at least one document and that its start is text (`TextCheck`);
+    reading a file later refuses bytes that are not UTF-8."""
     spec = str(spec)
     base, _, field = spec.partition("#")
     field = field or "text"
@@ -71,7 +73,14 @@ def load_corpus(spec: str) -> Corpus:
     else:
         documents = _path_documents(Path(base).expanduser(), field)
     corpus = Corpus(spec, documents)
-    if next(iter(corpus), None) is None:
+    check, empty = TextCheck(f"corpus {spec!r}"), True
+    for document in corpus:  # the first CHECK_CHARS characters: refuse binary before any model loads
+        empty = False
+        check.add(document)
+        if check.seen >= CHECK_CHARS:
+            break
+    check.finish()
+    if empty:
         raise CorpusError(f"corpus {spec!r} is empty (no non-blank documents); point --corpus at text "
                           f"(see `scaffold-sae harvest --help` for the accepted forms)")
     return corpus
@@ -205,18 +214,17 @@ def _file_documents(path: Path, field: str) -> Iterator[str]:
     if path.suffix == ".txt":
         yield from _paragraphs(path)
     elif path.suffix == ".jsonl":
-        with open(path, encoding="utf-8") as handle:
-            for number, line in enumerate(handle, 1):
-                if not line.strip():
-                    continue
-                try:
-                    record = json.loads(line)
-                except json.JSONDecodeError:
-                    raise CorpusError(f"{path}:{number} is not valid JSON; fix or remove that line") from None
-                if not isinstance(record, dict) or field not in record:
-                    raise CorpusError(f"{path}:{number} has no field {field!r}; name the text field with "
-                                      f"'{path}#FIELD'")
-                yield str(record[field])
+        for number, line in enumerate(_utf8_lines(path), 1):
+            if not line.strip():
+                continue
+            try:
+                record = json.loads(line)
+            except json.JSONDecodeError:
+                raise CorpusError(f"{path}:{number} is not valid JSON; fix or remove that line") from None
+            if not isinstance(record, dict) or field not in record:
+                raise CorpusError(f"{path}:{number} has no field {field!r}; name the text field with "
+                                  f"'{path}#FIELD'")
+            yield str(record[field])
     else:
         import pyarrow.parquet as pq
 
@@ -232,15 +240,71 @@ def _file_documents(path: Path, field: str) -> Iterator[str]:
 
 def _paragraphs(path: Path) -> Iterator[str]:
     lines: list[str] = []
-    with open(path, encoding="utf-8", errors="replace") as handle:
-        for line in handle:
-            if line.strip():
-                lines.append(line.rstrip("\n"))
-            elif lines:
-                yield "\n".join(lines)
-                lines = []
+    check = TextCheck(str(path))
+    for line in _utf8_lines(path):
+        check.add(line)
+        if line.strip():
+            lines.append(line.rstrip("\r\n"))
+        elif lines:
+            yield "\n".join(lines)
+            lines = []
+    check.finish()
     if lines:
         yield "\n".join(lines)
+
+
+def _utf8_lines(path: Path) -> Iterator[str]:
+    """The lines of a file decoded as strict UTF-8: invalid bytes raise CorpusError naming their byte offset."""
+    offset = 0
+    with open(path, "rb") as handle:
+        for raw in handle:
+            try:
+                yield raw.decode("utf-8")
+            except UnicodeDecodeError as error:
+                raise CorpusError(f"{path} is not UTF-8 text: invalid byte 0x{raw[error.start]:02x} at byte offset "
+                                  f"{offset + error.start}; convert it to UTF-8 (e.g. iconv -f latin1 -t utf-8) or "
+                                  "point --corpus at a text file") from None
+            offset += len(raw)
+
+
+BINARY_SHARE = 0.10
+"""Text whose first `CHECK_CHARS` characters hold more than this share of control, private-use, unassigned or
+replacement characters (tab, newline and other whitespace allowed) is refused as binary."""
+CHECK_CHARS = 65_536
+
+
+class TextCheck:
+    """Counts non-printable characters over the first CHECK_CHARS characters of a text stream and refuses the
+    stream (CorpusError) when more than BINARY_SHARE of them are."""
+
+    def __init__(self, where: str):
+        self.where, self.seen, self.bad, self.first_bad = where, 0, 0, None
+
+    def add(self, text: str) -> None:
+        if self.seen >= CHECK_CHARS:
+            return
+        text = text[:CHECK_CHARS - self.seen]
+        for i, char in enumerate(text):
+            if _non_printable(char):
+                self.bad += 1
+                if self.first_bad is None:
+                    self.first_bad = (self.seen + i, char)
+        self.seen += len(text)
+        if self.seen >= CHECK_CHARS:
+            self.finish()
+
+    def finish(self) -> None:
+        if self.seen and self.bad > BINARY_SHARE * self.seen:
+            at, char = self.first_bad
+            raise CorpusError(f"{self.where} does not look like text: {self.bad / self.seen:.0%} of its first "
+                              f"{self.seen} characters are control or unassigned characters (e.g. U+{ord(char):04X} at "
+                              f"character {at}); point --corpus at a text file")
+
+
+def _non_printable(char: str) -> bool:
+    if char.isprintable() or char.isspace():
+        return False
+    return unicodedata.category(char) in ("Cc", "Co", "Cn", "Cs") or char == "\ufffd"
 
 
 def _require_pyarrow() -> None:

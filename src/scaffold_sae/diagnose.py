@@ -200,9 +200,12 @@ def diagnose(sae, lm, layer: int, heldout: Tensor, out_dir: str | Path, cfg: Dia
     cfg = cfg or DiagnoseConfig()
     fitting = train_contexts is not None and cfg.train_tokens > 0
     _check_request(cfg, sae, fitting)
+    lm.check_layer(layer)
+    if int(sae.W_dec.shape[1]) != lm.d_model:
+        raise DiagnoseError(f"the SAE has input size {int(sae.W_dec.shape[1])} but {lm.spec} has d_model {lm.d_model}: "
+                            "diagnose it on the model and layer it was trained on")
     started = time.perf_counter()
     out = Path(out_dir)
-    out.mkdir(parents=True, exist_ok=True)
     x = heldout_activations(lm, layer, heldout, cfg.tokens, cfg.batch_size, progress=cfg.progress).float()
     counts, codes, recon = density_counts(sae, x)
     density = firing_density(codes)
@@ -235,12 +238,25 @@ def diagnose(sae, lm, layer: int, heldout: Tensor, out_dir: str | Path, cfg: Dia
     return result
 
 
-def _check_request(cfg: DiagnoseConfig, sae, fitting: bool) -> None:
-    """One-line DiagnoseError for a fit or encoder input that does not exist, or a fine-tune of a hybrid."""
+def check_settings(cfg: DiagnoseConfig) -> None:
+    """One-line DiagnoseError for settings that cannot work (needs no SAE or model)."""
+    from scaffold_sae.evals import check_positive
+
     if cfg.fit not in FITS:
         raise DiagnoseError(f"fit={cfg.fit!r} is invalid: allowed values are {', '.join(FITS)}")
     if cfg.encoder_input not in ("x", "residual"):
         raise DiagnoseError(f"encoder_input={cfg.encoder_input!r} is invalid: allowed values are x, residual")
+    check_positive(DiagnoseError, tokens=cfg.tokens, rank=cfg.rank, batch_size=cfg.batch_size,
+                   train_batch_size=cfg.train_batch_size)
+    if cfg.train_tokens < 0:
+        raise DiagnoseError(f"train_tokens={cfg.train_tokens} is invalid: use 0 (no fit) or more")
+    if cfg.ctx_len < 2:
+        raise DiagnoseError(f"ctx_len={cfg.ctx_len} is invalid: use at least 2 (BOS plus one token)")
+
+
+def _check_request(cfg: DiagnoseConfig, sae, fitting: bool) -> None:
+    """`check_settings`, and a fine-tune of an SAE that already has a scaffold."""
+    check_settings(cfg)
     if fitting and cfg.fit == "finetune" and int(getattr(sae, "rank", 0) or 0) > 0:
         raise DiagnoseError(f"fit=finetune needs a plain SAE, this one already has a rank-{sae.rank} scaffold: use "
                             "--fit fresh, or --train-tokens 0")
@@ -339,8 +355,10 @@ def write(d: Diagnosis, out: Path) -> None:
                                               [[name, s.l0, s.fvu, s.dense_10, s.dense_1] for name, s in
                                                (("as given", f.before), (without, f.plain), (with_, f.scaffold))])]))
     title = f"scaffold-sae diagnosis of {d.sae}"
+    out.mkdir(parents=True, exist_ok=True)
     atomic_write_text(out / "diagnosis.json", json.dumps(jsonable(asdict(d)), indent=1, allow_nan=False) + "\n")
-    atomic_write_text(out / "diagnosis.md", render_markdown(title, sections))
+    markdown = render_markdown(title, sections).replace("Plots are in report.html", "Plots are in diagnosis.html", 1)
+    atomic_write_text(out / "diagnosis.md", markdown)
     atomic_write_text(out / "diagnosis.html", render_html(title, sections))
 
 
@@ -369,17 +387,13 @@ class DiagnoseRun:
 
 def diagnose_from_config(run: DiagnoseRun, cfg: DiagnoseConfig) -> tuple["Diagnosis", Path]:
     """`scaffold-sae diagnose` as one call; returns the diagnosis and its report directory."""
-    from scaffold_sae import corpus as corpus_mod
-    from scaffold_sae.evals import open_sae_with_model
+    from scaffold_sae.source import SAESource
 
-    opened = open_sae_with_model(run.sae, run.model, run.layer, run.device)
-    sae_path, sae, lm, layer = opened.path, opened.sae, opened.lm, opened.layer
-    corpus = corpus_mod.load_corpus(run.corpus)
-    heldout = corpus_mod.pack_contexts(lm.tokenizer, corpus, ctx_len=cfg.ctx_len, n_tokens=cfg.tokens,
-                                       split="heldout", bos_id=lm.bos_token_id)
-    train = None
-    if cfg.train_tokens > 0:
-        train = corpus_mod.pack_contexts(lm.tokenizer, corpus, ctx_len=cfg.ctx_len, n_tokens=cfg.train_tokens,
-                                         split="train", bos_id=lm.bos_token_id)
-    out = Path(run.out) if run.out else (sae_path if sae_path.is_dir() else sae_path.parent) / "diagnosis"
-    return diagnose(sae, lm, int(layer), heldout, out, cfg, train, name=sae_path.name), out
+    check_settings(cfg)
+    if run.out and Path(run.out).exists() and not Path(run.out).is_dir():
+        raise DiagnoseError(f"--out {run.out} is a file: give a directory for the report")
+    opened = SAESource.of(run).open(DiagnoseError, lambda sae: _check_request(cfg, sae, cfg.train_tokens > 0))
+    heldout = opened.contexts(cfg.tokens, cfg.ctx_len)
+    train = opened.contexts(cfg.train_tokens, cfg.ctx_len, split="train") if cfg.train_tokens > 0 else None
+    out = Path(run.out) if run.out else opened.beside("diagnosis")
+    return diagnose(opened.sae, opened.lm, opened.layer, heldout, out, cfg, train, name=opened.path.name), out

@@ -269,12 +269,7 @@ def reconstruct(sae, x: torch.Tensor, inference: str = "threshold") -> Reconstru
     if inference == "threshold":
         out = sae(x)
     else:
-        arch = getattr(getattr(sae, "cfg", None), "arch", None)
-        spec = archs.find(arch)
-        if spec is None or "batchtopk" not in spec.inference_modes:
-            able = [name for name in archs.names(load_only=True) if "batchtopk" in archs.get(name).inference_modes]
-            raise EvalError(f"batch top-k inference needs a {' or '.join(able)} SAE with its k, "
-                            f"this one is {arch!r}: evaluate it with --inference threshold")
+        check_batchtopk_able(sae)
         if "batch_topk" in inspect.signature(sae.forward).parameters:
             out = sae(x, batch_topk=True)
         else:
@@ -282,6 +277,16 @@ def reconstruct(sae, x: torch.Tensor, inference: str = "threshold") -> Reconstru
             return Reconstruction(codes, sae.decode(codes, x), sae.scaffold(x) if rank > 0 else None)
     scaffold = getattr(out, "scaffold_out", None) if rank > 0 else None
     return Reconstruction(codes=out.codes, x_hat=out.x_hat, scaffold=scaffold)
+
+
+def check_batchtopk_able(sae) -> None:
+    """EvalError unless the SAE's arch has batch top-k inference."""
+    arch = getattr(getattr(sae, "cfg", None), "arch", None)
+    spec = archs.find(arch)
+    if spec is None or "batchtopk" not in spec.inference_modes:
+        able = [name for name in archs.names(load_only=True) if "batchtopk" in archs.get(name).inference_modes]
+        raise EvalError(f"batch top-k inference needs a {' or '.join(able)} SAE with its k, "
+                        f"this one is {arch!r}: evaluate it with --inference threshold")
 
 
 def _batch_topk_encode(sae, x: torch.Tensor) -> torch.Tensor:
@@ -536,51 +541,35 @@ class CoreEvalConfig:
     """JSON path (default: eval-<inference>.json next to the SAE)."""
 
 
-@dataclass
-class OpenedSAE:
-    """A saved SAE with the language model and layer it reads."""
+def check_eval_request(cfg: CoreEvalConfig) -> None:
+    """One-line EvalError for settings that cannot work, before anything loads."""
+    if cfg.inference not in INFERENCE_MODES:
+        raise EvalError(f"inference={cfg.inference!r} is invalid: allowed values are {', '.join(INFERENCE_MODES)}")
+    check_positive(EvalError, tokens=cfg.tokens, batch_size=cfg.batch_size)
+    if cfg.ctx_len < 3:
+        raise EvalError(f"ctx_len={cfg.ctx_len} is invalid: use at least 3 (BOS plus two tokens to predict)")
+    if cfg.out and Path(cfg.out).is_dir():
+        raise EvalError(f"--out {cfg.out} is a directory: give the path of the JSON file to write")
 
-    path: Path
-    sae: object
-    lm: object
-    model: str
-    layer: int
 
-
-def open_sae_with_model(sae_path: str | Path, model: str | None, layer: int | None, device: str,
-                        error: type = ValueError) -> OpenedSAE:
-    """Load a saved SAE (ours, SAELens or sparsify) and its model; model and layer default to the SAE's metadata.
-    Bad input raises ``error`` with one line naming the fix."""
-    from scaffold_sae import models, saving
-
-    path = Path(sae_path)
-    if not path.exists():
-        raise error(f"SAE path {path} does not exist: pass a directory or file written by save_sae")
-    sae = saving.load_sae(path).to(device).eval()
-    meta = sae_metadata(sae)
-    model_spec = model or meta.get("model")
-    layer = layer if layer is not None else meta.get("layer")
-    if model_spec is None or layer is None:
-        raise error(f"{path} does not record its model and layer: pass --model and --layer")
-    lm = models.load_model(model_spec, device=device)
-    lm.check_layer(int(layer))
-    return OpenedSAE(path, sae, lm, model_spec, int(layer))
+def check_positive(error: type, **values: int) -> None:
+    """`error` naming the first of `values` (flag name -> value) that is below 1."""
+    for name, value in values.items():
+        if value < 1:
+            raise error(f"{name}={value} is invalid: --{name.replace('_', '-')} must be at least 1")
 
 
 def run_core_eval(cfg: CoreEvalConfig) -> tuple[CoreEval, Path]:
     """Evaluate a saved SAE as `cfg` says and write the JSON; returns the result and the JSON's path."""
-    from scaffold_sae import corpus as corpus_mod
     from scaffold_sae import fetch
     from scaffold_sae.report import jsonable
+    from scaffold_sae.source import SAESource
 
-    if cfg.inference not in INFERENCE_MODES:
-        raise EvalError(f"inference={cfg.inference!r} is invalid: allowed values are {', '.join(INFERENCE_MODES)}")
-    opened = open_sae_with_model(cfg.sae, cfg.model, cfg.layer, cfg.device, EvalError)
+    check_eval_request(cfg)
+    opened = SAESource.of(cfg).open(EvalError, check_batchtopk_able if cfg.inference == "batchtopk" else None)
     sae_path, sae, lm, model_spec, layer = opened.path, opened.sae, opened.lm, opened.model, opened.layer
-    corpus = corpus_mod.load_corpus(cfg.corpus)
     # twice the tokens: CE and statistics on the first half, the mean-ablation mean fitted on the second
-    contexts = corpus_mod.pack_contexts(lm.tokenizer, corpus, ctx_len=cfg.ctx_len, n_tokens=2 * cfg.tokens,
-                                        split="heldout", bos_id=lm.bos_token_id)
+    contexts = opened.contexts(2 * cfg.tokens, cfg.ctx_len)
     if contexts.shape[0] < 2:
         raise EvalError(f"the {cfg.corpus} corpus gives {contexts.shape[0]} held-out context(s) of {cfg.ctx_len} "
                         "tokens: need two (one to evaluate, one to fit the mean-ablation mean); lower --ctx-len")
@@ -588,7 +577,7 @@ def run_core_eval(cfg: CoreEvalConfig) -> tuple[CoreEval, Path]:
     mean = mean_activation(lm, int(layer), contexts[n_eval:], cfg.batch_size, False)
     result = evaluate(sae, lm, int(layer), contexts[:n_eval], batch_size=cfg.batch_size, inference=cfg.inference,
                       mean_resid=mean)
-    out = Path(cfg.out) if cfg.out else (sae_path if sae_path.is_dir() else sae_path.parent) / f"eval-{cfg.inference}.json"
+    out = Path(cfg.out) if cfg.out else opened.beside(f"eval-{cfg.inference}.json")
     out.parent.mkdir(parents=True, exist_ok=True)
     payload = {"sae": str(sae_path), "model": model_spec, "layer": int(layer), "corpus": cfg.corpus,
                "tokens": cfg.tokens, "ctx_len": cfg.ctx_len, "inference": cfg.inference,

@@ -9,6 +9,7 @@ from __future__ import annotations
 import hashlib
 import json
 import os
+import re
 import shutil
 import tempfile
 from dataclasses import dataclass, field
@@ -277,15 +278,26 @@ def load_model(spec: str, device: str | torch.device = "cpu", dtype: torch.dtype
         key = f"gguf-{fetch.sha256_file(path)[:16]}"
         with fetch.asset_lock(f"model-{key}"):
             source = converted_gguf(path, key=key)
+    elif path.exists():
+        source = spec
+    elif not HUB_ID.match(spec):
+        raise ModelError(f"cannot load model {spec!r}: no such directory or file, and not an embedded model "
+                         f"({', '.join(EMBEDDED)}) or a hub id (name or org/name)")
     else:
         source = spec
     # HF_HUB_OFFLINE is read when the call is made (huggingface_hub reads it once, at import): set after import, it
-    # still keeps a hub id from waiting on the network.
+    # still keeps a hub id from waiting on the network. An unreachable hub is found in about a second, and then only
+    # the local Hugging Face cache is read (no minute of retries).
     offline = os.environ.get("HF_HUB_OFFLINE") == "1"
+    unreachable = source is spec and not path.exists() and not offline and not hub_reachable()
     try:
-        tokenizer = AutoTokenizer.from_pretrained(str(source), local_files_only=offline)
-        hf_model = AutoModelForCausalLM.from_pretrained(str(source), dtype=dtype, local_files_only=offline)
+        tokenizer = AutoTokenizer.from_pretrained(str(source), local_files_only=offline or unreachable)
+        hf_model = AutoModelForCausalLM.from_pretrained(str(source), dtype=dtype, local_files_only=offline or unreachable)
     except OSError as error:
+        if unreachable:
+            raise ModelError(f"cannot load model {spec!r}: the Hugging Face hub ({_hub_endpoint()}) is unreachable "
+                             f"from here and the model is not in the local cache; use an embedded model "
+                             f"({', '.join(EMBEDDED)}), a local directory or a .gguf file") from None
         raise ModelError(f"cannot load model {spec!r}: not an embedded model ({', '.join(EMBEDDED)}), a local "
                          f"directory, a .gguf file, or a hub id reachable {'(HF_HUB_OFFLINE=1 is set)' if offline else 'from here'}"
                          f" [{str(error).splitlines()[0][:160]}]") from None
@@ -295,6 +307,49 @@ def load_model(spec: str, device: str | torch.device = "cpu", dtype: torch.dtype
     if cached.exists():
         model.fingerprint = cached.read_text().strip()
     return model
+
+
+HUB_ID = re.compile(r"^[A-Za-z0-9][\w.-]*(/[A-Za-z0-9][\w.-]*)?$")
+"""A Hugging Face hub id: name or org/name."""
+HUB_PROBE_S = 1.5
+"""Seconds the hub connectivity probe waits."""
+_hub_probe: dict[str, bool] = {}
+
+
+def _hub_endpoint() -> str:
+    from huggingface_hub import constants
+
+    return str(constants.ENDPOINT)
+
+
+def hub_reachable(timeout: float = HUB_PROBE_S) -> bool:
+    """Whether a TCP connection to the hub endpoint (or to the HTTPS proxy, when one is set) opens within `timeout`
+    seconds; asked once per process and endpoint. Name resolution runs in a thread so that a hanging DNS lookup
+    also counts as unreachable."""
+    import socket
+    import threading
+    from urllib.parse import urlsplit
+
+    endpoint = _hub_endpoint()
+    if endpoint in _hub_probe:
+        return _hub_probe[endpoint]
+    proxy = os.environ.get("HTTPS_PROXY") or os.environ.get("https_proxy")
+    target = urlsplit(proxy if proxy else endpoint)
+    port = target.port or (443 if target.scheme == "https" else 80)
+    result: list[bool] = []
+
+    def probe() -> None:
+        try:
+            socket.create_connection((target.hostname, port), timeout=timeout).close()
+            result.append(True)
+        except (OSError, ValueError):
+            result.append(False)
+
+    thread = threading.Thread(target=probe, daemon=True)
+    thread.start()
+    thread.join(timeout)
+    _hub_probe[endpoint] = bool(result and result[0])
+    return _hub_probe[endpoint]
 
 
 def embedded_dir(key: str) -> Path:

@@ -27,19 +27,47 @@
     return a >= 1e4 || a < 1e-3 ? v.toExponential(2) : String(Number(v.toPrecision(3)));
   }
   function tok(id) { return site.tokens[String(id)]; }
+  // Whitespace and control characters as visible symbols, so that a token never breaks or hides a line.
+  var SYMBOLS = { "\n": "\u21b5", "\r": "\u240d", "\t": "\u2192", " ": "\u00b7", "\u00a0": "\u237d" };
+  function visible(text) {
+    return Array.from(String(text)).map(function (ch) {
+      if (SYMBOLS[ch]) return SYMBOLS[ch];
+      var code = ch.codePointAt(0);
+      if (code < 32) return String.fromCodePoint(0x2400 + code);
+      if (code === 127 || (code >= 0x80 && code < 0xa0) || code === 0x2028 || code === 0x2029) return "\u2423";
+      return ch;
+    }).join("");
+  }
+  function tokenSpan(attrs, text) {
+    var node = el("span", attrs), plain = "";
+    Array.from(String(text)).forEach(function (ch) {
+      var shown = visible(ch);
+      if (shown === ch) { plain += ch; return; }
+      if (plain) { node.appendChild(document.createTextNode(plain)); plain = ""; }
+      node.appendChild(el("span", { "class": "ws", text: shown }));
+    });
+    if (plain) node.appendChild(document.createTextNode(plain));
+    return node;
+  }
   function show(node) { var app = document.getElementById("app"); app.innerHTML = ""; app.appendChild(node); }
 
   window.BROWSE = {
     index: function (data) {
       site = data;
       var m = data.meta;
-      document.getElementById("meta").textContent = m.model + " · layer " + m.layer + " · " + m.arch + " m=" + m.width +
-        " r=" + m.rank + " · " + m.n_tokens + " tokens · " + m.dense_10 + " latents >10%, " + m.dense_1 + " >1% · " +
-        m.elapsed_s + " s";
+      var meta = document.getElementById("meta");
+      [["model", m.model + ", layer " + m.layer], ["SAE", m.arch + ", " + m.width + " latents, scaffold rank " + m.rank],
+        ["held-out tokens", m.n_tokens.toLocaleString("en-US")],
+        ["dense latents", m.dense_10 + " fire on >10% of tokens, " + m.dense_1 + " on >1%"], ["dead latents", String(m.dead)],
+        ["built in", m.elapsed_s + " s"]].forEach(function (p) {
+        meta.appendChild(el("span", { "class": "kv" }, [el("span", { "class": "k", text: p[0] + ": " }), p[1]]));
+      });
       var links = document.getElementById("scaffold-links");
       data.scaffold.forEach(function (s) { links.appendChild(el("a", { href: "#/scaffold/" + s.direction, text: "U" + s.direction })); });
       route();
     },
+    visible: visible,
+    site: function () { return site; },
     chunk: function (i, data) {
       chunks[i] = data;
       delete pending[i];
@@ -99,7 +127,7 @@
         el("td", { text: fmt(r.density) }), el("td", { text: fmt(r.mean_act) }), el("td", { text: fmt(r.max_act) }),
         el("td", { text: fmt(r.align_scaffold) }), el("td", { text: fmt(r.align_pcs) }),
         el("td", { text: fmt(r.align_massive) }), el("td", { "class": "text flag", text: r.dense }),
-        el("td", { "class": "text", text: r.top_tokens.map(JSON.stringify).join(" ") })
+        el("td", { "class": "text", text: r.top_tokens.map(visible).join("  ") })
       ]);
       body.appendChild(tr);
     });
@@ -108,7 +136,8 @@
     var m = site.meta;
     var note = el("p", { text: "Alignment = ||Q^T w||^2 / ||w||^2 of the decoder row with span(U), the top " + m.n_pcs +
       " PCs of the held-out activations and the massive dims [" + m.massive_dims.join(", ") + "]." });
-    show(el("div", {}, [el("div", {}, [search, count]), note, el("table", { id: "latents" }, [el("thead", {}, [head]), body])]));
+    var plot = el("div", { "class": "plot" }, [el("h3", { text: "Density against mean activation (click a point to open its latent)" }), scatter()]);
+    show(el("div", {}, [plot, el("div", {}, [search, count]), note, el("table", { id: "latents" }, [el("thead", {}, [head]), body])]));
     var s = document.getElementById("search");
     s.setSelectionRange(s.value.length, s.value.length);
   }
@@ -119,40 +148,115 @@
       var a = c.acts[k] || 0, alpha = Math.min(1, Math.abs(a) / (scale || 1));
       var color = a >= 0 ? "rgba(255,140,0," + alpha.toFixed(3) + ")" : "rgba(40,110,255," + alpha.toFixed(3) + ")";
       var cls = "tok" + (k === c.top ? " top" : "") + (c.excluded[k] ? " excluded" : "") + (a !== 0 ? " active" : "");
-      return el("span", { "class": cls, style: "background:" + color, title: (signed ? "value " : "activation ") + fmt(a) +
-        (c.excluded[k] ? " (excluded: BOS, special or sink)" : ""), text: tok(id) });
+      return tokenSpan({ "class": cls, style: "background:" + color, title: JSON.stringify(tok(id)) + ": " +
+        (signed ? "value " : "activation ") + fmt(a) + (c.excluded[k] ? " (excluded: BOS, special or sink)" : "") }, tok(id));
     });
     return el("div", { "class": "ctx" }, [el("span", { "class": "value", text: fmt(c.value) })].concat(spans));
   }
 
   function logitTable(title, pairs) {
     return el("table", {}, [el("thead", {}, [el("tr", {}, [el("th", { "class": "text", text: title }), el("th", { text: "logit" })])]),
-      el("tbody", {}, pairs.map(function (p) { return el("tr", {}, [el("td", { "class": "text", text: JSON.stringify(tok(p[0])) }), el("td", { text: fmt(p[1]) })]); }))]);
+      el("tbody", {}, pairs.map(function (p) { return el("tr", {}, [el("td", { "class": "text", text: visible(tok(p[0])) }), el("td", { text: fmt(p[1]) })]); }))]);
   }
 
-  function histogram(counts) {
-    var spec = site.meta.hist_log10, lo = spec[0], hi = spec[1], bins = spec[2];
-    var first = counts.findIndex(function (c) { return c > 0; });
-    var last = counts.length - 1 - counts.slice().reverse().findIndex(function (c) { return c > 0; });
-    var ns = "http://www.w3.org/2000/svg", w = 360, h = 120;
-    var svg = document.createElementNS(ns, "svg");
-    svg.setAttribute("width", w); svg.setAttribute("height", h + 20); svg.setAttribute("class", "hist");
-    if (first < 0) { return el("p", { text: "never fired" }); }
-    var n = last - first + 1, peak = Math.max.apply(null, counts), bw = w / n;
-    for (var i = first; i <= last; i++) {
-      var r = document.createElementNS(ns, "rect"), bh = h * counts[i] / peak;
-      r.setAttribute("class", "bar"); r.setAttribute("x", (i - first) * bw); r.setAttribute("width", Math.max(1, bw - 1));
-      r.setAttribute("y", h - bh); r.setAttribute("height", bh);
-      var t = document.createElementNS(ns, "title");
-      t.textContent = "activation 10^" + (lo + i * (hi - lo) / bins).toFixed(2) + "…: " + counts[i];
-      r.appendChild(t); svg.appendChild(r);
+  // ------------------------------------------------------------------ SVG charts with labelled axes
+  var NS = "http://www.w3.org/2000/svg";
+  function svgEl(tag, attrs, text) {
+    var node = document.createElementNS(NS, tag);
+    Object.keys(attrs || {}).forEach(function (k) { node.setAttribute(k, attrs[k]); });
+    if (text !== undefined) node.textContent = text;
+    return node;
+  }
+  function niceStep(span, target) {
+    var raw = span / Math.max(1, target), mag = Math.pow(10, Math.floor(Math.log10(raw))), r = raw / mag;
+    return mag * (r <= 1 ? 1 : r <= 2 ? 2 : r <= 5 ? 5 : 10);
+  }
+  function linearTicks(lo, hi, target) {
+    var step = niceStep(hi - lo || 1, target), out = [];
+    for (var v = Math.ceil(lo / step) * step; v <= hi + step * 1e-9; v += step) out.push(Number(v.toPrecision(12)));
+    return out;
+  }
+  function logTicks(lo, hi) {
+    // log10 range -> tick positions: under a decade, evenly spaced values; else 1, 2, 5 x 10^k (or fewer)
+    if (hi - lo < 1) {
+      return linearTicks(Math.pow(10, lo), Math.pow(10, hi), 4).filter(function (v) { return v > 0; }).map(Math.log10);
     }
-    [first, last + 1].forEach(function (edge, k) {
-      var label = document.createElementNS(ns, "text");
-      label.setAttribute("x", k ? w - 40 : 0); label.setAttribute("y", h + 14);
-      label.textContent = fmt(Math.pow(10, lo + edge * (hi - lo) / bins));
-      svg.appendChild(label);
+    var out = [], mults = hi - lo > 3 ? [1] : hi - lo > 1.2 ? [1, 3] : [1, 2, 5];
+    for (var k = Math.floor(lo) - 1; k <= Math.ceil(hi); k++) {
+      mults.forEach(function (m) { var v = k + Math.log10(m); if (v >= lo - 1e-9 && v <= hi + 1e-9) out.push(v); });
+    }
+    if (out.length < 2) out = [lo, hi];
+    return out;
+  }
+  function axes(svg, box, x, y, xTitle, yTitle) {
+    // box = {left, top, width, height}; x, y = {ticks: [[position 0..1, label]...]}
+    var b = box;
+    svg.appendChild(svgEl("line", { "class": "axis", x1: b.left, y1: b.top + b.height, x2: b.left + b.width, y2: b.top + b.height }));
+    svg.appendChild(svgEl("line", { "class": "axis", x1: b.left, y1: b.top, x2: b.left, y2: b.top + b.height }));
+    x.ticks.forEach(function (t) {
+      var px = b.left + t[0] * b.width;
+      svg.appendChild(svgEl("line", { "class": "tick", x1: px, y1: b.top + b.height, x2: px, y2: b.top + b.height + 4 }));
+      svg.appendChild(svgEl("text", { "class": "xtick", x: px, y: b.top + b.height + 15, "text-anchor": "middle" }, t[1]));
     });
+    y.ticks.forEach(function (t) {
+      var py = b.top + (1 - t[0]) * b.height;
+      svg.appendChild(svgEl("line", { "class": "tick", x1: b.left - 4, y1: py, x2: b.left, y2: py }));
+      svg.appendChild(svgEl("text", { "class": "ytick", x: b.left - 6, y: py + 3, "text-anchor": "end" }, t[1]));
+    });
+    svg.appendChild(svgEl("text", { "class": "xtitle", x: b.left + b.width / 2, y: b.top + b.height + 32, "text-anchor": "middle" }, xTitle));
+    svg.appendChild(svgEl("text", { "class": "ytitle", transform: "translate(12," + (b.top + b.height / 2) + ") rotate(-90)",
+      "text-anchor": "middle" }, yTitle));
+  }
+  function powLabel(log10v) { return fmt(Number(Math.pow(10, log10v).toPrecision(3))); }
+
+  function histogram(hist) {
+    // hist = {start, counts}: counts of log10(activation) in the site's fixed bins, trimmed to the filled ones
+    var spec = site.meta.hist_log10, lo = spec[0], hi = spec[1], bins = spec[2], per = (hi - lo) / bins;
+    if (!hist.counts.length) return el("p", { text: "never fired" });
+    var first = Math.max(0, hist.start - 2), last = Math.min(bins - 1, hist.start + hist.counts.length + 1);
+    var counts = [];
+    for (var i = first; i <= last; i++) counts.push(hist.counts[i - hist.start] || 0);
+    var box = { left: 52, top: 8, width: 380, height: 130 }, svg = svgEl("svg", { width: 450, height: 182, "class": "hist" });
+    var peak = Math.max.apply(null, counts), xlo = lo + first * per, xhi = lo + (last + 1) * per, bw = box.width / counts.length;
+    counts.forEach(function (c, k) {
+      var bh = box.height * c / peak, bar = svgEl("rect", { "class": "bar", x: box.left + k * bw, width: Math.max(1, bw - 0.5),
+        y: box.top + box.height - bh, height: bh });
+      bar.appendChild(svgEl("title", {}, powLabel(xlo + k * per) + " to " + powLabel(xlo + (k + 1) * per) + ": " + c + " tokens"));
+      svg.appendChild(bar);
+    });
+    axes(svg, box, { ticks: logTicks(xlo, xhi).map(function (v) { return [(v - xlo) / (xhi - xlo), powLabel(v)]; }) },
+      { ticks: linearTicks(0, peak, 4).map(function (v) { return [v / peak, fmt(v)]; }) },
+      "activation (log scale)", "tokens");
+    return svg;
+  }
+
+  function scatter() {
+    // one point per latent that fired: x = log10 density, y = log10 mean activation when firing; densest drawn last
+    var rows = site.latents.filter(function (r) { return r.density > 0 && r.mean_act > 0; });
+    if (!rows.length) return el("p", { text: "no latent fired on the held-out tokens" });
+    rows.sort(function (a, b) { return a.density - b.density || a.latent - b.latent; });
+    var lx = rows.map(function (r) { return Math.log10(r.density); }), ly = rows.map(function (r) { return Math.log10(r.mean_act); });
+    var x0 = Math.min(Math.min.apply(null, lx), -2) - 0.1, x1 = Math.max(Math.max.apply(null, lx), -1) + 0.1;
+    var y0 = Math.min.apply(null, ly) - 0.1, y1 = Math.max.apply(null, ly) + 0.1;
+    var box = { left: 56, top: 10, width: 560, height: 240 };
+    var svg = svgEl("svg", { width: 640, height: 292, "class": "scatter", id: "scatter" });
+    var px = function (v) { return box.left + (v - x0) / (x1 - x0) * box.width; };
+    var py = function (v) { return box.top + (1 - (v - y0) / (y1 - y0)) * box.height; };
+    [[-2, "1%"], [-1, "10%"]].forEach(function (d) {
+      svg.appendChild(svgEl("line", { "class": "guide", x1: px(d[0]), y1: box.top, x2: px(d[0]), y2: box.top + box.height }));
+      svg.appendChild(svgEl("text", { "class": "guide-label", x: px(d[0]) + 3, y: box.top + 10 }, "dense " + d[1]));
+    });
+    rows.forEach(function (r, k) {
+      var link = svgEl("a", { href: "#/latent/" + r.latent, "data-latent": r.latent });
+      var dot = svgEl("circle", { cx: px(lx[k]), cy: py(ly[k]), r: 3,
+        "class": "pt" + (r.dense === ">10%" ? " dense10" : r.dense === ">1%" ? " dense1" : "") });
+      dot.appendChild(svgEl("title", {}, "latent " + r.latent + ": density " + fmt(r.density) + ", mean activation " + fmt(r.mean_act)));
+      link.appendChild(dot);
+      svg.appendChild(link);
+    });
+    axes(svg, box, { ticks: logTicks(x0, x1).map(function (v) { return [(v - x0) / (x1 - x0), fmt(Number(Math.pow(10, v).toPrecision(3)))]; }) },
+      { ticks: logTicks(y0, y1).map(function (v) { return [(v - y0) / (y1 - y0), powLabel(v)]; }) },
+      "firing density (share of held-out tokens, log scale)", "mean activation when firing");
     return svg;
   }
 
@@ -178,9 +282,17 @@
       : el("p", { text: "no logit effects: the model's final norm or unembedding was not found" });
     var ctxs = el("div", { id: "contexts" }, d.contexts.map(function (x) { return contextLine(x, row.max_act, false); }));
     if (!d.contexts.length) ctxs.appendChild(el("p", { text: "never fired on the held-out tokens" }));
+    var groups = (d.quantiles || []).slice().reverse(), nq = groups.length;
+    var quant = el("div", { id: "quantiles" }, groups.map(function (g, k) {
+      return el("div", { "class": "qgroup" }, [el("h4", { text: "Quantile group " + (nq - k) + " of " + nq +
+        (k === 0 ? " (highest)" : k === nq - 1 ? " (lowest)" : "") + ": activation " + fmt(g.lo) + " to " + fmt(g.hi) }),
+        el("div", {}, g.contexts.slice().reverse().map(function (x) { return contextLine(x, row.max_act, false); }))]);
+    }));
     show(el("div", { id: "latent-page", "data-latent": i }, [el("h2", { text: "Latent " + i }),
       el("div", { "class": "cols" }, [stats, el("div", {}, [el("h3", { text: "Activation histogram (log scale, when firing)" }), histogram(d.hist)])]),
-      el("h3", { text: "Top-activating contexts (boxed: the top token; dotted: excluded from statistics)" }), ctxs,
+      el("div", { "class": "cols ctxcols" }, [
+        el("div", {}, [el("h3", { text: "Top-activating contexts (boxed: the top token; dotted: excluded from statistics)" }), ctxs]),
+        el("div", {}, [el("h3", { text: "Random contexts by activation quantile (of the contexts it fires in)" }), quant])]),
       el("h3", { text: "Logit effects (direct path through the final norm and unembedding)" }), logits]));
   }
 

@@ -397,6 +397,13 @@ def harvest_with(cfg: HarvestConfig, run: HarvestRun, progress: bool = True) -> 
     for name, value, allowed in (("dtype", cfg.dtype, tuple(DTYPES)), ("split", cfg.split, SPLITS)):
         if value not in allowed:  # before the model loads
             raise CacheError(f"{name}={value!r} is invalid: allowed values are {', '.join(allowed)}")
+    for flag, value, least in (("--tokens", cfg.n_tokens, 1), ("--batch-size", cfg.batch_size, 0),
+                               ("--shard-rows", cfg.shard_rows, 1), ("--ctx-len", cfg.ctx_len, 2), ("--layer", cfg.layer, 0)):
+        if value < least:
+            raise CacheError(f"{flag} {value} is invalid: use at least {least}")
+    if Path(run.out).is_file():
+        raise CacheError(f"{run.out} is a file, not a directory; use another --out")
+    load_corpus(cfg.corpus)  # a missing or binary corpus fails before the model loads
     device = resolve_device(run.device)
     model = load_model(run.model, device=device, dtype=lm_dtype(run.lm_dtype, device))
     batch_size = cfg.batch_size or auto_lm_batch(model, cfg.layer, cfg.ctx_len)  # 0: as many as fit
