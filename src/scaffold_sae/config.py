@@ -167,5 +167,5 @@ def setting(config: Mapping[str, Any], path: str, default: Any = None) -> Any:
     return config.get(old, default) if old is not None and not isinstance(config.get(old), Mapping) else default
 
 
-__all__ = ["ConfigError", "field_docs", "coerce_field", "build", "load_config_file", "sequence_type", "has_default", "LEGACY",
-           "setting"]
+__all__ = ["ConfigError", "field_docs", "coerce_field", "build", "load_config_file", "sequence_type", "has_default",
+           "LEGACY", "setting"]
