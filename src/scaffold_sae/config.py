@@ -377,9 +377,9 @@ def setting(config: Mapping[str, Any], path: str, default: Any = None) -> Any:
     return config.get(old, default) if old is not None and not isinstance(config.get(old), Mapping) else default
 
 
-__all__ = ["ConfigError", "field_docs", "coerce_field", "build", "load_config_file", "sequence_type", "has_default", "LEGACY",
-           "setting", "tree_fields", "tree_nodes", "tree_keys", "node_type", "to_dict", "nest", "merge", "lookup",
-           "nearest_key", "show_value", "reference", "annotation", "default_value", "from_flat"]
+__all__ = ["ConfigError", "field_docs", "coerce_field", "build", "load_config_file", "sequence_type", "has_default",
+           "LEGACY", "setting", "tree_fields", "tree_nodes", "tree_keys", "node_type", "to_dict", "nest", "merge",
+           "lookup", "nearest_key", "show_value", "reference", "annotation", "default_value", "from_flat"]
 
 
 if __name__ == "__main__":  # python -m scaffold_sae.config > docs/config.md
