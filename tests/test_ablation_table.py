@@ -140,8 +140,11 @@ def test_table_on_the_tiny_model(tiny_lm):
     cfg = at.AblationTableConfig(ablation_random_bases=2, rows_per_forward=6)
     result = at.ablation_table(tiny_lm, 1, sae, ids, fit, vectors, "r3", cfg, sink_factor=0, bootstrap_samples=200)
     subjects = {c.subject for c in result.cells}
-    assert subjects == {"scaffold", "span_u", "pca", "random", "residual", at.WITHOUT_SCAFFOLD, at.SPLICED}
-    assert len(result.cells) == 2 * (3 * 5 + 3)
+    assert subjects == {"scaffold", "span_u", "pca", "pca_mean", "mean", "random", "residual", at.WITHOUT_SCAFFOLD,
+                        at.SPLICED}
+    assert len(result.cells) == 2 * (3 * 7 + 3)
+    assert {(c.subject, c.dims) for c in result.cells if c.operator == "zero"} == {
+        ("scaffold", 3), ("span_u", 3), ("pca", 3), ("pca_mean", 4), ("mean", 1), ("random", 3), ("residual", d)}
     for c in result.cells:
         assert c.ce.low <= c.ce.value <= c.ce.high and c.ratio.low <= c.ratio.value <= c.ratio.high
     # U = V orthonormal with b_dec = 0: the scaffold term is the projector, every reading of it equals span(U)'s
@@ -154,14 +157,139 @@ def test_table_on_the_tiny_model(tiny_lm):
     like = [c for c in result.comparisons if c.like_for_like]
     assert like and all(c.numerator.split(":")[1] == c.denominator.split(":")[1] for c in like)
     assert {c.reaches_2 for c in result.comparisons} <= {"yes", "no", "undecided"}
+    beyond = {(c.numerator, c.denominator, c.positions) for c in result.comparisons if c.question == "beyond_mean"}
+    assert beyond == {(f"{s}:{op}", f"{den}:{op}", pos) for s in ("scaffold", "span_u") for den in ("pca_mean", "mean")
+                      for op in at.OPERATORS for pos in at.POSITIONS}
+    assert {c.question for c in result.comparisons if c.denominator.startswith("random")} == {"control"}
     assert result.n_fit_contexts == 6 and result.forwards > 0 and result.wall_s > 0
+    assert result.random_bases == 2 and result.seed == 0
+    # the stored per-context sums give back every stored cell's point estimate
+    sums = result.context_sums
+    assert set(sums.ce) == {f"{s}:{op}:{pos}" for s in ("scaffold", "pca", "pca_mean", "mean", "random")
+                            for op in at.OPERATORS for pos in at.POSITIONS}
+    assert set(sums.random_ce) == {f"random:{op}:{pos}" for op in at.OPERATORS for pos in at.POSITIONS}
+    assert sum(sums.predictions) == result.n_predictions and len(sums.clean) == 6
+    for key, per_context in sums.ce.items():
+        subject, op, pos = key.split(":")
+        assert sum(per_context) / sum(sums.clean) == pytest.approx(result.cell(subject, op, pos).ratio.value, abs=1e-3)
+    per_basis = [sum(b) / sum(sums.clean) for b in sums.random_ce["random:zero:all"]]
+    assert per_basis == pytest.approx(result.cell("random", "zero", "all").per_basis_ratio, abs=1e-3)
     data = analyses.to_json(result)
-    assert analyses.from_json(at.AblationTableResult, data) == analyses.from_json(at.AblationTableResult, data)
     again = analyses.from_json(at.AblationTableResult, data)
+    assert again == analyses.from_json(at.AblationTableResult, data)
     assert again.cells[0].ce == result.cells[0].ce and again.comparisons[0].ce_ratio == result.comparisons[0].ce_ratio
+    assert again.context_sums == sums
     (section,) = at.sections(result)
-    assert section.title == "Causal ablation table" and len(section.tables) == 2
+    assert section.title == "Causal ablation table" and len(section.tables) == 3
     assert "also removes U V^T b_dec" in section.text            # the centred scaffold's zero reading, named
+    assert "beyond the mean" in section.tables[2].caption
+
+
+def test_new_subjects_remove_the_mean_direction_with_and_without_the_pcs(tiny_lm):
+    """pca_mean and mean zeroed at all positions equal the CE of projecting out, by hand, span[top-r PCs, mu]
+    (projector from a pseudo-inverse) and mu / |mu|, mu the mean of the ordinary fit rows."""
+    d = tiny_lm.d_model
+    ids, fit = contexts(4, 10, seed=21), contexts(5, 10, seed=22)
+    basis = orthonormalise(torch.randn(d, 2, generator=torch.Generator().manual_seed(23)))
+    vectors = orthonormalise(torch.randn(d, d, generator=torch.Generator().manual_seed(24)))
+    cfg = at.AblationTableConfig(ablation_subjects="pca_mean,mean", ablation_operators="zero,mean",
+                                 ablation_positions="all", ablation_splices=False, bootstrap_samples=50,
+                                 rows_per_forward=4)
+    result = at.ablation_table(tiny_lm, 1, hybrid(basis, d), ids, fit, vectors, "r2", cfg, sink_factor=0)
+    mu = lm_passes.position_class_rows(tiny_lm, 1, fit, 8192, sink_factor=0)[0].double().mean(0)
+    a = torch.cat([vectors[:, :2].double(), mu[:, None]], 1)
+    p_pca_mean = (a @ torch.linalg.pinv(a)).float()
+    p_mean = (torch.outer(mu, mu) / mu.dot(mu)).float()
+
+    def ce(edit):
+        return tiny_lm.token_ce(ids, layer=1, edit=edit)[:, 1:].double().mean().item()
+
+    assert result.cell("pca_mean", "zero", "all").ce.value == pytest.approx(ce(lambda r: r - r @ p_pca_mean), rel=1e-4)
+    assert result.cell("mean", "zero", "all").ce.value == pytest.approx(ce(lambda r: r - r @ p_mean), rel=1e-4)
+    assert {c.question for c in result.comparisons} == set()      # no scaffold subject asked for: nothing to compare
+    assert result.random_bases == 0 and result.context_sums.random_ce == {}
+
+
+def test_span_with_against_a_pseudo_inverse():
+    from scaffold_sae.subspace import span_with
+
+    g = torch.Generator().manual_seed(0)
+    q = orthonormalise(torch.randn(9, 3, generator=g, dtype=torch.float64))
+    v = torch.randn(9, generator=g, dtype=torch.float64)
+    both = span_with(q, v)
+    assert both.shape == (9, 4) and torch.allclose(both.t() @ both, torch.eye(4, dtype=torch.float64), atol=1e-12)
+    assert torch.allclose(both[:, :3], q)                               # the PCs come first, unchanged
+    a = torch.cat([q, v[:, None]], 1)
+    assert torch.allclose(both @ both.t(), a @ torch.linalg.pinv(a), atol=1e-10)
+    inside = q @ torch.tensor([1.0, -2.0, 0.5], dtype=torch.float64)    # a vector already in the span adds nothing
+    assert torch.equal(span_with(q, inside), q)
+
+
+def test_random_bases_are_drawn_afresh_for_each_seed():
+    first, again, second = at.random_bases(16, 3, 10, 0), at.random_bases(16, 3, 10, 0), at.random_bases(16, 3, 10, 1)
+    assert all(torch.equal(a, b) for a, b in zip(first, again))          # reproducible within a seed
+    for q in first + second:
+        assert torch.allclose(q.t() @ q, torch.eye(3), atol=1e-5)
+    overlap = [(i, j) for i, a in enumerate(first) for j, b in enumerate(second) if torch.allclose(a, b)]
+    assert overlap == []                                                 # no basis shared between seeds
+    assert len({tuple(q.flatten()[:4].tolist()) for q in first}) == 10
+
+
+def test_crossed_bootstrap_against_a_nested_loop():
+    """Bases and contexts resampled in each replicate: the interval equals a direct double loop over the same draws,
+    it is wider than an interval over contexts with bases averaged first, and one basis gives paired_bootstrap."""
+    import numpy as np
+
+    from scaffold_sae.stats import crossed_bootstrap, paired_bootstrap
+
+    rng = np.random.default_rng(5)
+    n, g, n_boot = 30, 6, 400
+    clean = rng.uniform(90, 110, n)
+    values = np.stack([clean, clean * 1.3 + rng.normal(0, 3, n)], 1)
+    scale = rng.uniform(1.0, 3.0, g)                                      # bases that differ a lot
+    grouped = (clean[None, :] * scale[:, None] + rng.normal(0, 3, (g, n)))[:, :, None]
+
+    def statistic(s):
+        return np.stack([s[..., 1] / s[..., 0], s[..., 2] / s[..., 0], s[..., 2] / s[..., 1]], -1)
+
+    est = crossed_bootstrap(values, grouped, statistic, n_boot, seed=7)
+    ctx_draws = np.random.default_rng(7).integers(0, n, size=(n_boot, n))
+    basis_draws = np.random.default_rng([7, 1]).integers(0, g, size=(n_boot, g))
+    samples = []
+    for b in range(n_boot):
+        c0 = c1 = r = 0.0
+        for j in ctx_draws[b]:
+            c0 += values[j, 0]
+            c1 += values[j, 1]
+        for i in basis_draws[b]:
+            total = 0.0
+            for j in ctx_draws[b]:
+                total += grouped[i, j, 0]
+            r += total / g
+        samples.append([c1 / c0, r / c0, r / c1])
+    low, high = np.percentile(np.array(samples), [2.5, 97.5], axis=0)
+    point = [values[:, 1].sum() / clean.sum(), grouped.sum(1).mean(0)[0] / clean.sum(),
+             grouped.sum(1).mean(0)[0] / values[:, 1].sum()]
+    for e, p, lo, hi in zip(est, point, low, high):
+        assert (e.value, e.low, e.high) == (pytest.approx(p), pytest.approx(lo), pytest.approx(hi))
+    averaged = paired_bootstrap(np.concatenate([values, grouped.mean(0)], 1), statistic, n_boot, seed=7)
+    assert est[0] == averaged[0]                                           # columns without bases: unchanged
+    assert est[1].high - est[1].low > 3 * (averaged[1].high - averaged[1].low)
+    one = crossed_bootstrap(values, grouped[:1], statistic, n_boot, seed=7)
+    plain = paired_bootstrap(np.concatenate([values, grouped[0]], 1), statistic, n_boot, seed=7)
+    assert [(e.value, e.low, e.high) for e in one] == [pytest.approx((e.value, e.low, e.high)) for e in plain]
+    with pytest.raises(ValueError, match="same contexts"):
+        crossed_bootstrap(values, grouped[:, :5], statistic, n_boot)
+
+
+def test_old_comparisons_load_with_their_question():
+    old = {"numerator": "scaffold:zero", "denominator": "random:zero", "positions": "all", "like_for_like": True,
+           "why": "", "ce_ratio": {"value": 1.0, "low": 0.9, "high": 1.1},
+           "excess_ratio": {"value": 1.0, "low": 0.9, "high": 1.1}, "reaches_2": "no"}
+    assert analyses.from_json(at.Comparison, old).question == "control"
+    assert analyses.from_json(at.Comparison, {**old, "denominator": "pca:mean"}).question == "paper"
+    assert analyses.from_json(at.Cell, {"subject": "pca", "operator": "zero", "positions": "all",
+                                        **{k: old["ce_ratio"] for k in ("ce", "ratio", "delta", "kl")}}).dims == 0
 
 
 def test_zeroing_a_centred_scaffold_also_removes_its_share_of_b_dec(tiny_lm):

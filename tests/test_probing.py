@@ -399,3 +399,41 @@ def test_probing_on_the_embedded_model_reduced():
     assert {t.features for t in result.topic} == {"scaffold_coords", "full", "scaffold_removed"}
     assert result.datasets["language"].documents == 40
     assert {(d.sae, d.k) for d in result.paired} == {("r4", k) for k in (1, 2, 5, 10, 20)}
+
+
+def test_control_paired_against_the_hybrid_of_its_rank_matches_the_slow_reference():
+    """A PCA-deflation control minus the hybrid of its rank: the same paired statistic as any SAE minus the plain one."""
+    one, (tested, a, b) = random_outcomes(30, 3, 2, 0, 0.95, 0.4)
+    one.correct[("pd2", 5)] = b
+    cfg = probing_analysis.ProbeConfig(ks=[5], n_splits=3, n_boot=150, seed=4)
+    ranks = {"residual": None, "r0": 0, "r2": 2, "pd2": 2}
+    _, paired = probing_analysis.summarise({"one": one}, ranks, "r0", cfg, against={"pd2": "r2"})
+    assert [(d.sae, d.baseline) for d in paired] == [("r2", "r0"), ("pd2", "r0"), ("pd2", "r2")]
+    versus = paired[-1]
+    point, low, high = slow_paired_reference([(tested, b, a)], 150, 4)   # control's correctness minus the hybrid's
+    got = [versus.difference, *versus.per_split]
+    assert [e.value for e in got] == pytest.approx(point, abs=1e-12)
+    assert [(e.low, e.high) for e in got] == [pytest.approx((lo, hi), abs=1e-12) for lo, hi in zip(low, high)]
+    assert versus.verdict == "worse" and probing_analysis.beats(versus) == "r2 beats pd2"
+
+
+def test_pca_deflation_controls_reach_probing_through_the_analysis_context(tiny_lm, monkeypatch):
+    from scaffold_sae import analyses
+    from test_analysis import tiny_cfg
+
+    monkeypatch.setitem(probing.DATASETS, "bbc_topic", planted_dataset(2))     # the topic probe's dataset
+    saes = tiny_saes(tiny_lm, ranks=(0, 2), width=32, k=3)
+    controls = {"pd2": tiny_saes(tiny_lm, ranks=(2,), width=32, k=3)["r2"]}
+    ids = torch.randint(4, 100, (8, 16), generator=torch.Generator().manual_seed(0))
+    ids[:, 0] = 2
+    cfg = tiny_cfg(probe_datasets="bbc_topic", probe_docs=24, probe_ks=[1], probe_splits=2, bootstrap_samples=50)
+    only = {n: a for n, a in analyses.registered().items() if n == "probing"}
+    results, sections = analyses.run_analyses(tiny_lm, 1, saes, "r0", None, ids, cfg, progress=False,
+                                              analyses=only, controls=controls)
+    result = results["probing"]
+    assert result.controls == {"pd2": "r2"}
+    assert {(d.sae, d.baseline) for d in result.paired} == {("r2", "r0"), ("pd2", "r0"), ("pd2", "r2")}
+    assert {s.features for s in result.sparse} == {"residual", "r0", "r2", "pd2"}
+    assert {t.sae for t in result.topic} == {"r2"}                   # the topic probe reads the hybrids' scaffolds
+    captions = [t.caption for t in sections[0].tables]
+    assert any(c and c.startswith("The PCA-deflation SAE") for c in captions)

@@ -72,7 +72,7 @@ def test_topic_analysis_runs_in_the_protocol_and_round_trips(tiny_lm):
     hybrid = HybridSAE(SAEConfig(arch="batchtopk", d_in=d, width=32, k=4, rank=2)).eval()
     saes = {"r0": HybridSAE(SAEConfig(arch="batchtopk", d_in=d, width=32, k=4, rank=0)).eval(), "r2": hybrid}
     cfg = tiny_cfg(topic_datasets="bbc_topic", topic_docs=20, topic_tokens=12, topic_operators="zero",
-                   topic_positions="ordinary,all", topic_read_after="0,last")
+                   topic_positions="ordinary,all", topic_read_after="0,last", topic_random_bases=3)
     only = {n: a for n, a in analyses.registered().items() if n == "topic_ablation"}
     results, sections = analyses.run_analyses(tiny_lm, 0, saes, "r0", None, ids, cfg, progress=False, analyses=only)
     result = results["topic_ablation"]
@@ -81,10 +81,21 @@ def test_topic_analysis_runs_in_the_protocol_and_round_trips(tiny_lm):
                           "pca:zero:all", "random:zero:ordinary", "random:zero:all", "aligned_latents:4",
                           "aligned_sparse_latents:4"}
     assert 0 <= result.control_dense["bbc_topic"] <= 4
+    assert result.random_bases == 3 and result.seed == 0
+    for o in result.readouts:
+        assert (o.per_basis is not None) == o.condition.startswith("random")
+        if o.per_basis is not None:
+            assert len(o.per_basis) == 3 and o.accuracy.value == pytest.approx(np.mean(o.per_basis))
     assert {o.read_layer for o in result.readouts} == {0, 1}
     assert result.train_docs["bbc_topic"] + result.test_docs["bbc_topic"] == 20
     assert analyses.from_json(ta.TopicResult, analyses.to_json(result)) == result
     assert sections[0].title == "Topic with fixed probes"
+    beats = ta.specific_drops(result)
+    assert set(beats) == {("bbc_topic", f"scaffold:zero:{p}", j) for p in ("ordinary", "all") for j in (0, 1)}
+    assert all(set(words) <= {"yes", "no"} for words in beats.values())
+    old = analyses.to_json(result)
+    del old["random_bases"]
+    assert analyses.from_json(ta.TopicResult, old).random_bases == 1          # written with one basis
     pairs = {(d.condition, d.against, d.read_layer) for d in result.differences}
     assert pairs == {(f"scaffold:zero:{p}", f"{s}:zero:{p}", j) for p in ("ordinary", "all") for s in ("pca", "random")
                      for j in (0, 1)}
@@ -111,3 +122,38 @@ def test_paired_differences_against_a_slow_reference():
     samples = np.array([delta[idx].mean() for idx in draws])
     low, high = np.percentile(samples, [2.5, 97.5])
     assert (diff.difference.low, diff.difference.high) == (pytest.approx(low), pytest.approx(high))
+
+
+def test_random_draws_resample_bases_and_documents_against_a_nested_loop():
+    """Three random bases read as one condition: accuracy = mean over bases; the interval of the scaffold minus random
+    directions equals a loop that draws bases, then documents (the same documents for every column)."""
+    rng = np.random.default_rng(2)
+    n, d, g, n_boot = 60, 4, 3, 300
+    labels = np.arange(n) % 2
+    clean = rng.normal(size=(n, d)) + labels[:, None] * 2.0
+    features = {"clean": {0: clean}, "scaffold:zero:all": {0: clean + rng.normal(size=(n, d)) * 2.0},
+                "pca:zero:all": {0: clean + rng.normal(size=(n, d)) * 1.0},
+                **{f"random:zero:all#{i}": {0: clean + rng.normal(size=(n, d)) * (0.5 + i)} for i in range(g)}}
+    train, test = np.arange(30), np.arange(30, 60)
+    readouts, probes, diffs = ta.fixed_probe_readouts(features, labels, train, test, "toy", seed=4, n_boot=n_boot)
+    assert [o.condition for o in readouts] == ["clean", "scaffold:zero:all", "pca:zero:all", "random:zero:all"]
+    right = {c: (probes[0].predict(features[c][0][test]) == labels[test]).astype(float) for c in features}
+    random = readouts[-1]
+    assert random.per_basis == pytest.approx([right[f"random:zero:all#{i}"].mean() for i in range(g)])
+    assert random.accuracy.value == pytest.approx(np.mean(random.per_basis))
+    against = {x.against: x.difference for x in diffs}
+    assert set(against) == {"pca:zero:all", "random:zero:all"}
+    doc_draws = np.random.default_rng(4).integers(0, len(test), size=(n_boot, len(test)))
+    basis_draws = np.random.default_rng([4, 1]).integers(0, g, size=(n_boot, g))
+    samples = []
+    for docs, bases in zip(doc_draws, basis_draws):
+        scaffold = sum(right["scaffold:zero:all"][j] for j in docs)
+        rand = sum(sum(right[f"random:zero:all#{i}"][j] for j in docs) for i in bases) / g
+        samples.append((scaffold - rand) / len(docs))
+    low, high = np.percentile(samples, [2.5, 97.5])
+    e = against["random:zero:all"]
+    assert e.value == pytest.approx(right["scaffold:zero:all"].mean() - np.mean(random.per_basis))
+    assert (e.low, e.high) == (pytest.approx(low), pytest.approx(high))
+    with pytest.raises(ValueError, match="same number of draws"):
+        ta.fixed_probe_readouts({**features, "random:mean:all#0": features["clean"]}, labels, train, test, "toy",
+                                n_boot=10)

@@ -94,3 +94,32 @@ def group_mean_bootstrap(numerators: np.ndarray, counts: np.ndarray, weights: np
     flat = paired_bootstrap(values, statistic, n_boot, seed, level)
     j = weights.shape[0]
     return [flat[i * j:(i + 1) * j] for i in range(q)]
+
+
+def crossed_bootstrap(values: np.ndarray, grouped: np.ndarray, statistic: Statistic, n_boot: int = 2000,
+                      seed: int = 0, level: float = 0.95) -> list[Estimate]:
+    """paired_bootstrap with random draws (e.g. random bases) crossed with the contexts: values [n, k] are columns
+    measured once per context; grouped [g, n, m] are m columns measured under each of g random draws on the same
+    contexts. statistic receives sums [..., k + m]: the k column sums, then per grouped column its sum over contexts
+    averaged over the draws. Each resample draws g of the draws with replacement (numpy default_rng([seed, 1])) and n
+    contexts with replacement (the same draws as paired_bootstrap's, shared by every column, so pairing holds), so
+    the interval carries the spread over the random draws as well as over contexts. With g = 1 it is
+    paired_bootstrap."""
+    values = np.asarray(values, dtype=np.float64)
+    grouped = np.asarray(grouped, dtype=np.float64)
+    if values.ndim != 2 or values.shape[0] < 1 or grouped.ndim != 3 or grouped.shape[1] != values.shape[0] \
+            or grouped.shape[0] < 1:
+        raise ValueError(f"values must be [contexts, columns] and grouped [draws, contexts, columns] on the same "
+                         f"contexts, got {values.shape} and {grouped.shape}")
+    g, n, _ = grouped.shape
+    point = np.atleast_1d(statistic(np.concatenate([values.sum(0), grouped.sum(1).mean(0)])))
+    contexts = resample_weights(n, n_boot, seed)
+    draws = np.random.default_rng([seed, 1]).integers(0, g, size=(n_boot, g))
+    draw_weights = np.zeros((n_boot, g))
+    np.add.at(draw_weights, (np.repeat(np.arange(n_boot), g), draws.ravel()), 1.0 / g)
+    per_draw = np.einsum("bn,gnm->bgm", contexts, grouped)
+    sums = np.concatenate([contexts @ values, np.einsum("bg,bgm->bm", draw_weights, per_draw)], axis=1)
+    samples = np.asarray(statistic(sums)).reshape(n_boot, -1)
+    tail = 100.0 * (1.0 - level) / 2.0
+    low, high = np.nanpercentile(samples, [tail, 100.0 - tail], axis=0)
+    return [Estimate(float(p), float(lo), float(hi)) for p, lo, hi in zip(point, low, high)]

@@ -307,15 +307,19 @@ def sae_records(results: dict[str, dict], members: dict[str, StudyMember], arch:
 
 def analyses_of_seed(seed: int, members: dict[str, StudyMember], sae_dirs: dict[str, Path], lm, layer: int, cache,
                      contexts: torch.Tensor, cfg: StudyConfig, out: Path, progress: bool) -> dict:
-    """The analyses (as results.json stores them) of one seed's plain SAE and hybrids, cached in out/analyses.json;
-    the extra baselines are compared in the tables, not here."""
+    """The analyses (as results.json stores them) of one seed's plain SAE and hybrids, cached in out/analyses.json; the
+    PCA-deflation SAEs go along as controls (probing pairs them with the hybrids), the other extra baselines are
+    compared in the tables, not here."""
     from scaffold_sae.analyses import run_analyses
 
     chosen = [name for name, m in members.items() if m.seed == seed and m.kind in ("baseline", "hybrid")]
     saes = {name: load_sae(sae_dirs[name]).to(cfg.device) for name in chosen}
     baseline = next(name for name in chosen if members[name].kind == "baseline")
     out.mkdir(parents=True, exist_ok=True)
-    typed, _ = run_analyses(lm, layer, saes, baseline, cache, contexts, cfg, out=out, progress=progress)
+    controls = {name: load_sae(sae_dirs[name]).to(cfg.device) for name, m in members.items()
+                if m.seed == seed and m.kind == "pca_deflation"}
+    typed, _ = run_analyses(lm, layer, saes, baseline, cache, contexts, cfg, out=out, progress=progress,
+                            controls=controls)
     return typed.to_json()
 
 

@@ -54,6 +54,19 @@ def span_basis(u: Tensor) -> Tensor:
     return orthonormalise(u.detach().double().cpu())
 
 
+def span_with(basis: Tensor, vector: Tensor, tol: float = 1e-6) -> Tensor:
+    """Orthonormal basis [d, r + 1] of span[basis, vector] (basis orthonormal [d, r]): basis's columns, then the unit
+    part of `vector` orthogonal to them; just `basis` (float64) when that part is below tol x |vector|."""
+    q = basis.detach().double().cpu()
+    v = vector.detach().double().cpu().reshape(-1)
+    rest = v - q @ (q.t() @ v)
+    rest = rest - q @ (q.t() @ rest)  # a second pass keeps it orthogonal to float64 precision
+    norm = float(rest.norm())
+    if norm <= tol * float(v.norm()) or norm == 0.0:
+        return q
+    return torch.cat([q, (rest / norm)[:, None]], 1)
+
+
 def principal_angles(a: Tensor, b: Tensor) -> Tensor:
     """Principal angles in degrees, ascending, between span(a) and span(b) (a [d, p], b [d, q])."""
     qa, qb = span_basis(a), span_basis(b)

@@ -11,8 +11,15 @@ sinks keep their values) or "all". The scaffold-only rows splice the SAE without
 x - s(x), error dropped x_hat - s(x), next to the SAE itself (x_hat) for scale; s(x) = U V^T (x - b_dec), or U V^T x
 for a scaffold trained on uncentred input.
 
-Means, PCA basis and donors come from the fit contexts, which share no context with the CE contexts. Each number
-has a paired bootstrap 95% interval over CE contexts (stats.paired_bootstrap).
+Subjects beside the scaffold: span(U); the top-r PCs; span[top-r PCs, mean] ("pca_mean", r + 1 directions: the PCs
+and the part of the activation mean mu orthogonal to them) and the mean direction alone ("mean", mu / |mu|), so that a
+reader can tell whether removing the scaffold matters beyond removing the mean (an uncentred scaffold removes nearly
+all of it); r random directions (ablation_random_bases bases, drawn afresh for each seed); the whole residual.
+
+Means, PCA basis and donors come from the fit contexts, which share no context with the CE contexts; mu is the mean of
+the ordinary fit tokens. Each number has a paired bootstrap 95% interval over CE contexts (stats.paired_bootstrap);
+where random bases enter, the bootstrap resamples the bases as well as the contexts (stats.crossed_bootstrap), so the
+interval carries the spread over bases.
 """
 
 from __future__ import annotations
@@ -23,18 +30,21 @@ from typing import Callable
 
 import numpy as np
 import torch
+from torch import Tensor
 
 from scaffold_sae import probing
 from scaffold_sae.analyses.base import AnalysisContext, AnalysisError, register
 from scaffold_sae.lm_passes import ResidEdit, condition_losses, position_class_rows
 from scaffold_sae.report import Section, Table, format_number
 from scaffold_sae.sae import random_orthonormal
-from scaffold_sae.stats import Estimate, paired_bootstrap
-from scaffold_sae.subspace import span_basis
+from scaffold_sae.stats import Estimate, crossed_bootstrap
+from scaffold_sae.subspace import span_basis, span_with
 
 OPERATORS = ("zero", "mean", "resample")
 POSITIONS = ("ordinary", "all")
-SUBSPACES = ("scaffold", "span_u", "pca", "random", "residual")
+SUBSPACES = ("scaffold", "span_u", "pca", "pca_mean", "mean", "random", "residual")
+BEYOND_MEAN = ("pca_mean", "mean")
+"""Subjects that answer: does the scaffold matter beyond removing the activation mean?"""
 ERROR_KEPT, ERROR_DROPPED = "error kept", "error dropped"
 WITHOUT_SCAFFOLD, SPLICED = "sae without scaffold", "sae spliced"
 
@@ -47,11 +57,16 @@ class AblationTableConfig:
     """Comma-separated operators: zero, mean, resample."""
     ablation_positions: str = "ordinary,all"
     """Comma-separated position sets: ordinary (BOS and sinks untouched), all (BOS and sinks edited too)."""
-    ablation_subjects: str = "scaffold,span_u,pca,random,residual"
+    ablation_subjects: str = "scaffold,span_u,pca,pca_mean,mean,random,residual"
     """Comma-separated subjects: scaffold (U V^T as trained), span_u (orthogonal projector onto span U), pca (top-r),
-    random (r random directions), residual (the whole residual, for calibration)."""
-    ablation_random_bases: int = 5
-    """Random r-dimensional bases (the random subject's CE is their mean; each basis's ratio is listed)."""
+    pca_mean (span of the top-r PCs and the activation mean), mean (the mean direction alone), random (r random
+    directions), residual (the whole residual, for calibration)."""
+    ablation_random_bases: int = 10
+    """Random r-dimensional bases, drawn afresh for each seed (the random subject's CE is their mean; its interval
+    resamples bases and contexts; each basis's ratio is listed)."""
+    ablation_context_subjects: str = "scaffold,pca,pca_mean,mean,random"
+    """Subjects whose per-context CE sums (every operator and position set; random: per basis) the result stores,
+    rounded to 0.01 nats, so that a bootstrap over seeds and contexts can be run later; empty stores none."""
     ablation_splices: bool = True
     """Also splice the SAE without its scaffold term (error kept / dropped) and the SAE itself."""
     rows_per_forward: int = 8
@@ -77,6 +92,8 @@ class Cell:
     """Mean KL(clean || edited) per prediction (nats)."""
     per_basis_ratio: list[float] | None = None
     """Random subject only: the ratio of each basis."""
+    dims: int = 0
+    """Directions removed (r; r + 1 for pca_mean, 1 for mean, d for residual; 0 for the splices and old results)."""
 
 
 @dataclass
@@ -96,6 +113,31 @@ class Comparison:
     """(CE(numerator) - clean) / (CE(denominator) - clean)."""
     reaches_2: str
     """ce_ratio >= 2: yes (whole interval), no (whole interval below), undecided."""
+    question: str = ""
+    """paper (against the top-r PCs), beyond_mean (same operator against pca_mean or mean: CE ratio above 1 means
+    the scaffold matters beyond removing the mean) or control (a subspace against random directions)."""
+
+    @staticmethod
+    def upgrade_json(data: dict) -> dict:
+        """Comparisons written before the question field: against pca or random only."""
+        if data.get("question"):
+            return data
+        return {**data, "question": "control" if str(data.get("denominator", "")).startswith("random") else "paper"}
+
+
+@dataclass
+class ContextSums:
+    """Per-context sums behind some cells (ablation_context_subjects), rounded to 0.01 nats: what a bootstrap over
+    seeds and contexts (and random bases) needs later. Cell keys are "subject:operator:positions"."""
+
+    predictions: list[int]
+    """Predictions per CE context."""
+    clean: list[float]
+    """Clean CE sum per context (nats)."""
+    ce: dict[str, list[float]] = field(default_factory=dict)
+    """Cell -> CE sum per context (the random subject: mean over bases)."""
+    random_ce: dict[str, list[list[float]]] = field(default_factory=dict)
+    """Random cell -> per basis, CE sum per context."""
 
 
 @dataclass
@@ -122,6 +164,13 @@ class AblationTableResult:
     definitions: dict[str, str] = field(default_factory=lambda: {
         "zero": "x - A x", "mean": "x - A (x - mu_class)", "resample": "x - A (x - x') with x' another token",
         ERROR_KEPT: "x - s(x)", ERROR_DROPPED: "x_hat - s(x) (x_hat for 'sae spliced')"})
+    random_bases: int = 0
+    """Random bases behind the random cells (0: results written before this field, whose random interval left out
+    the spread over bases)."""
+    seed: int = 0
+    """The seed the random bases, donors and bootstrap were drawn with."""
+    context_sums: ContextSums | None = None
+    """Per-context CE sums of the ablation_context_subjects cells (None when none were stored)."""
 
     def cell(self, subject: str, operator: str, positions: str) -> Cell:
         return next(c for c in self.cells if (c.subject, c.operator, c.positions) == (subject, operator, positions))
@@ -196,6 +245,28 @@ class ClassReference:
         return {"zero": None, "mean": self.mean, "resample": self.donors}[operator]
 
 
+def random_bases(d: int, r: int, n: int, seed: int) -> list[Tensor]:
+    """n random orthonormal [d, r] bases for `seed`: basis i from a torch generator seeded by
+    numpy SeedSequence([seed, i]), so every seed draws its own bases (no basis is shared between seeds)."""
+    states = [int(np.random.SeedSequence([int(seed), i]).generate_state(1, np.uint64)[0]) for i in range(n)]
+    return [random_orthonormal(d, r, torch.Generator().manual_seed(state)) for state in states]
+
+
+def subject_bases(subjects: list[str], sae, pca_vectors: Tensor, mean: Tensor, n_random: int, seed: int
+                  ) -> dict[str, list[tuple[Tensor | None, Tensor | None]]]:
+    """subject -> [(left, right)] of the component A = left right^T each subject removes (None: the identity);
+    several pairs for the random subject (one per basis)."""
+    d, r = int(sae.U.shape[0]), int(sae.cfg.rank)
+    q_pca = pca_vectors[:, :r].double()
+    q_mean = (mean.double() / mean.double().norm().clamp_min(1e-300))[:, None]
+    make = {"scaffold": lambda: [(sae.U, sae.V)], "span_u": lambda: [(span_basis(sae.U),) * 2],
+            "pca": lambda: [(q_pca, q_pca)], "pca_mean": lambda: [(span_with(q_pca, mean),) * 2],
+            "mean": lambda: [(q_mean, q_mean)],
+            "random": lambda: [(q, q) for q in random_bases(d, r, n_random, seed)], "residual": lambda: [(None, None)]}
+    return {subject: [tuple(None if m is None else m.float() for m in pair) for pair in make[subject]()]
+            for subject in subjects}
+
+
 def ablation_table(lm, layer: int, sae, ce_contexts: torch.Tensor, fit_contexts: torch.Tensor, pca_vectors,
                    name: str = "sae", config: AblationTableConfig | None = None, fit_tokens: int = 8192,
                    batch_size: int = 4, sink_factor: float = 10.0, seed: int = 0,
@@ -210,18 +281,13 @@ def ablation_table(lm, layer: int, sae, ce_contexts: torch.Tensor, fit_contexts:
     operators = parse_choices(config.ablation_operators, OPERATORS, "ablation_operators")
     positions = parse_choices(config.ablation_positions, POSITIONS, "ablation_positions")
     subjects = parse_choices(config.ablation_subjects, SUBSPACES, "ablation_subjects")
+    stored = (parse_choices(config.ablation_context_subjects, SUBSPACES, "ablation_context_subjects")
+              if config.ablation_context_subjects.strip() else [])
     if config.ablation_random_bases < 1:
         raise AnalysisError("ablation_random_bases must be >= 1")
     ordinary_rows, special_rows = position_class_rows(lm, layer, fit_contexts, fit_tokens, batch_size, sink_factor)
     ref = ClassReference(ordinary_rows, special_rows, seed)
-    d = int(sae.U.shape[0])
-    q_u, q_pca = span_basis(sae.U).float(), pca_vectors[:, :r].float()
-    bases: dict[str, list[tuple[torch.Tensor | None, torch.Tensor | None]]] = {
-        "scaffold": [(sae.U, sae.V)], "span_u": [(q_u, q_u)], "pca": [(q_pca, q_pca)],
-        "random": [(q, q) for q in (random_orthonormal(d, r, torch.Generator().manual_seed(1000 + seed + i))
-                                    for i in range(config.ablation_random_bases))],
-        "residual": [(None, None)]}
-    bases = {subject: pairs for subject, pairs in bases.items() if subject in subjects}
+    bases = subject_bases(subjects, sae, pca_vectors, ref.mean_ordinary, config.ablation_random_bases, seed)
     conditions: dict[str, ResidEdit] = {}
     groups: dict[tuple[str, str, str], list[str]] = {}
     for pos in positions:
@@ -253,23 +319,38 @@ def ablation_table(lm, layer: int, sae, ce_contexts: torch.Tensor, fit_contexts:
                               progress)
     index = {key: i for i, key in enumerate(losses.names)}
     cell_keys = list(groups)
-    # columns: predictions, clean CE, then per cell the CE and KL sums averaged over its bases
-    ce_cols = np.stack([losses.ce[[index[k] for k in groups[c]]].mean(0).numpy() for c in cell_keys], 1)
-    kl_cols = np.stack([losses.kl[[index[k] for k in groups[c]]].mean(0).numpy() for c in cell_keys], 1)
-    values = np.concatenate([losses.predictions.numpy()[:, None], losses.clean.numpy()[:, None], ce_cols, kl_cols], 1)
-    n_cells = len(cell_keys)
+    once = [c for c in cell_keys if c[0] != "random"]
+    crossed = [c for c in cell_keys if c[0] == "random"]
+    # per-context columns: predictions, clean CE, then CE and KL of each cell measured once; the random cells' CE and
+    # KL per basis go to the crossed array [bases, contexts, columns]
+    values = np.stack([losses.predictions.numpy(), losses.clean.numpy(),
+                       *[losses.ce[index[groups[c][0]]].numpy() for c in once],
+                       *[losses.kl[index[groups[c][0]]].numpy() for c in once]], 1)
+    n_bases = config.ablation_random_bases if crossed else 1
+    grouped = np.zeros((n_bases, values.shape[0], 2 * len(crossed)))
+    for j, c in enumerate(crossed):
+        rows_ = [index[k] for k in groups[c]]
+        grouped[:, :, j] = losses.ce[rows_].numpy()
+        grouped[:, :, len(crossed) + j] = losses.kl[rows_].numpy()
+    width = values.shape[1]
+    ce_col = {c: 2 + i for i, c in enumerate(once)} | {c: width + j for j, c in enumerate(crossed)}
+    kl_col = {c: 2 + len(once) + i for i, c in enumerate(once)} | {c: width + len(crossed) + j
+                                                                   for j, c in enumerate(crossed)}
+    ce_idx = np.array([ce_col[c] for c in cell_keys], dtype=int)
+    kl_idx = np.array([kl_col[c] for c in cell_keys], dtype=int)
     pairs = comparison_pairs(cell_keys)
-    col = {c: i for i, c in enumerate(cell_keys)}
+    num_idx = np.array([ce_col[a] for a, _, _, _ in pairs], dtype=int)
+    den_idx = np.array([ce_col[b] for _, b, _, _ in pairs], dtype=int)
+    n_cells = len(cell_keys)
 
     def statistic(s: np.ndarray) -> np.ndarray:
-        pred, clean, ce, kl = s[..., :1], s[..., 1:2], s[..., 2:2 + n_cells], s[..., 2 + n_cells:]
-        num = np.stack([ce[..., col[a]] for a, _, _, _ in pairs], -1) if pairs else ce[..., :0]
-        den = np.stack([ce[..., col[b]] for _, b, _, _ in pairs], -1) if pairs else ce[..., :0]
+        pred, clean, ce, kl = s[..., :1], s[..., 1:2], s[..., ce_idx], s[..., kl_idx]
+        num, den = s[..., num_idx], s[..., den_idx]
         with np.errstate(divide="ignore", invalid="ignore"):
             return np.concatenate([clean / pred, ce / pred, ce / clean, (ce - clean) / pred, kl / pred, num / den,
                                    (num - clean) / (den - clean)], -1)
 
-    est = paired_bootstrap(values, statistic, bootstrap_samples, seed)
+    est = crossed_bootstrap(values, grouped, statistic, bootstrap_samples, seed)
     clean_ce, est = est[0], est[1:]
     chunks = [est[i * n_cells:(i + 1) * n_cells] for i in range(4)]
     cells = []
@@ -278,22 +359,43 @@ def ablation_table(lm, layer: int, sae, ce_contexts: torch.Tensor, fit_contexts:
         if subject == "random":
             totals = losses.ce[[index[k] for k in groups[(subject, op, pos)]]].sum(1)
             per_basis = [float(t / losses.clean.sum()) for t in totals]
-        cells.append(Cell(subject, op, pos, chunks[0][i], chunks[1][i], chunks[2][i], chunks[3][i], per_basis))
+        dims = 0 if subject not in bases else (int(sae.U.shape[0]) if subject == "residual" else
+                                               int(bases[subject][0][0].shape[1]))
+        cells.append(Cell(subject, op, pos, chunks[0][i], chunks[1][i], chunks[2][i], chunks[3][i], per_basis, dims))
     rest = est[4 * n_cells:]
     ratios, excess = rest[:len(pairs)], rest[len(pairs):]
     comparisons = [Comparison(f"{a[0]}:{a[1]}", f"{b[0]}:{b[1]}", a[2], like, why, ratios[i], excess[i],
-                              ratios[i].verdict(2.0)) for i, (a, b, like, why) in enumerate(pairs)]
+                              ratios[i].verdict(2.0), question_of(b[0]))
+                   for i, (a, b, like, why) in enumerate(pairs)]
+    sums = None
+    if stored:
+        sums = ContextSums([int(p) for p in losses.predictions], _rounded(losses.clean),
+                           {f"{s_}:{o}:{p}": _rounded(losses.ce[[index[k] for k in groups[(s_, o, p)]]].mean(0))
+                            for s_, o, p in cell_keys if s_ in stored},
+                           {f"{s_}:{o}:{p}": [_rounded(losses.ce[index[k]]) for k in groups[(s_, o, p)]]
+                            for s_, o, p in crossed if s_ in stored})
     return AblationTableResult(
         sae=name, rank=r, scaffold_centred=bool(getattr(sae.cfg, "scaffold_centred", True)),
         n_contexts=int(ce_contexts.shape[0]), n_predictions=int(losses.predictions.sum()),
         n_fit_contexts=int(fit_contexts.shape[0]), n_fit_tokens=int(ordinary_rows.shape[0]),
         n_fit_special=int(special_rows.shape[0]), ce_clean=clean_ce, cells=cells, comparisons=comparisons,
-        bootstrap_samples=bootstrap_samples, forwards=losses.forwards, wall_s=time.perf_counter() - clock)
+        bootstrap_samples=bootstrap_samples, forwards=losses.forwards, wall_s=time.perf_counter() - clock,
+        random_bases=config.ablation_random_bases if "random" in bases else 0, seed=int(seed), context_sums=sums)
+
+
+def _rounded(values: Tensor) -> list[float]:
+    return [round(float(v), 2) for v in values]
+
+
+def question_of(denominator: str) -> str:
+    return "control" if denominator == "random" else "beyond_mean" if denominator in BEYOND_MEAN else "paper"
 
 
 def comparison_pairs(cells: list[tuple[str, str, str]]) -> list[tuple[tuple, tuple, bool, str]]:
     """(numerator cell, denominator cell, like for like, why): the scaffold (every reading of its removal) and
-    span(U) against the top-r PCs under every operator, and span(U) / PCA against random directions; same positions."""
+    span(U) against the top-r PCs under every operator; the scaffold and span(U) against span[top-r PCs, mean] and
+    against the mean alone under the same operator (beyond the mean?); span(U) / PCA against random directions; same
+    positions."""
     have = set(cells)
     out = []
     for num in cells:
@@ -311,6 +413,15 @@ def comparison_pairs(cells: list[tuple[str, str, str]]) -> list[tuple[tuple, tup
                 why = "oblique scaffold term vs orthogonal projector" + (
                     "" if subject == "scaffold" else f" (scaffold term removed vs {den[1]})")
             out.append((num, den, like, why))
+    for subject in ("scaffold", "span_u"):
+        for op in OPERATORS:
+            for pos in POSITIONS:
+                for den in BEYOND_MEAN:
+                    if (subject, op, pos) in have and (den, op, pos) in have:
+                        out.append(((subject, op, pos), (den, op, pos), False,
+                                    f"same operator: does removing the {'scaffold term' if subject == 'scaffold' else 'span of U'} "
+                                    f"matter beyond removing {'the top-r PCs and ' if den == 'pca_mean' else ''}"
+                                    "the activation mean?"))
     for subject in ("span_u", "pca"):
         for op in OPERATORS:
             for pos in POSITIONS:
@@ -335,25 +446,45 @@ def _interval(e: Estimate) -> str:
     return f"{format_number(e.value)} [{format_number(e.low)}, {format_number(e.high)}]"
 
 
+def beyond_mean_word(c: Comparison) -> str:
+    """Whether removing the numerator costs more CE than removing the denominator (pca_mean or mean)."""
+    return "more" if c.ce_ratio.low > 1 else "less" if c.ce_ratio.high < 1 else "undecided"
+
+
 def sections(result: AblationTableResult) -> list[Section]:
-    rows = [[c.subject, c.operator, c.positions, _interval(c.ce), _interval(c.ratio), _interval(c.delta),
-             _interval(c.kl), None if c.per_basis_ratio is None else
+    rows = [[c.subject, c.dims or None, c.operator, c.positions, _interval(c.ce), _interval(c.ratio),
+             _interval(c.delta), _interval(c.kl), None if c.per_basis_ratio is None else
              ", ".join(format_number(v) for v in c.per_basis_ratio)] for c in result.cells]
-    table = Table(["subject", "operator", "positions", "CE (nats)", "CE / clean", "ΔCE", "KL", "random: per basis"],
+    random_note = (f"; random cells: mean over {result.random_bases} bases drawn for seed {result.seed}, their "
+                   "interval resamples bases and contexts" if result.random_bases else
+                   "; random cells: mean over bases, interval over contexts only (stored before bases were resampled)")
+    table = Table(["subject", "directions", "operator", "positions", "CE (nats)", "CE / clean", "ΔCE", "KL",
+                   "random: per basis"],
                   rows, caption=f"{result.sae} (rank {result.rank}, scaffold on "
                                 f"{'x - b_dec' if result.scaffold_centred else 'uncentred x'}); clean CE "
                                 f"{_interval(result.ce_clean)}; {result.n_contexts} CE contexts, "
                                 f"{result.n_predictions} predictions; paired bootstrap 95% intervals over contexts "
-                                f"({result.bootstrap_samples} resamples)")
+                                f"({result.bootstrap_samples} resamples){random_note}")
+    paper = [c for c in result.comparisons if c.question != "beyond_mean"]
+    beyond = [c for c in result.comparisons if c.question == "beyond_mean"]
     comp = Table(["numerator", "denominator", "positions", "like for like", "why", "CE ratio", "ΔCE ratio",
                   "CE ratio >= 2"],
                  [[c.numerator, c.denominator, c.positions, "yes" if c.like_for_like else "no", c.why,
-                   _interval(c.ce_ratio), _interval(c.excess_ratio), c.reaches_2] for c in result.comparisons],
+                   _interval(c.ce_ratio), _interval(c.excess_ratio), c.reaches_2] for c in paper],
                  caption="paper (Gemma-2-2B, r = 24): scaffold 7.5x vs top-24 PCs 2.8x clean CE, a CE ratio of 2.7")
+    tables = [table, comp]
+    if beyond:
+        tables.append(Table(["numerator", "denominator", "positions", "CE ratio", "ΔCE ratio", "numerator costs"],
+                            [[c.numerator, c.denominator, c.positions, _interval(c.ce_ratio),
+                              _interval(c.excess_ratio), beyond_mean_word(c)] for c in beyond],
+                            caption="beyond the mean: the scaffold (or span U) against span[top-r PCs, mean] and "
+                                    "against the mean direction alone, same operator and positions; 'more' when the "
+                                    "whole CE-ratio interval lies above 1"))
     reach = [f"{c.numerator} / {c.denominator} ({c.positions})" for c in result.comparisons
-             if c.denominator.startswith("pca") and c.reaches_2 == "yes"]
+             if c.question == "paper" and c.reaches_2 == "yes"]
     open_ = [f"{c.numerator} / {c.denominator} ({c.positions})" for c in result.comparisons
-             if c.denominator.startswith("pca") and c.reaches_2 == "undecided"]
+             if c.question == "paper" and c.reaches_2 == "undecided"]
+    more = [f"{c.numerator} / {c.denominator} ({c.positions})" for c in beyond if beyond_mean_word(c) == "more"]
     term = ("The scaffold's trained term is s(x) = U V^T (x - b_dec), so 'scaffold' zeroed (x - U V^T x) also removes "
             "U V^T b_dec, b_dec's share along span(U); the row 'sae without scaffold, error kept' removes s(x) alone "
             "(for mean and resample b_dec cancels). " if result.scaffold_centred else
@@ -364,9 +495,11 @@ def sections(result: AblationTableResult) -> list[Section]:
             f"contexts ({result.n_fit_contexts}, {result.n_fit_tokens} ordinary and {result.n_fit_special} special "
             "tokens) share no context with the CE contexts. Readings whose scaffold-vs-top-r-PCA CE ratio is 2 or "
             f"more (whole interval): {', '.join(reach) or 'none'}; undecided: {', '.join(open_) or 'none'}. "
-            f"Wall time {format_number(result.wall_s)} s for {result.forwards} forwards from the layer (blocks L+1.. and the "
-            "head only).")
-    return [Section("Causal ablation table", text, tables=[table, comp])]
+            + (f"Readings where removing the scaffold costs more than removing the mean (alone or with the top-r "
+               f"PCs): {', '.join(more) or 'none'}. " if beyond else "")
+            + f"Wall time {format_number(result.wall_s)} s for {result.forwards} forwards from the layer (blocks L+1.. "
+            "and the head only).")
+    return [Section("Causal ablation table", text, tables=tables)]
 
 
 register("ablation_table", AblationTableConfig, AblationTableResult, run, sections)

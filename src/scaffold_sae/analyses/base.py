@@ -138,6 +138,9 @@ class AnalysisContext:
     progress: bool = False
     results: dict[str, Any] = field(default_factory=dict)
     """Typed results of the analyses that ran before this one."""
+    controls: dict[str, Any] = field(default_factory=dict)
+    """name -> control SAE (the study's PCA-deflation SAEs: the plain SAE on x with the top-r PCs projected out, cfg.rank
+    = r), compared with the hybrid of the same rank by the analyses that read it (probing); never among `saes`."""
 
     @property
     def device(self) -> torch.device:

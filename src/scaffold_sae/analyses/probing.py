@@ -11,6 +11,9 @@ Statistics of sparse probing, per dataset and for the mean over datasets:
   difference of the two probes' correctness, averaged like the accuracy; its interval resamples the same documents
   for both SAEs, per split and for the mean over splits; verdict better / worse when the 95% interval of the mean
   over splits lies above / below 0, undecided when it contains 0.
+The PCA-deflation SAEs of the study (AnalysisContext.controls) are probed beside the hybrids, paired against the plain
+SAE and against the hybrid of the same rank, so that a probing gain is credited to the scaffold only where the hybrid
+beats the SAE that merely has the top-r PCs projected out.
 The intervals cover the test-document sampling of one dataset sample, not the choice of datasets, and are not
 corrected for the number of comparisons (SAEs x k x datasets).
 """
@@ -190,6 +193,8 @@ class ProbingResult:
     tpp: list[TPPScore]
     topic: list[TopicProbeScore]
     config: ProbeConfig
+    controls: dict[str, str] = field(default_factory=dict)
+    """Control SAE (PCA deflation) -> the hybrid of the same rank it is paired against (besides the plain SAE)."""
 
     @staticmethod
     def upgrade_json(data: dict) -> dict:
@@ -244,13 +249,16 @@ def _estimates(parts: list[ProbeOutcomes], quantities: list[tuple[str, int, str 
 
 
 def summarise(outcomes: dict[str, ProbeOutcomes], ranks: dict[str, int | None], baseline: str | None,
-              cfg: ProbeConfig) -> tuple[list[SparseProbeScore], list[PairedDifference]]:
+              cfg: ProbeConfig, against: Mapping[str, str] | None = None
+              ) -> tuple[list[SparseProbeScore], list[PairedDifference]]:
     """Accuracy of every feature set (`ranks`: name -> rank, None for the residual) and the paired difference of
-    every SAE minus `baseline`, per dataset and, with several datasets, for their mean (MEAN)."""
+    every SAE minus `baseline`, and of each SAE in `against` minus the SAE it names (a PCA-deflation SAE minus the
+    hybrid of its rank), per dataset and, with several datasets, for their mean (MEAN)."""
     features = list(ranks)
     others = [f for f in features if f not in ("residual", baseline)] if baseline in ranks else []
     quantities = ([(f, k, None) for f in features for k in cfg.ks]
-                  + [(f, k, baseline) for f in others for k in cfg.ks])
+                  + [(f, k, baseline) for f in others for k in cfg.ks]
+                  + [(f, k, other) for f, other in (against or {}).items() for k in cfg.ks])
     groups = {name: [part] for name, part in outcomes.items()}
     if len(outcomes) > 1:
         groups[MEAN] = list(outcomes.values())
@@ -268,11 +276,16 @@ def summarise(outcomes: dict[str, ProbeOutcomes], ranks: dict[str, int | None], 
 
 def run_probing(lm, layer: int, saes: Mapping[str, object], baseline_name: str | None = None,
                 cfg: ProbeConfig | None = None, pca_basis: torch.Tensor | None = None,
-                progress: bool = False) -> ProbingResult:
+                progress: bool = False, controls: Mapping[str, object] | None = None) -> ProbingResult:
     """Sparse probing (every SAE and the residual baseline, each SAE paired against `baseline_name`) and TPP on each
     dataset over cfg.n_splits stratified splits; the topic probe for every hybrid on cfg.topic_dataset.
-    `pca_basis` [d, >= r] (top PCs first) adds the PCA comparison rows."""
+    `pca_basis` [d, >= r] (top PCs first) adds the PCA comparison rows. `controls` (PCA-deflation SAEs) are probed
+    like the SAEs and also paired against the hybrid of their rank in `saes`."""
     cfg = cfg or ProbeConfig()
+    controls = dict(controls or {})
+    hybrid_of = {int(s.cfg.rank): n for n, s in saes.items() if int(s.cfg.rank) > 0}
+    against = {n: hybrid_of[int(s.cfg.rank)] for n, s in controls.items() if int(s.cfg.rank) in hybrid_of}
+    topic_saes, saes = saes, {**saes, **controls}
     info, l0s, tpp, topic, outcomes = {}, {}, [], [], {}
     ranks: dict[str, int | None] = {"residual": None, **{n: int(s.cfg.rank) for n, s in saes.items()}}
     for name in cfg.datasets:
@@ -299,9 +312,9 @@ def run_probing(lm, layer: int, saes: Mapping[str, object], baseline_name: str |
             outcomes[name], scores = _sparse_and_tpp(name, resid, codes, split_tasks, saes, ranks, cfg)
             tpp += scores
             if name == cfg.topic_dataset:
-                topic += _topic_probes(name, resid, labels, saes, splits, pca_basis, cfg.seed)
-    sparse, paired = summarise(outcomes, ranks, baseline_name, cfg) if outcomes else ([], [])
-    return ProbingResult(info, l0s, sparse, paired, tpp, topic, cfg)
+                topic += _topic_probes(name, resid, labels, topic_saes, splits, pca_basis, cfg.seed)
+    sparse, paired = summarise(outcomes, ranks, baseline_name, cfg, against) if outcomes else ([], [])
+    return ProbingResult(info, l0s, sparse, paired, tpp, topic, cfg, against)
 
 
 def _sparse_and_tpp(dataset: str, resid: np.ndarray, codes: Mapping[str, np.ndarray], split_tasks: list,
@@ -372,7 +385,7 @@ def run(context: AnalysisContext, config: ProbingConfig) -> ProbingResult | None
                             n_boot=shared.bootstrap_samples, seed=shared.seed, sink_factor=shared.sink_factor,
                             batch_size=shared.harvest_batch_size)
     return run_probing(context.lm, context.layer, context.saes, context.baseline, probe_cfg,
-                       pca_basis=context.pca.vectors, progress=context.progress)
+                       pca_basis=context.pca.vectors, progress=context.progress, controls=context.controls)
 
 
 # ---------------------------------------------------------------------------------------------- report
@@ -385,6 +398,12 @@ def _cell(value: float, sd: float | None = None, interval: Estimate | None = Non
     if interval is not None:
         text += f" [{format_number(interval.low)}, {format_number(interval.high)}]"
     return text
+
+
+def beats(d: PairedDifference) -> str:
+    """Which of the two SAEs of a paired difference probes better (by its 95% interval), in words."""
+    return {"better": f"{d.sae} beats {d.baseline}", "worse": f"{d.baseline} beats {d.sae}",
+            "undecided": "neither (interval contains 0)"}[d.verdict]
 
 
 def _split_verdicts(d: PairedDifference) -> str:
@@ -410,7 +429,9 @@ def sections(result: ProbingResult) -> list[Section]:
                      caption=f"Sparse probing test accuracy, mean ± sd over {splits} [95% interval over test "
                              f"documents]; one-vs-rest tasks averaged per dataset; '{MEAN}' averages the datasets")
     lead = MEAN if MEAN in datasets else None  # the mean over datasets leads; per-dataset rows follow
-    head = [d for d in result.paired if lead is None or d.dataset == lead]
+    versus = [d for d in result.paired if result.controls.get(d.sae) == d.baseline]
+    plain = [d for d in result.paired if result.controls.get(d.sae) != d.baseline]
+    head = [d for d in plain if lead is None or d.dataset == lead]
     paired_columns = ["SAE", "rank", "minus", "k", "dataset", "difference [95% interval]", "sd over splits",
                       "splits", "verdict"]
 
@@ -423,9 +444,17 @@ def sections(result: ProbingResult) -> list[Section]:
         tables.append(Table(paired_columns, paired_rows(head),
                             caption="Paired difference in sparse-probing accuracy (SAE minus the plain SAE, same test "
                                     "documents), mean over splits; verdict from the 95% interval"))
-        rest = [d for d in result.paired if lead is not None and d.dataset != lead]
+        rest = [d for d in plain if lead is not None and d.dataset != lead]
         if rest:
             tables.append(Table(paired_columns, paired_rows(rest), caption="The same per dataset"))
+    if versus:
+        tables.append(Table(["PCA-deflation SAE", "hybrid", "rank", "k", "dataset", "difference [95% interval]",
+                             "sd over splits", "splits", "which beats which"],
+                            [[d.sae, d.baseline, d.rank, d.k, d.dataset, _cell(d.difference.value, None, d.difference),
+                              d.sd, _split_verdicts(d), beats(d)] for d in versus],
+                            caption="The PCA-deflation SAE (top-r PCs projected out, no trained scaffold) minus the "
+                                    "hybrid of the same rank, same test documents: a probing gain is the scaffold's "
+                                    "only where the hybrid beats it"))
     info = Table(["dataset", "classes", "documents", "mean pooled tokens / doc", "one-vs-rest tasks",
                   "test documents per split", "skipped"],
                  [[d, ", ".join(v.classes), v.documents, v.mean_tokens, v.tasks, v.test_documents, v.skipped]

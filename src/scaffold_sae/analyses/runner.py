@@ -164,17 +164,20 @@ def analysis_settings(cfg: Any, analyses: Mapping[str, Analysis] | None = None) 
 
 def run_analyses(lm, layer: int, saes: dict, baseline_name: str, cache, contexts: torch.Tensor, cfg,
                  out: str | Path | None = None, progress: bool = True,
-                 analyses: Mapping[str, Analysis] | None = None) -> tuple[AnalysisResults, list[Section]]:
+                 analyses: Mapping[str, Analysis] | None = None,
+                 controls: Mapping[str, Any] | None = None) -> tuple[AnalysisResults, list[Section]]:
     """Every registered analysis (or the given ones), in order, on held-out `contexts`, with the settings of `cfg` (a
     StudyConfig: its `analyses` section and what shared_config reads). With `out`, results are
     cached in out/analyses.json and reused when the SAEs, the analyses and their settings match. `cache` (the
     training ActivationCache) is not used for statistics: every number comes from held-out tokens. Returns the typed
-    results (as stored: NaN -> None) and their report sections."""
+    results (as stored: NaN -> None) and their report sections. `controls` (the PCA-deflation SAEs) are compared with
+    the hybrids by the analyses that read AnalysisContext.controls."""
     analyses = registered() if analyses is None else dict(analyses)
     settings = analysis_settings(cfg, analyses)
     key = {"saes": {name: sae_fingerprint(sae) for name, sae in sorted(saes.items())}, "baseline": baseline_name,
            "layer": int(layer), "model": str(lm.spec), "contexts": contexts_digest(contexts),
-           "analyses": list(analyses), "settings": settings}
+           "analyses": list(analyses), "settings": settings,
+           **({"controls": {name: sae_fingerprint(sae) for name, sae in sorted(controls.items())}} if controls else {})}
     path = Path(out) / "analyses.json" if out is not None else None
     if path is not None and path.is_file():
         stored = json.loads(path.read_text())
@@ -190,7 +193,7 @@ def run_analyses(lm, layer: int, saes: dict, baseline_name: str, cache, contexts
                             shared.sink_factor, progress)
     context = AnalysisContext(lm=lm, layer=layer, saes=saes, baseline=baseline_name, contexts=contexts,
                               activations=x, pca=pca(x), shared=shared, cache=cache, study_cfg=cfg,
-                              progress=progress)
+                              progress=progress, controls=dict(controls or {}))
     timings = {"activations_s": time.perf_counter() - clock}
     for name, analysis in analyses.items():
         clock = time.perf_counter()

@@ -7,7 +7,10 @@ mean-pooled activations of training documents, and evaluated on disjoint test do
 L: (a) at layer L itself and (b) at later layers (e.g. L+3 and the last block) after the ablation has propagated.
 Ablations reuse the causal ablation table's edits (zero / mean per position class, means from the fit contexts); the
 control ablates (zero, error kept) the baseline SAE latents most aligned with the layer-L probe. Accuracies carry a
-paired bootstrap 95% interval over test documents.
+paired bootstrap 95% interval over test documents; the random-directions condition is the mean over
+topic_random_bases bases drawn afresh for each seed, and its interval resamples bases as well as documents
+(stats.crossed_bootstrap). The scaffold's accuracy minus the top-r PCs' and minus random directions' (same edit, same
+test documents) is what a verdict needs: the scaffold's drop is specific only if it beats both.
 """
 
 from __future__ import annotations
@@ -18,18 +21,20 @@ import numpy as np
 import torch
 
 from scaffold_sae import probing
-from scaffold_sae.analyses.ablation_table import (ClassReference, component_edit, parse_choices, rows_edit)
-from scaffold_sae.analyses.base import AnalysisContext, register
+from scaffold_sae.analyses.ablation_table import (ClassReference, component_edit, parse_choices, random_bases,
+                                                  rows_edit)
+from scaffold_sae.analyses.base import AnalysisContext, AnalysisError, register
 from scaffold_sae.analyses.codes import firing_density
 from scaffold_sae.analyses.redundancy import latent_edit
 from scaffold_sae.evals import DENSE
 from scaffold_sae.lm_passes import ResidEdit, eval_mask, position_class_rows, residuals_after
 from scaffold_sae.report import Section, Table, format_number
-from scaffold_sae.sae import random_orthonormal
-from scaffold_sae.stats import Estimate, paired_bootstrap
+from scaffold_sae.stats import Estimate, crossed_bootstrap
 
 PAPER_CONTROL_SHARE = 2048 / 16_384
 """The paper's 2,048 topic-aligned features of a 16,384-latent dictionary."""
+DRAW = "#"
+"""A condition named "<condition>#<i>" is draw i of several (random bases) that are read as one condition."""
 
 
 @dataclass
@@ -48,6 +53,9 @@ class TopicConfig:
     """Operators of the ablations (zero, mean)."""
     topic_positions: str = "ordinary,all"
     """Edited positions (ordinary, all)."""
+    topic_random_bases: int = 10
+    """Random r-dimensional bases of the random-directions condition, drawn afresh for each seed (the same bases as
+    the causal ablation table's); each adds a condition per operator and position set."""
 
 
 @dataclass
@@ -60,6 +68,9 @@ class TopicReadout:
     read_layer: int
     accuracy: Estimate
     chance: float
+    per_basis: list[float] | None = None
+    """Random directions only: each basis's accuracy (the accuracy is their mean; its interval resamples bases and
+    documents)."""
 
 
 @dataclass
@@ -73,7 +84,7 @@ class TopicDifference:
     """pca:... or random:... under the same operator and positions."""
     read_layer: int
     difference: Estimate
-    """Paired bootstrap 95% interval over test documents."""
+    """Paired bootstrap 95% interval over test documents (against random directions: over bases and documents)."""
 
 
 @dataclass
@@ -92,6 +103,10 @@ class TopicResult:
     control_dense: dict[str, int] = field(default_factory=dict)
     """dataset -> dense baseline latents (> DENSE of held-out tokens) among the control's; the second control
     (aligned_sparse_latents) takes the most aligned latents with the dense ones left out."""
+    random_bases: int = 1
+    """Random bases behind the random-directions condition (results written before this field used one)."""
+    seed: int = 0
+    """The seed of the documents' split, the random bases and the bootstrap."""
 
 
 def tokenise(lm, texts: list[str], max_tokens: int) -> list[list[int]]:
@@ -135,28 +150,43 @@ def pooled_after(lm, layer: int, docs: list[list[int]], conditions: dict[str, Re
 def fixed_probe_readouts(features: dict[str, dict[int, np.ndarray]], labels: np.ndarray, train: np.ndarray,
                          test: np.ndarray, dataset: str, seed: int = 0, n_boot: int = 2000):
     """Fit one probe per read layer on the clean features of the train documents; evaluate it, unchanged, on the test
-    documents of every condition. Returns (readouts, the probes by read layer, the scaffold's paired differences
-    from the top-r PCs and from random directions under the same edit)."""
+    documents of every condition. Conditions named "<name>#<i>" are draws (random bases) of one condition <name>: its
+    accuracy is their mean and its interval resamples draws and documents. Returns (readouts, the probes by read
+    layer, the scaffold's paired differences from the top-r PCs and from random directions under the same edit)."""
     probes = {j: probing.fit_probe(x[train], labels[train], seed) for j, x in features["clean"].items()}
     chance = float(np.bincount(labels[test]).max() / len(test))
-    names = list(features)
-    columns = [np.ones(len(test))]
-    keys = []
-    for name in names:
-        for j, probe in probes.items():
-            columns.append((probe.predict(features[name][j][test]) == labels[test]).astype(float))
-            keys.append((name, j))
+    draws: dict[str, list[str]] = {}
+    for name in features:
+        draws.setdefault(name.split(DRAW)[0], []).append(name)
+    several = {name: found for name, found in draws.items() if DRAW in found[0]}
+    counts = {len(found) for found in several.values()}
+    if len(counts) > 1:
+        raise ValueError(f"conditions with draws need the same number of draws, got {sorted(counts)}")
+    n_draws = counts.pop() if counts else 1
+
+    def right(name: str, j: int) -> np.ndarray:
+        return (probes[j].predict(features[name][j][test]) == labels[test]).astype(float)
+
+    once = [(name, j) for name in draws if name not in several for j in probes]
+    crossed = [(name, j) for name in several for j in probes]
+    values = np.stack([np.ones(len(test)), *[right(name, j) for name, j in once]], 1)
+    grouped = np.zeros((n_draws, len(test), len(crossed)))
+    for c, (name, j) in enumerate(crossed):
+        grouped[:, :, c] = np.stack([right(draw, j) for draw in several[name]])
+    col = {key: 1 + i for i, key in enumerate(once)} | {key: values.shape[1] + c for c, key in enumerate(crossed)}
+    keys = [(name, j) for name in draws for j in probes]
     pairs = [(a, b, j) for a, j in keys if a.startswith("scaffold:")
-             for b in ("pca" + a[len("scaffold"):], "random" + a[len("scaffold"):]) if (b, j) in keys]
-    col = {key: i + 1 for i, key in enumerate(keys)}
+             for b in ("pca" + a[len("scaffold"):], "random" + a[len("scaffold"):]) if (b, j) in col]
+    own = np.array([col[key] for key in keys], dtype=int)
     first = np.array([col[(a, j)] for a, _, j in pairs], dtype=int)
     second = np.array([col[(b, j)] for _, b, j in pairs], dtype=int)
 
     def statistic(s: np.ndarray) -> np.ndarray:
-        return np.concatenate([s[..., 1:], s[..., first] - s[..., second]], -1) / s[..., :1]
+        return np.concatenate([s[..., own], s[..., first] - s[..., second]], -1) / s[..., :1]
 
-    est = paired_bootstrap(np.stack(columns, 1), statistic, n_boot, seed)
-    readouts = [TopicReadout(dataset, name, j, e, chance) for (name, j), e in zip(keys, est)]
+    est = crossed_bootstrap(values, grouped, statistic, n_boot, seed)
+    per_draw = {key: [float(v) for v in grouped[:, :, c].mean(1)] for c, key in enumerate(crossed)}
+    readouts = [TopicReadout(dataset, name, j, e, chance, per_draw.get((name, j))) for (name, j), e in zip(keys, est)]
     differences = [TopicDifference(dataset, a, b, j, e) for (a, b, j), e in zip(pairs, est[len(keys):])]
     return readouts, probes, differences
 
@@ -197,10 +227,15 @@ def run(context: AnalysisContext, config: TopicConfig) -> TopicResult | None:
     positions = parse_choices(config.topic_positions, ("ordinary", "all"), "topic_positions")
     ref = ClassReference(*position_class_rows(context.lm, layer, context.fit_contexts, shared.analysis_tokens,
                                               shared.harvest_batch_size, shared.sink_factor), shared.seed)
+    if config.topic_random_bases < 1:
+        raise AnalysisError(f"topic_random_bases={config.topic_random_bases} is invalid: give at least 1 (10 or more "
+                            "for an interval that carries the spread over bases)")
     q_pca = context.pca.vectors[:, :r].float()
-    q_rand = random_orthonormal(q_pca.shape[0], r, torch.Generator().manual_seed(1000 + shared.seed))
-    subjects = {"scaffold": (sae.U, sae.V), "pca": (q_pca, q_pca), "random": (q_rand, q_rand)}
-    conditions = {f"{s}:{op}:{pos}": component_edit(left, right, op, pos, ref.reference(op))
+    subjects = {"scaffold": (sae.U, sae.V), "pca": (q_pca, q_pca),
+                **{f"random{DRAW}{i}": (q, q) for i, q in enumerate(random_bases(q_pca.shape[0], r,
+                                                                                  config.topic_random_bases,
+                                                                                  shared.seed))}}
+    conditions = {condition_name(s, op, pos): component_edit(left, right, op, pos, ref.reference(op))
                   for s, (left, right) in subjects.items() for op in operators for pos in positions}
     reads = read_layers(layer, context.lm.n_layers, config.topic_read_after)
     n_control = max(1, int(round(PAPER_CONTROL_SHARE * int(base.cfg.width))))
@@ -227,7 +262,26 @@ def run(context: AnalysisContext, config: TopicConfig) -> TopicResult | None:
         readouts += found + [o for o in extra_readouts if o.condition != "clean"]
         train_docs[dataset], test_docs[dataset] = int(len(train)), int(len(test))
     return TopicResult(name, context.baseline, r, layer, readouts, train_docs, test_docs, n_control, differences,
-                       control_dense)
+                       control_dense, config.topic_random_bases, int(shared.seed))
+
+
+def condition_name(subject: str, operator: str, positions: str) -> str:
+    """subject:operator:positions, with a random basis's draw index ("random#3") moved to the end."""
+    base, _, draw = subject.partition(DRAW)
+    return f"{base}:{operator}:{positions}" + (f"{DRAW}{draw}" if draw else "")
+
+
+def specific_drops(result: TopicResult) -> dict[tuple[str, str, int], tuple[str, str]]:
+    """(dataset, scaffold condition, read layer) -> whether its accuracy lies below the top-r PCs' and below random
+    directions' (each 'yes' when the whole paired interval is below 0, 'no' otherwise, 'not run' without that
+    control)."""
+    out = {}
+    for d in result.differences:
+        key = (d.dataset, d.condition, d.read_layer)
+        words = dict(zip(("pca", "random"), out.get(key, ("not run", "not run"))))
+        words[d.against.split(":")[0]] = "yes" if d.difference.high < 0 else "no"
+        out[key] = (words["pca"], words["random"])
+    return out
 
 
 def sections(result: TopicResult) -> list[Section]:
@@ -254,7 +308,15 @@ def sections(result: TopicResult) -> list[Section]:
                               "less" if d.difference.high < 0 else "more" if d.difference.low > 0 else "undecided"]
                              for d in result.differences],
                             caption="the scaffold's ablation minus the same ablation of the top-r PCs or of r random "
-                                    "directions, on the same test documents (paired bootstrap 95%)"))
+                                    "directions, on the same test documents (paired bootstrap 95%; against random "
+                                    f"directions the {result.random_bases} bases are resampled too)"))
+        beats = specific_drops(result)
+        tables.append(Table(["dataset", "scaffold removed", "read at layer", "below the top-r PCs",
+                             "below random directions", "drop specific to the scaffold"],
+                            [[*key, *words, "yes" if words == ("yes", "yes") else "no"]
+                             for key, words in beats.items()],
+                            caption="the scaffold's drop counts as specific only where it leaves less topic accuracy "
+                                    "than both controls (whole interval of each paired difference below 0)"))
     text = ("Topic, faithfully: does removing the scaffold take the topic away? (Paper: MMLU topic 98.7% -> chance "
             "without the scaffold; 2,048 topic-aligned features ablated: unchanged.) Probes are trained once on clean "
             "activations and held fixed; each ablation at layer L is read at L and at later layers after it has "
