@@ -12,7 +12,8 @@ from scaffold_sae import analyses, lm_passes, subspace
 from scaffold_sae.analyses import causality, rank_selection, redundancy, runner, structure
 from scaffold_sae.analyses.codes import feature_ablation_edit
 from scaffold_sae.compare import compare_studies
-from scaffold_sae.report import format_number, write_report
+from scaffold_sae.report import format_number
+from scaffold_sae.study_report import write_report
 from scaffold_sae.sae import HybridSAE, SAEConfig, orthonormalise
 
 

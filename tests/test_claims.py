@@ -7,7 +7,7 @@ import json
 
 import pytest
 
-from scaffold_sae import claims, report
+from scaffold_sae import claims, study_report
 from scaffold_sae.analyses import AnalysisResults
 from scaffold_sae.analyses.ablation_table import AblationTableResult, Cell, Comparison
 from scaffold_sae.analyses.probing import (DatasetInfo, PairedDifference, ProbeConfig, ProbingResult,
@@ -104,7 +104,7 @@ def test_the_rules_decide_only_outside_the_interval():
 
 
 def test_the_report_opens_with_the_summary_ends_with_the_configuration_and_exports_it(tmp_path):
-    paths = report.write_report(known_study(), tmp_path)
+    paths = study_report.write_report(known_study(), tmp_path)
     md = paths.markdown.read_text()
     titles = [line[3:] for line in md.splitlines() if line.startswith("## ")]
     assert titles[0] == "Summary: the paper's claims" and titles[-1] == "Configuration"
@@ -115,7 +115,7 @@ def test_the_report_opens_with_the_summary_ends_with_the_configuration_and_expor
                                                    "not reproduced", "undecided"]
     assert set(summary[0]) == {"claim", "ours", "against", "verdict", "note", "value", "low", "high", "threshold",
                                "claim_below"}
-    again = report.write_report(report.load_results(paths.json), tmp_path / "again")
+    again = study_report.write_report(study_report.load_results(paths.json), tmp_path / "again")
     assert again.json.read_text() == paths.json.read_text() and again.markdown.read_text() == md
 
 
@@ -191,7 +191,7 @@ def test_claims_over_analysed_seeds_use_a_t_interval_that_every_seed_agrees_with
                                   "(seed 0: undecided, seed 1: not reproduced, seed 2: not reproduced)")
     assert topic.verdict == "not reproduced" and topic.ours.startswith("fixed probe") and "seeds [1, 2]" in topic.note
     assert (rows[3].verdict, rows[3].note) == ("not run", "the redundancy analysis did not run")      # in no seed
-    assert "The analyses ran on 3 seeds" in report.write_report(with_seeds(base, more), tmp_path).markdown.read_text()
+    assert "The analyses ran on 3 seeds" in study_report.write_report(with_seeds(base, more), tmp_path).markdown.read_text()
 
 
 def test_over_seeds_names_the_seeds_that_would_decide():

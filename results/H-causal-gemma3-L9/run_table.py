@@ -18,7 +18,7 @@ import torch
 from scaffold_sae.analyses import registered, run_analyses
 from scaffold_sae.corpus import load_corpus, pack_contexts
 from scaffold_sae.models import load_model
-from scaffold_sae.report import write_report
+from scaffold_sae.study_report import write_report
 from scaffold_sae.saving import load_sae
 
 

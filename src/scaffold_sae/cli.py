@@ -24,7 +24,7 @@ from .config import build, field_docs, has_default, load_config_file, sequence_t
 from .distributed import end_rank_process, launched_by_torchrun
 from .evals import CoreEvalConfig, run_core_eval
 from .faults import Interrupted, handle_signals
-from .report import ReportConfig, report_from_results
+from .study_report import ReportConfig, report_from_results
 from .sae import SAEConfig
 from .study import DEMO, StudyConfig, StudyRun, study_and_report
 from .trainer import TrainConfig, TrainRun, train_from_config
