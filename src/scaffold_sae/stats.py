@@ -113,6 +113,8 @@ class Reading:
     level: float = 0.95
     df: float | None = None
     """Degrees of freedom of a t-interval (None: bootstrap / normal)."""
+    groups: int | None = None
+    """Seeds (or other groups) the interval is over (None: one group)."""
 
     @property
     def has_interval(self) -> bool:
@@ -160,20 +162,24 @@ class Reading:
 
 def over_groups(readings: Sequence[Reading], unit: str, shared_units: bool = True, level: float = 0.95) -> Reading:
     """One reading from several groups' readings of the same quantity (e.g. one per seed): the mean over groups with a
-    t-interval (df = groups - 1) whose variance is the between-group variance / groups plus, where the groups share
-    their units (the same contexts for every seed), the mean within-group variance (that noise does not average out
-    over groups). Readings without an interval add no within-group part. Units: groups x units of each group."""
+    t-interval whose variance is the between-group variance / groups plus, where the groups share their units (the
+    same contexts for every seed: that noise does not average out over groups), the mean within-group variance; its
+    degrees of freedom by Welch-Satterthwaite (groups - 1 for the first part, units - 1 for the second). Conservative:
+    the between-group variance already holds part of the within-group noise. Units: groups x units of each group."""
     n = len(readings)
     if n == 1:
         return readings[0]
     mean, between = mean_sd([r.value for r in readings])
-    within = [((r.high - r.low) / (2 * r._quantile(r.level))) ** 2 for r in readings if r.has_interval]
-    variance = between ** 2 / n + (math.fsum(within) / len(within) if within and shared_units else 0.0)
-    half = t_quantile(n - 1, level) * math.sqrt(variance)
     per = min(r.units for r in readings)
-    return Reading(mean, mean - half, mean + half, n * per, unit,
-                   f"t-interval over {n} seeds (df {n - 1}; between-seed variance"
-                   + (" plus the shared contexts' variance)" if within and shared_units else ")"), level, n - 1)
+    within = [((r.high - r.low) / (2 * r._quantile(r.level))) ** 2 for r in readings if r.has_interval]
+    a = between ** 2 / n
+    b = math.fsum(within) / len(within) if within and shared_units else 0.0
+    parts = a * a / (n - 1) + (b * b / max(per - 1, 1))
+    df = (a + b) ** 2 / parts if parts > 0 else float(n - 1)
+    half = t_quantile(df, level) * math.sqrt(a + b)
+    method = (f"t-interval over {n} seeds (between-seed variance" + (" plus the shared contexts' variance" if b else "")
+              + f", df {df:.3g})")
+    return Reading(mean, mean - half, mean + half, n * per, unit, method, level, df, n)
 
 
 Statistic = Callable[[np.ndarray], np.ndarray]
