@@ -401,9 +401,9 @@ def redundancy_primary(typed: dict[str, Any], plan: ClaimsPlan) -> Primary:
 def ratio_reading(a: Estimate, b: Estimate, units: int, what: str) -> Reading:
     """a / b with an interval from the two intervals as if independent (log scale, spreads added in quadrature): wider
     than the paired interval when the two are positively correlated over contexts."""
-    from scipy.stats import norm
+    from scipy.special import ndtri
 
-    z = float(norm.ppf(0.975))
+    z = float(ndtri(0.975))
     se = math.hypot(math.log(a.high / a.low), math.log(b.high / b.low)) / (2 * z)
     value = a.value / b.value
     return Reading(value, value * math.exp(-z * se), value * math.exp(z * se), units, "CE contexts",
@@ -608,8 +608,6 @@ def claim_rows(study: dict[str, Any], plan: ClaimsPlan | None = None) -> list[Cl
             out.append(replace(rep, claim=f"{row.claim}: replication on seeds {', '.join(map(str, rep_seeds))}",
                                row="replication", note=rep.note + "; added after the plan's "
                                f"{plan.seeds} seeds, never merged into the primary verdict"))
-    if out and status:
-        out[0].note += f"; plan: {status}"
     return out
 
 
@@ -720,7 +718,7 @@ def _typed_analyses(data: Any) -> dict[str, Any]:
     return {name: value for name, value in AnalysisResults.from_json(data).results.items() if is_dataclass(value)}
 
 
-def claims_section(rows: list[ClaimRow], analysis_seeds: int = 1) -> Section:
+def claims_section(rows: list[ClaimRow], analysis_seeds: int = 1, plan_line: str = "") -> Section:
     table = Table(["claim", "ours", "against", "verdict", "raw / Holm-adjusted", "why / what would decide"],
                   [[r.claim, r.ours, r.against, r.verdict, adjusted_text(r), r.note] for r in rows],
                   caption="Each claim is decided from the primary reading its plan declared before training, by two "
@@ -731,6 +729,8 @@ def claims_section(rows: list[ClaimRow], analysis_seeds: int = 1) -> Section:
     counts = {v: sum(r.verdict == v for r in rows if r.row == "primary") for v in VERDICTS}
     text = ("Each claim of the paper, our number and the verdict (details in the sections below): "
             + ", ".join(f"{n} {v}" for v, n in counts.items() if n) + ".")
+    if plan_line:
+        text += f" Plan: {plan_line}."
     if any(r.row == "replication" for r in rows):
         text += " Replication rows (seeds added after the plan's count) are shown apart and decide nothing."
     if analysis_seeds > 1:

@@ -15,6 +15,7 @@ from dataclasses import dataclass
 from typing import Callable, Sequence
 
 import numpy as np
+from scipy.special import ndtri, stdtr, stdtrit
 
 
 def sd(values: Sequence[float]) -> float | None:
@@ -37,9 +38,7 @@ def mean_sd(values: Sequence[float | None]) -> tuple[float | None, float | None]
 
 def t_quantile(df: float, level: float = 0.95) -> float:
     """The two-sided t quantile: P(|T_df| <= q) = level."""
-    from scipy.stats import t
-
-    return float(t.ppf(0.5 + level / 2, df))
+    return float(stdtrit(df, 0.5 + level / 2))
 
 
 def t_interval(values: Sequence[float], level: float = 0.95) -> tuple[float, float, float, float]:
@@ -123,9 +122,7 @@ class Reading:
     def _quantile(self, level: float) -> float:
         if self.df is not None:
             return t_quantile(self.df, level)
-        from scipy.stats import norm
-
-        return float(norm.ppf(0.5 + level / 2))
+        return float(ndtri(0.5 + level / 2))
 
     def spread(self, towards: float) -> float:
         """The standard error on the side of `towards` (the half-width there over the level's quantile)."""
@@ -143,12 +140,8 @@ class Reading:
         if se == 0:
             return 0.0
         if self.df is not None:
-            from scipy.stats import t
-
-            return float(2 * t.sf(gap / se, self.df))
-        from scipy.stats import norm
-
-        return float(2 * norm.sf(gap / se))
+                return float(2 * stdtr(self.df, -gap / se))
+        return math.erfc(gap / se / math.sqrt(2))
 
     def at_level(self, level: float) -> tuple[float, float]:
         """(low, high) at another confidence level, each side scaled by the ratio of quantiles."""
@@ -198,7 +191,8 @@ def resample_weights(n: int, n_boot: int, seed: int | np.random.Generator) -> np
 
 def _percentiles(point: np.ndarray, samples: np.ndarray, level: float) -> list[Estimate]:
     tail = 100.0 * (1.0 - level) / 2.0
-    low, high = np.nanpercentile(samples, [tail, 100.0 - tail], axis=0)
+    percentile = np.nanpercentile if np.isnan(samples).any() else np.percentile  # same numbers; nan* is per column
+    low, high = percentile(samples, [tail, 100.0 - tail], axis=0)
     return [Estimate(float(p), float(lo), float(hi)) for p, lo, hi in zip(point, low, high)]
 
 

@@ -60,8 +60,10 @@ def build_sections(study: dict[str, Any]) -> list[Section]:
     rows = summary_rows(study)
     if rows:
         from scaffold_sae.claims import claims_section
+        from scaffold_sae.plan import plan_of
 
-        sections.append(claims_section(rows, analysis_seeds=1 + len(study.get("seed_analyses") or {})))
+        sections.append(claims_section(rows, analysis_seeds=1 + len(study.get("seed_analyses") or {}),
+                                       plan_line=plan_of(study)[1]))
     if saes:
         from scaffold_sae import roles  # mean +- sd over seeds and the claim against each baseline
 
