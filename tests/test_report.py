@@ -236,3 +236,17 @@ def test_training_curves_and_how_each_run_ended(tmp_path, study):
     assert 'alt="Training loss vs tokens"' in page and 'alt="Held-out FVU vs tokens"' in page
     for value in numbers(json.loads(paths.json.read_text())["training"]):
         assert format_number(value) in md and format_number(value) in page
+
+
+def test_no_import_cycle_runs_through_report():
+    """report.py is a building block: it imports nothing from scaffold_sae (at module level or inside a function), so
+    no module that imports it can be reached back from it."""
+    import ast
+    from pathlib import Path
+
+    source = Path(report.__file__).read_text()
+    imported = [node.module for node in ast.walk(ast.parse(source)) if isinstance(node, ast.ImportFrom) and node.module]
+    imported += [alias.name for node in ast.walk(ast.parse(source)) if isinstance(node, ast.Import)
+                 for alias in node.names]
+    assert not [m for m in imported if m.startswith("scaffold_sae") or m.startswith(".")]
+    assert not [node for node in ast.walk(ast.parse(source)) if isinstance(node, ast.ImportFrom) and node.level]

@@ -152,7 +152,7 @@ def sample_to_decide(reading: Reading, rule: Rule, low: float, high: float) -> s
         gap = abs(reading.value - target)
         half = (reading.value - low) if target < reading.value else (high - reading.value)
         if gap > 0 and half > 0:
-            needed.append(max(n + 1, math.ceil(n * (half / gap) ** 2)))
+            needed.append(max(n + 1, math.ceil(n * (half / gap) ** 2 - 1e-9)))
     if not needed:
         return "the estimate sits on the boundary: no sample size decides it"
     return f"about {min(needed)} {what} (now {n}) would decide, if the estimate and its spread stay"
@@ -560,8 +560,8 @@ def combine_seeds(primaries: list[Primary], seeds: list[int]) -> Primary:
     fixed, why = first.fixed, first.why
     if fixed is None:
         other = next(((s, p) for s, p in zip(seeds, primaries) if p.fixed is not None), None)
-        if other is not None:
-            fixed, why = other[1].fixed, f"seed {other[0]}: {other[1].why}"
+        if other is not None:   # a claim measured in some seeds only is undecided, not "not run"
+            fixed, why = UNDECIDED if other[1].fixed == NOT_RUN else other[1].fixed, f"seed {other[0]}: {other[1].why}"
     return replace(first, ours=ours, parts=parts, fixed=fixed, why=why,
                    values_by_seed=[v for v in values if v is not None])
 
@@ -602,7 +602,7 @@ def claim_rows(study: dict[str, Any], plan: ClaimsPlan | None = None) -> list[Cl
     out = []
     for row in rows:
         out.append(row)
-        if row.key in replications:
+        if row.key in replications and replications[row.key].fixed != NOT_RUN:
             rep_seeds = trained[plan.seeds:] if row.key == "dense" else extra_seeds
             (rep,) = decide_family([replications[row.key]], replace(plan, family=""))
             out.append(replace(rep, claim=f"{row.claim}: replication on seeds {', '.join(map(str, rep_seeds))}",
@@ -685,7 +685,7 @@ def decide_claim(p: Primary, plan: ClaimsPlan, p_adjusted: float | None, level: 
         else:
             note += "; beats " + " and ".join(part.label.replace("against ", "") for part, _ in controls)
     elif controls:
-        note += "; controls: " + "; ".join(f"{part.label}: {d.verdict}" for part, d in controls)
+        note += "; controls: " + "; ".join(f"{part.label}: {d.verdict} ({d.note})" for part, d in controls)
     base.note = note + holm_text + secondary
     return base
 

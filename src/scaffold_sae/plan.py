@@ -151,7 +151,8 @@ def plan_of(study: Mapping[str, Any]) -> tuple[ClaimsPlan, str]:
         return ClaimsPlan.from_json(data), str(study.get("plan_status") or "plan stored in results.json")
     from scaffold_sae.config import setting
 
-    seeds = setting(study.get("config", {}), "sae.seeds") or 1
+    seeds = setting(study.get("config", {}), "sae.seeds") or len(
+        {int(r.get("seed") or 0) for r in (study.get("saes") or {}).values() if isinstance(r, Mapping)}) or 1
     default = ClaimsPlan()
     plan = ClaimsPlan(**{**default.to_json(), "seeds": max(1, min(default.seeds, int(seeds)))})
     return plan, (f"no plan stored (results written before plans): the default plan decides, with the first "
