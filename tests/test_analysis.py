@@ -14,7 +14,8 @@ from scaffold_sae.analyses.base import AnalysesSettings
 from scaffold_sae.analyses.codes import feature_ablation_edit
 from scaffold_sae.config import LEGACY, build, merge, nest, tree_keys
 from scaffold_sae.compare import compare_studies
-from scaffold_sae.report import format_number, write_report
+from scaffold_sae.report import format_number
+from scaffold_sae.study_report import write_report
 from scaffold_sae.sae import HybridSAE, SAEConfig, orthonormalise
 from scaffold_sae.study import StudyConfig
 

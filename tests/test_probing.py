@@ -10,7 +10,8 @@ import torch
 from scaffold_sae import probing
 from scaffold_sae.analyses import probing as probing_analysis
 from scaffold_sae.analyses.base import from_json, to_json
-from scaffold_sae.report import format_number, write_report
+from scaffold_sae.report import format_number
+from scaffold_sae.study_report import write_report
 from scaffold_sae.sae import HybridSAE, SAEConfig
 from scaffold_sae.stats import group_mean_bootstrap
 from scaffold_sae.trainer import estimate_threshold

@@ -11,7 +11,7 @@ import sys
 import numpy as np
 import pytest
 
-from scaffold_sae import report
+from scaffold_sae import report, study_report
 from scaffold_sae.report import Figure, Section, Series, Table, format_number
 
 
@@ -83,7 +83,7 @@ EXTERNAL = re.compile(r"""(?:src|href|action|poster|data)\s*=\s*["']?\s*(?:https
 
 
 def test_report_has_every_section_and_number(tmp_path, study):
-    paths = report.write_report(study, tmp_path, sections=[extra_section()])
+    paths = study_report.write_report(study, tmp_path, sections=[extra_section()])
     results = json.loads(paths.json.read_text())
     md, page = paths.markdown.read_text(), paths.html.read_text()
     found = list(numbers(results))
@@ -104,7 +104,7 @@ def test_report_has_every_section_and_number(tmp_path, study):
 
 
 def test_html_is_self_contained(tmp_path, study):
-    page = report.write_report(study, tmp_path, sections=[extra_section()]).html.read_text()
+    page = study_report.write_report(study, tmp_path, sections=[extra_section()]).html.read_text()
     assert not EXTERNAL.search(page)
     assert "<link" not in page and "<script" not in page
     assert "https://example.org" in page                      # text may mention a URL; it is not a resource
@@ -113,8 +113,8 @@ def test_html_is_self_contained(tmp_path, study):
 
 
 def test_regenerate_from_json_is_identical(tmp_path, study):
-    first = report.write_report(study, tmp_path / "a", sections=[extra_section()])
-    second = report.write_report(report.load_results(first.json), tmp_path / "b")
+    first = study_report.write_report(study, tmp_path / "a", sections=[extra_section()])
+    second = study_report.write_report(study_report.load_results(first.json), tmp_path / "b")
     assert second.json.read_text() == first.json.read_text()
     assert second.markdown.read_text() == first.markdown.read_text()
     assert second.html.read_text() == first.html.read_text()
@@ -122,24 +122,24 @@ def test_regenerate_from_json_is_identical(tmp_path, study):
 
 def test_nan_is_stored_as_null_and_shown_as_na(tmp_path, study):
     study["saes"]["r0"]["ce_score_zero"] = float("nan")
-    paths = report.write_report(study, tmp_path)
+    paths = study_report.write_report(study, tmp_path)
     assert json.loads(paths.json.read_text())["saes"]["r0"]["ce_score_zero"] is None
     assert "n/a" in paths.markdown.read_text()
 
 
 def test_section_text_is_escaped(tmp_path, study):
-    page = report.write_report(study, tmp_path, [Section("<b>x</b>", "a < b & c")]).html.read_text()
+    page = study_report.write_report(study, tmp_path, [Section("<b>x</b>", "a < b & c")]).html.read_text()
     assert "<h2>&lt;b&gt;x&lt;/b&gt;</h2>" in page and "a &lt; b &amp; c" in page
 
 
 def test_bad_inputs_raise_clear_errors(tmp_path):
     with pytest.raises(report.ReportError, match="does not exist"):
-        report.load_results(tmp_path / "missing.json")
+        study_report.load_results(tmp_path / "missing.json")
     (tmp_path / "bad.json").write_text("{")
     with pytest.raises(report.ReportError, match="not valid JSON"):
-        report.load_results(tmp_path / "bad.json")
+        study_report.load_results(tmp_path / "bad.json")
     with pytest.raises(report.ReportError, match="cannot store object"):
-        report.write_report({"config": {"x": object()}, "saes": {}}, tmp_path)
+        study_report.write_report({"config": {"x": object()}, "saes": {}}, tmp_path)
 
 
 def test_format_number():
@@ -156,7 +156,7 @@ def test_summary_table_sorted_by_rank(study):
 
 
 def test_report_cli_regenerates(tmp_path, study):
-    paths = report.write_report(study, tmp_path / "a")
+    paths = study_report.write_report(study, tmp_path / "a")
     result = subprocess.run([sys.executable, "-m", "scaffold_sae", "report", "--results", str(paths.json),
                              "--out", str(tmp_path / "b")], capture_output=True, text=True, timeout=120)
     assert result.returncode == 0, result.stderr
@@ -175,9 +175,9 @@ def test_a_report_redrawn_elsewhere_keeps_its_relative_links(tmp_path, study):
     site.parent.mkdir(parents=True)
     site.write_text("<html></html>")
     links = [["site", "../browse/sae one/index.html"], ["paper", "https://example.org/p"], ["top", "#summary"]]
-    first = report.write_report(study, tmp_path / "run" / "report", sections=[Section("Feature browser", links=links)])
+    first = study_report.write_report(study, tmp_path / "run" / "report", sections=[Section("Feature browser", links=links)])
     for out in (tmp_path / "elsewhere" / "deeper", first.json.parent):
-        paths = report.report_from_results(report.ReportConfig(results=str(first.json), out=str(out)))
+        paths = study_report.report_from_results(study_report.ReportConfig(results=str(first.json), out=str(out)))
         (href,) = re.findall(r"\[site\]\(([^)]+)\)", paths.markdown.read_text())
         stored = json.loads(paths.json.read_text())["sections"][0]["links"]
         assert (out / unquote(href)).resolve() == site.resolve() and stored[1:] == links[1:]
@@ -204,7 +204,7 @@ def test_seeds_give_mean_and_sd_and_the_dense_claim_names_each_baseline(tmp_path
     assert base.diff_sd == pytest.approx(2 ** 0.5) and base.fewer_every_seed and base.change == pytest.approx(-49 / 52)
     capacity = by_against["capacity_matched"]
     assert capacity.diff_mean == 1.0 and not capacity.fewer_every_seed
-    md = report.write_report({"title": "seeds", "config": {}, "saes": saes}, tmp_path).markdown.read_text()
+    md = study_report.write_report({"title": "seeds", "config": {}, "saes": saes}, tmp_path).markdown.read_text()
     assert "| hybrid r=8 | baseline | 2 | 3 ± 1.414 | 52 ± 2.828 | -49 ± 1.414 | -94% | fewer in every seed |" in md
     assert "| hybrid r=8 | capacity_matched | 2 | 3 ± 1.414 | 2 ± 1.414 | 1 ± 2.828 | +50% | not fewer |" in md
     assert "## Over seeds" in md and "| capacity_matched r=8 | batchtopk | batchtopk | 2 |" in md
@@ -227,7 +227,7 @@ def test_training_curves_and_how_each_run_ended(tmp_path, study):
         "r8": {"steps": 100, "max_steps": 100, "tokens": 25600, "stop_reason": "budget", "converged_step": None,
                "heldout_fvu": 0.1517, "curve": {"tokens": [5120, 25600], "loss": [0.7012, 0.3344]},
                "heldout": {"tokens": [5120, 25600], "fvu": [0.2911, 0.1517]}}}
-    paths = report.write_report(study, tmp_path)
+    paths = study_report.write_report(study, tmp_path)
     md, page = paths.markdown.read_text(), paths.html.read_text()
     titles = [line[3:] for line in md.splitlines() if line.startswith("## ")]
     assert titles[-2:] == ["Training", "Configuration"]
@@ -236,3 +236,17 @@ def test_training_curves_and_how_each_run_ended(tmp_path, study):
     assert 'alt="Training loss vs tokens"' in page and 'alt="Held-out FVU vs tokens"' in page
     for value in numbers(json.loads(paths.json.read_text())["training"]):
         assert format_number(value) in md and format_number(value) in page
+
+
+def test_no_import_cycle_runs_through_report():
+    """report.py is a building block: it imports nothing from scaffold_sae (at module level or inside a function), so
+    no module that imports it can be reached back from it."""
+    import ast
+    from pathlib import Path
+
+    source = Path(report.__file__).read_text()
+    imported = [node.module for node in ast.walk(ast.parse(source)) if isinstance(node, ast.ImportFrom) and node.module]
+    imported += [alias.name for node in ast.walk(ast.parse(source)) if isinstance(node, ast.Import)
+                 for alias in node.names]
+    assert not [m for m in imported if m.startswith("scaffold_sae") or m.startswith(".")]
+    assert not [node for node in ast.walk(ast.parse(source)) if isinstance(node, ast.ImportFrom) and node.level]

@@ -9,7 +9,8 @@ import pytest
 
 from scaffold_sae import analyses
 from scaffold_sae.config import build
-from scaffold_sae.report import Section, Table, load_results, write_report
+from scaffold_sae.report import Section, Table
+from scaffold_sae.study_report import load_results, write_report
 from scaffold_sae.sae import ConfigError
 from scaffold_sae.study import StudyConfig, run_study, threshold_section
 

@@ -21,7 +21,8 @@ from pathlib import Path
 from scaffold_sae.config import build, load_config_file, to_dict
 from scaffold_sae.models import load_model
 from scaffold_sae.over_seeds import read_record
-from scaffold_sae.report import format_summary_table, write_report
+from scaffold_sae.report import format_summary_table
+from scaffold_sae.study_report import write_report
 from scaffold_sae.study import (StudyConfig, default_layer, eval_contexts, evaluate_all, named_members, sae_records,
                                 study_cache, threshold_section, training_results, train_missing)
 

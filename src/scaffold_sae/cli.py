@@ -30,7 +30,7 @@ from .distributed import end_rank_process, launched_by_torchrun
 from .evals import CoreEvalConfig, run_core_eval
 from .experiments import ExperimentCommand, cli_run as experiment_cli
 from .faults import Interrupted, handle_signals
-from .report import ReportConfig, report_from_results
+from .study_report import ReportConfig, report_from_results
 from .sae import SAEConfig
 from .study import DEMO, StudyConfig, StudyRun, study_and_report, training_results, training_table
 from .trainer import TrainConfig, TrainRun, train_from_config

@@ -52,7 +52,7 @@ class CompareConfig:
 
 def compare_results(cfg: CompareConfig) -> ReportPaths:
     """Write the side-by-side report of the studies in ``cfg.results`` into ``cfg.out``."""
-    from scaffold_sae.report import load_results, write_report
+    from scaffold_sae.study_report import load_results, write_report
 
     studies = {}
     for item in cfg.results:

@@ -270,7 +270,7 @@ def run_experiment(path: str | Path, experiments_dir: str | Path = "experiments"
 
 def run_study_of(exp: Experiment, experiments: dict[str, Experiment], runs: Path, progress: bool) -> dict[str, Any]:
     """The experiment's study in runs/<slug>/ (its report in report/), reusing its dependencies' SAEs and cache."""
-    from scaffold_sae.report import write_report
+    from scaffold_sae.study_report import write_report
     from scaffold_sae.study import browse_section, run_study, threshold_section
 
     cfg = link_dependencies(exp, study_config(exp), experiments, runs)

@@ -9,11 +9,11 @@ rank > 0 = hybrid, seed 0. Pure functions of the `saes` dict, so a report redraw
 
 from __future__ import annotations
 
-import math
 from dataclasses import dataclass, field
 from typing import Any
 
 from scaffold_sae.report import Figure, Section, Series, Table, format_number
+from scaffold_sae.stats import mean_sd
 
 KINDS = ("baseline", "hybrid", "pca_deflation", "capacity_matched", "other_encoder")
 DESCRIPTIONS = {
@@ -41,17 +41,6 @@ def seed_of(result: dict[str, Any]) -> int:
 def for_rank(result: dict[str, Any]) -> int:
     value = result.get("for_rank")
     return int(result.get("rank", 0) if value is None else value)
-
-
-def mean_sd(values: list[float]) -> tuple[float | None, float | None]:
-    """Mean and sample standard deviation (ddof 1; None for fewer than 2 values)."""
-    values = [float(v) for v in values if v is not None and not math.isnan(float(v))]
-    if not values:
-        return None, None
-    mean = sum(values) / len(values)
-    if len(values) < 2:
-        return mean, None
-    return mean, math.sqrt(sum((v - mean) ** 2 for v in values) / (len(values) - 1))
 
 
 def format_mean_sd(mean: float | None, sd: float | None) -> str:

@@ -42,7 +42,7 @@ def analyse_saved(run: str | Path, out: str | Path, analyses: list[str], setting
     from scaffold_sae.analyses import registered, run_analyses
     from scaffold_sae.corpus import load_corpus, pack_contexts
     from scaffold_sae.models import load_model
-    from scaffold_sae.report import write_report
+    from scaffold_sae.study_report import write_report
     from scaffold_sae.saving import load_sae
 
     run, out = Path(run), Path(out)

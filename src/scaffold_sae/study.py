@@ -556,7 +556,8 @@ class StudyRun:
 def study_and_report(cfg: StudyConfig, out: str | Path, progress: bool = True):
     """Run the study into ``out``, write its report into ``out/report`` and print the summary table; returns the
     report's paths."""
-    from scaffold_sae.report import format_summary_table, write_report
+    from scaffold_sae.report import format_summary_table
+    from scaffold_sae.study_report import write_report
 
     study = run_study(cfg, out, progress=progress)
     report_dir = Path(out) / "report"

@@ -19,6 +19,7 @@ import torch
 from scaffold_sae.analyses.base import AnalysisContext, AnalysisError, register
 from scaffold_sae.lm_passes import DEFAULT_SINK_FACTOR, Rows, ablation_ce
 from scaffold_sae.report import Section, Table
+from scaffold_sae import stats
 from scaffold_sae.sae import random_orthonormal
 from scaffold_sae.subspace import subspace_edit
 
@@ -93,7 +94,7 @@ def causality(lm, layer: int, sae, contexts: torch.Tensor, mu: torch.Tensor, pca
         values = np.array([ce[f"random{s}:{variant}"] for s in range(seeds)])
         if seeds:
             outcomes.append(CEOutcome(f"random:{variant}", float(values.mean()), float(values.mean() / clean),
-                                      float((values / clean).std(ddof=1)) if seeds > 1 else 0.0))
+                                      stats.sd(values / clean) or 0.0))
     return CausalityResult(sae=name, rank=r, n_predictions=count, ce_clean=clean, outcomes=outcomes, seeds=seeds)
 
 

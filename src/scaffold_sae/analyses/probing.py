@@ -32,7 +32,7 @@ from scaffold_sae.lm_passes import DEFAULT_SINK_FACTOR
 from scaffold_sae.probing import (ProbingError, fit_probe, load_dataset, multiclass_accuracy, one_vs_rest_tasks,
                                   pool_activations, sparse_probe_correct, stratified_splits, tpp_scores)
 from scaffold_sae.report import Figure, Section, Series, Table, format_number
-from scaffold_sae.stats import Estimate, group_mean_bootstrap
+from scaffold_sae.stats import Estimate, group_mean_bootstrap, sd
 
 MEAN = "mean"
 """The dataset name of the rows averaged over the probed datasets."""
@@ -214,7 +214,7 @@ class ProbeOutcomes:
 
 
 def _sd(values: list[float]) -> float | None:
-    return float(np.std(values, ddof=1)) if len(values) > 1 else None
+    return sd(values)
 
 
 def verdict(difference: Estimate) -> str:
