@@ -8,7 +8,9 @@ trust). Used to size the demo (issue 27, item 8).
 from __future__ import annotations
 
 import argparse
+import json
 import time
+from pathlib import Path
 
 import torch
 
@@ -26,6 +28,7 @@ def main() -> None:
     parser.add_argument("--ctx-len", type=int, default=128)
     parser.add_argument("--conditions", type=int, default=1)
     parser.add_argument("--threads", type=int, default=2)
+    parser.add_argument("--out", default="", help="also write the figures as JSON here")
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
     lm = load_model(args.model)
@@ -41,8 +44,16 @@ def main() -> None:
         print(f"{ids.shape[0]} contexts, clean + {k} conditions: wall {seconds[k][0]:.1f} s, cpu {seconds[k][1]:.1f} s",
               flush=True)
     k = args.conditions
-    print(f"per condition: wall {(seconds[k][0] - seconds[0][0]) / k:.1f} s, cpu {(seconds[k][1] - seconds[0][1]) / k:.1f} "
-          f"s ({args.threads} threads, load average {open('/proc/loadavg').read().split()[0]})")
+    load = open("/proc/loadavg").read().split()[0]
+    per_wall, per_cpu = (seconds[k][0] - seconds[0][0]) / k, (seconds[k][1] - seconds[0][1]) / k
+    print(f"per condition: wall {per_wall:.1f} s, cpu {per_cpu:.1f} s ({args.threads} threads, load average {load})")
+    if args.out:
+        rows = [{"conditions": n, "contexts": int(ids.shape[0]), "wall_s": w, "cpu_s": c} for n, (w, c) in
+                seconds.items()]
+        Path(args.out).write_text(json.dumps({"model": args.model, "layer": args.layer, "ctx_len": args.ctx_len,
+                                              "threads": args.threads, "load_average": float(load), "rows": rows,
+                                              "per_condition_wall_s": per_wall, "per_condition_cpu_s": per_cpu},
+                                             indent=1) + "\n")
 
 
 if __name__ == "__main__":

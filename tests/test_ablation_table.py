@@ -193,9 +193,8 @@ def test_new_subjects_remove_the_mean_direction_with_and_without_the_pcs(tiny_lm
     basis = orthonormalise(torch.randn(d, 2, generator=torch.Generator().manual_seed(23)))
     vectors = orthonormalise(torch.randn(d, d, generator=torch.Generator().manual_seed(24)))
     cfg = at.AblationTableConfig(ablation_subjects="pca_mean,mean", ablation_operators="zero,mean",
-                                 ablation_positions="all", ablation_splices=False, bootstrap_samples=50,
-                                 rows_per_forward=4)
-    result = at.ablation_table(tiny_lm, 1, hybrid(basis, d), ids, fit, vectors, "r2", cfg, sink_factor=0)
+                                 ablation_positions="all", ablation_splices=False, rows_per_forward=4)
+    result = at.ablation_table(tiny_lm, 1, hybrid(basis, d), ids, fit, vectors, "r2", cfg, sink_factor=0, bootstrap_samples=50)
     mu = lm_passes.position_class_rows(tiny_lm, 1, fit, 8192, sink_factor=0)[0].double().mean(0)
     a = torch.cat([vectors[:, :2].double(), mu[:, None]], 1)
     p_pca_mean = (a @ torch.linalg.pinv(a)).float()

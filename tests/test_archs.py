@@ -58,7 +58,7 @@ def test_toy_architecture_trains_saves_loads_and_evaluates(top1, tmp_path):
     final = {}
     paths = train_saes(TensorSource(synthetic(2048)), cfgs, tcfg(), tmp_path / "run",
                        on_step=lambda step, states: final.update({st.name: st.sae for st in states}))
-    assert [p.name for p in paths] == ["top1_m32_k1_r0", "top1_m32_k1_r2"]
+    assert [p.name for p in paths] == ["top1_m32_k1_r0_resin", "top1_m32_k1_r2_resin"]
 
     x = synthetic(300, seed=4)
     for path in paths:

@@ -18,8 +18,10 @@ TINY = {
     "harvest.py": ["--batches", "1", "--batch-size", "1", "--ctx-len", "16", "--repeats", "1",
                    "--models", "smollm2-135m:1"],
     "stress_distributed.py": ["--rounds", "1", "--hog", "0"],
+    "ablation_cost.py": ["--model", "smollm2-135m", "--layer", "15", "--contexts", "2", "--ctx-len", "16",
+                         "--conditions", "1", "--threads", "1"],
 }
-SLOW = {"harvest.py", "stress_distributed.py"}  # an embedded model / a pytest round: minutes, not seconds
+SLOW = {"harvest.py", "stress_distributed.py", "ablation_cost.py"}  # an embedded model / a pytest round: minutes, not seconds
 
 
 def test_every_bench_script_has_a_tiny_setting():

@@ -107,7 +107,7 @@ def offline_hub(monkeypatch, work):
     monkeypatch.chdir(work)
 
 
-MODEL, MODEL32, SAE, HYBRID, CACHE = "model", "model32", "saes/batchtopk_m32_k4_r0", "saes/batchtopk_m32_k4_r2", "cache"
+MODEL, MODEL32, SAE, HYBRID, CACHE = "model", "model32", "saes/batchtopk_m32_k4_r0_resin", "saes/batchtopk_m32_k4_r2_resin", "cache"
 HARVEST = ["harvest", "--model", MODEL, "--layer", "1", "--corpus", "docs.txt", "--out", "new_cache", "--ctx-len", "32",
            "--tokens", "256"]
 

@@ -262,12 +262,15 @@ def test_analyses_run_on_each_requested_seed_and_the_summary_decides_over_them(t
     seeds' scaffolds."""
     from scaffold_sae.claims import claim_rows
 
-    cfg = build(StudyConfig, {"sae": {"ranks": [0, 2], "seeds": 2}, "analyses": {
+    cfg = build(StudyConfig, {"sae": {"ranks": [0, 2], "seeds": 2}, "claims.seeds": 2, "analyses": {
         "seeds": 2, "bootstrap_samples": 200, "probing.probe_docs": 0, "topic_ablation.topic_datasets": "",
         "ablation_table": {"ablation_operators": "zero", "ablation_random_bases": 1}}},
         base=tiny_study(tiny_model_dir, tiny_corpus))
     with pytest.raises(ConfigError, match=r"analyses.seeds=3 is invalid: between 1 and sae.seeds \(2\)"):
         build(StudyConfig, {"analyses.seeds": 3}, base=cfg).validate()
+    with pytest.raises(ConfigError, match=r"claims.seeds=3 is invalid: the plan cannot read more seeds than the study "
+                       r"trains \(sae.seeds=2\)"):
+        build(StudyConfig, {"claims.seeds": 3}, base=cfg).validate()
     study = run_study(cfg, tmp_path, progress=False)
     names = {(ev["kind"], ev["seed"]): name for name, ev in study["saes"].items()}
     seed1 = study["seed_analyses"]["1"]
@@ -278,7 +281,11 @@ def test_analyses_run_on_each_requested_seed_and_the_summary_decides_over_them(t
     cos2 = [a["structure"]["saes"][0]["mean_cos2"] for a in (study["analyses"], seed1)]
     structure = claim_rows(study)[1]
     assert structure.value == pytest.approx(sum(cos2) / 2) and " over 2 seeds (95% t-interval [" in structure.ours
-    assert run_study(cfg, tmp_path, progress=False)["seed_analyses"] == study["seed_analyses"]   # timings: reused
+    assert study["plan"]["seeds"] == 2 and study["plan_status"].startswith("as planned")
+    assert json.loads((tmp_path / "plan.json").read_text()) == study["plan"]   # written before anything trained
+    again = run_study(build(StudyConfig, {"claims.min_units": 5}, base=cfg), tmp_path, progress=False)
+    assert again["seed_analyses"] == study["seed_analyses"]   # timings: reused
+    assert again["plan"] == study["plan"] and "min_units: 30 -> 5" in again["plan_status"]   # the stored plan decides
 
 
 def test_one_seed_keeps_the_old_names(tmp_path):

@@ -288,6 +288,14 @@ def structure_primary(typed: dict[str, Any], plan: ClaimsPlan, rank: int | None,
                 f"no interval: one SAE on {s.n_tokens} held-out tokens without resampling; the analyses over several "
                 "seeds (analyses.seeds) decide")
     primary = Primary("structure", claim, ours, against, [part], values_by_seed=[s.mean_cos2])
+    same = [x.mean_cos2 for x in result.saes if x.rank == s.rank][:plan.seeds]
+    if plan.seeds > 1 and len(same) == plan.seeds:  # one table holding several seeds' SAEs at this rank
+        mean, sd, low, high = t_interval(same)
+        part.reading = Reading(mean, low, high, len(same) * contexts, f"seeds x {contexts} held-out contexts",
+                               f"t-interval over {len(same)} seeds", df=len(same) - 1, groups=len(same))
+        primary.ours = (f"r={s.rank}: mean cos^2 of the principal angles to the top-{s.rank} PCs "
+                        f"{interval_text(mean, low, high)} (mean ± sd {format_number(mean)} ± {format_number(sd)} over "
+                        f"{len(same)} seeds, 95% t-interval; per seed {', '.join(format_number(v) for v in same)})")
     if init == "pca":
         primary.fixed = NOT_TESTED
         primary.why = ("the scaffold was initialised at the top PCs (scaffold_init: pca), so closeness holds by "
@@ -499,13 +507,16 @@ def probing_primary(typed: dict[str, Any], plan: ClaimsPlan, rank: int | None, s
     paired_mean = [d for d in paired if d.dataset == MEAN] or paired
     head = [d for d in paired_mean if d.rank == rank and kind(d.sae, d.rank) == "hybrid"
             and kind(d.baseline, 0) == "baseline"]
-    credit = []
+    credit, control = [], None
     for d in paired_mean:
         pair = {kind(d.sae, d.rank), kind(d.baseline, 0)}
         if "pca_deflation" in pair and d.rank == rank:
             better = d.sae if d.difference.low > 0 else d.baseline if d.difference.high < 0 else None
             credit.append(f"{kind(d.sae, d.rank)} minus {kind(d.baseline, 0)}, paired: {iv(d.difference)} ("
                           + (f"{kind(better, d.rank)} probes better" if better else "neither beats the other") + ")")
+            if pair == {"pca_deflation", "hybrid"} and d.difference.low is not None:
+                e = d.difference  # the hybrid minus the PCA-deflation SAE, whichever way round it was paired
+                control = e if kind(d.sae, d.rank) == "hybrid" else Estimate(-e.value, -e.high, -e.low)
     if not credit:
         credit.append(f"PCA-deflation SAE r={rank}: {format_number(deflation)} mean accuracy (unpaired)"
                       if deflation is not None else "the PCA-deflation SAEs were not probed, so the gain is not "
@@ -525,8 +536,11 @@ def probing_primary(typed: dict[str, Any], plan: ClaimsPlan, rank: int | None, s
     ours = (f"hybrid r={rank} minus plain SAE: {iv(d)} accuracy at k={k}, mean over {datasets} datasets "
             f"({result.config.n_splits} splits, {n} documents)")
     reading = _reading(d, n, "documents", f"paired bootstrap over {n} documents")
-    return Primary("probing", claim, ours, against, [Part("accuracy difference", reading, Rule(0.0, None, False))],
-                   secondary=secondary, values_by_seed=[d.value])
+    gate = Part("against the PCA-deflation SAE", _reading(control, n, "documents", "paired bootstrap over "
+                f"{n} documents"), Rule(0.0, None, False), "the PCA-deflation SAEs were not probed (add "
+                "pca_deflation to sae.baselines), so the gain is not shown to be the scaffold's")
+    return Primary("probing", claim, ours, against, [Part("accuracy difference", reading, Rule(0.0, None, False)),
+                                                     gate], secondary=secondary, values_by_seed=[d.value])
 
 
 # ---------------------------------------------------------------------------------------------- over seeds
@@ -615,10 +629,14 @@ def decide_family(primaries: list[Primary], plan: ClaimsPlan, short_seeds: list[
     """Decide each claim's parts, Holm-adjusting across the plan's family: a claim's p-value is the largest of its
     parts' (every part must show its effect); each part is decided at its claim's adjusted level."""
     family = set(plan.family_claims) if plan.correction == "holm" else set()
-    decidable = [p for p in primaries if p.fixed is None and p.parts and all(
-        part.reading is not None and part.reading.has_interval and part.reading.units >= plan.min_units
-        for part in p.parts)]
-    p_claim = {p.key: max(part.reading.p_value(part.rule.null) for part in p.parts) for p in decidable}
+    def measured(part: Part) -> bool:
+        return part.reading is not None and part.reading.has_interval and part.reading.units >= plan.min_units
+
+    # a claim enters the family when its primary reading can decide; a control not measured leaves it undecided, but
+    # still counted, so that the correction never shrinks because a control is missing
+    decidable = [p for p in primaries if p.fixed is None and p.parts and measured(p.parts[0])]
+    p_claim = {p.key: max(part.reading.p_value(part.rule.null) for part in p.parts if measured(part))
+               for p in decidable}
     in_family = [k for k in p_claim if k in family]
     adjusted = dict(zip(in_family, holm([p_claim[k] for k in in_family])))
     levels = dict(zip(in_family, holm_levels([p_claim[k] for k in in_family], plan.alpha)))
@@ -626,7 +644,9 @@ def decide_family(primaries: list[Primary], plan: ClaimsPlan, short_seeds: list[
     for p in primaries:
         rows.append(decide_claim(p, plan, adjusted.get(p.key), levels.get(p.key, 1 - plan.alpha),
                                  p_claim.get(p.key), len(in_family)))
-        if short_seeds and p.key != "dense" and rows[-1].verdict not in (NOT_RUN, NOT_TESTED):
+        head = p.parts[0].reading if p.parts else None
+        spans_plan = head is not None and (getattr(head, "groups", None) or 1) >= plan.seeds  # seeds in one table
+        if short_seeds and p.key != "dense" and not spans_plan and rows[-1].verdict not in (NOT_RUN, NOT_TESTED):
             rows[-1].verdict = UNDECIDED
             rows[-1].note = (f"{len(short_seeds)} seed(s) analysed, the plan declares {plan.seeds}: "
                              f"{rows[-1].note}")
@@ -679,9 +699,9 @@ def decide_claim(p: Primary, plan: ClaimsPlan, p_adjusted: float | None, level: 
             reversed_ = [part for part, d in failed if d.verdict == NOT_REPRODUCED]
             base.verdict = NOT_REPRODUCED if reversed_ else UNDECIDED
             note += "; but " + "; ".join(
-                f"{part.label}: {'the control drops further' if d.verdict == NOT_REPRODUCED else d.note}"
-                for part, d in failed) + (": the drop is not specific to the scaffold" if reversed_ else
-                                          ": a control may drop as far, so the drop is not shown specific to it")
+                f"{part.label}: {'the control goes further' if d.verdict == NOT_REPRODUCED else d.note}"
+                for part, d in failed) + (": the effect is not specific to the scaffold" if reversed_ else
+                                          ": a control may go as far, so the effect is not shown specific to it")
         else:
             note += "; beats " + " and ".join(part.label.replace("against ", "") for part, _ in controls)
     elif controls:

@@ -53,6 +53,28 @@ class AnalyseStep:
 
 
 @dataclass
+class Series:
+    """A reading over training seeds assembled from runs already kept in summaries (seed 0 first), decided by the
+    claims engine under a plan declared here: the first `seeds` runs are primary, any further runs (seeds added
+    after a look at the data) form a replication row of their own."""
+
+    name: str
+    """The series' name in RESULTS.md."""
+    runs: list[str]
+    """Runs as <slug>/<run key in its summary.json>, e.g. causal-200ctx-grid-gemma3/c24/table.json; seed 0 first."""
+    seeds: int
+    """Seeds the experiment declared before its first look (claims.seeds)."""
+    plan: dict[str, Any] = field(default_factory=dict)
+    """Further claims-plan fields of the primary reading (e.g. causal_operator: zero, causal_positions: all)."""
+    claims: list[str] = field(default_factory=list)
+    """The claims this series reads (dense, structure, causal, redundancy, topic, probing); empty: every one it can."""
+    saes: str = ""
+    """Run (<slug>/<run key>) whose "saes" records go with the series (the probing claim names its SAEs by them)."""
+    config: dict[str, Any] = field(default_factory=dict)
+    """Study settings the runs were made under that the engine reads (e.g. sae: {scaffold_init: random})."""
+
+
+@dataclass
 class Experiment:
     """One experiment file (experiments/<slug>.yaml)."""
 
@@ -72,6 +94,8 @@ class Experiment:
     """The readings declared before the run: claim, sample sizes, seeds (copied into the summary)."""
     analyse: list[AnalyseStep] = field(default_factory=list)
     """Analyses on saved SAEs (this study's or a dependency's), each into its own run; after the study, if any."""
+    series: list[Series] = field(default_factory=list)
+    """Readings over seeds assembled from kept runs (this experiment's and others'), decided under their own plan."""
     legacy: str | None = None
     """For an experiment not yet runnable from this file: the script (relative to the repository) that ran it."""
     path: Path | None = None
@@ -128,8 +152,15 @@ def load_experiment(path: str | Path) -> Experiment:
             steps.append(build(AnalyseStep, step, where=f" in {path} (analyse step {i})"))
         except TypeError:
             raise ConfigError(f"{path}: analyse step {i} must be a mapping with of and analyses") from None
+    series = []
+    for i, item in enumerate(data.get("series") or []):
+        try:
+            series.append(build(Series, item, where=f" in {path} (series {i})"))
+        except TypeError:
+            raise ConfigError(f"{path}: series {i} must be a mapping with name, runs and seeds") from None
     exp = Experiment(**{**data, "code": str(data.get("code", "-")), "depends_on": list(data.get("depends_on") or []),
-                        "primary": dict(data.get("primary") or {}), "analyse": steps, "path": path})
+                        "primary": dict(data.get("primary") or {}), "analyse": steps, "series": series,
+                        "path": path})
     if not SLUG.match(exp.slug) or path.stem != exp.slug:
         raise ConfigError(f"{path}: slug {exp.slug!r} must be lower-case words joined by hyphens and equal the file "
                           f"name ({path.stem!r})")
@@ -421,13 +452,44 @@ def claim_table_rows(results: str | Path, experiments: dict[str, Experiment]) ->
             if not isinstance(run, dict) or not ("analyses" in run or "saes" in run):
                 continue
             for row in claim_rows(run):
-                key = claim_key(row.claim)
-                if key is None or row.verdict == NOT_RUN or (key == "dense" and not run.get("saes")):
-                    continue
+                key = row.key or claim_key(row.claim)
+                if key is None or row.verdict == NOT_RUN or row.ours == "-" or (key == "dense" and not run.get("saes")):
+                    continue  # "-": the run did not measure the plan's reading (a series below may assemble it)
                 where = "" if name == "results.json" else name.removesuffix("/table.json").removesuffix(".json")
                 table[key].append([f"[{slug}]({slug}/) ({exp.code})", where or "-", _cell(row.ours),
                                    _cell(row.against), row.verdict])
+        for series in exp.series:
+            for row in series_rows(series, results):
+                label = series.name + (" (replication)" if row.row == "replication" else "")
+                table[row.key].append([f"[{slug}]({slug}/) ({exp.code})", _cell(label), _cell(row.ours),
+                                       _cell(row.against), row.verdict])
     return table
+
+
+def series_study(series: Series, results: str | Path) -> dict[str, Any]:
+    """The results dict of a series: each run's analyses as one seed's (seed 0 first)."""
+    def run(ref: str) -> dict[str, Any]:
+        slug, _, key = ref.partition("/")
+        summary = load_summary(Path(results) / slug)
+        if summary is None or key not in summary["runs"]:
+            raise ConfigError(f"series {series.name!r}: no run {key!r} in results/{slug}/summary.json")
+        return summary["runs"][key]
+
+    seeds = [run(ref).get("analyses", {}) for ref in series.runs]
+    config = {**series.config, "sae": {**series.config.get("sae", {}), "seeds": len(seeds)}}
+    return {"config": config, "saes": run(series.saes).get("saes", {}) if series.saes else {},
+            "analyses": seeds[0], "seed_analyses": {str(i): a for i, a in enumerate(seeds) if i}}
+
+
+def series_rows(series: Series, results: str | Path) -> list:
+    """The claims engine's rows of a series (primary and replication) for the claims it reads."""
+    from scaffold_sae.claims import NOT_RUN, claim_rows
+    from scaffold_sae.plan import ClaimsPlan
+
+    plan = build(ClaimsPlan, {**series.plan, "seeds": series.seeds}, where=f" in series {series.name!r}")
+    rows = claim_rows(series_study(series, results), plan)
+    return [r for r in rows if r.verdict != NOT_RUN and r.key != "dense" and (not series.claims or r.key in
+                                                                                series.claims)]
 
 
 def _cell(text: str) -> str:
@@ -523,7 +585,7 @@ def cli_run(command, values: dict, args) -> None:
     experiment_command(build(ExperimentCommand, values))
 
 
-__all__ = ["ACTIONS", "CLAIMS", "AnalyseStep", "Experiment", "ExperimentCommand", "all_experiments",
+__all__ = ["ACTIONS", "CLAIMS", "AnalyseStep", "Series", "Experiment", "ExperimentCommand", "all_experiments",
            "claim_table_rows", "experiment_command", "experiment_rows", "experiments_markdown", "finished",
            "link_dependencies", "load_experiment", "load_summary", "readings", "results_markdown", "run_experiment",
            "run_step", "run_study_of", "study_config", "summary_of", "write_reports", "write_summary"]

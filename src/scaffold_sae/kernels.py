@@ -130,7 +130,7 @@ class ActiveSet:
 def sort_indices(keys: Tensor) -> Tensor:
     """The permutation that sorts ``keys``.  On the CPU in one thread: torch's two-thread sort of ~10^5 keys
     stalls for 20-600 ms on an oversubscribed CPU, against ~2 ms in one thread."""
-    if keys.device.type != "cpu":
+    if keys.device.type != "cpu" or torch.compiler.is_compiling():
         return torch.sort(keys).indices
     threads = torch.get_num_threads()
     torch.set_num_threads(1)

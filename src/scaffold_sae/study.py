@@ -17,12 +17,13 @@ import torch
 from scaffold_sae import archs, evals, faults
 from scaffold_sae.analyses.runner import AnalysesConfig
 from scaffold_sae.cache import ActivationCache, harvest
-from scaffold_sae.config import lookup, setting, to_dict
+from scaffold_sae.config import build, lookup, setting, to_dict
 from scaffold_sae.corpus import load_corpus, pack_contexts
 from scaffold_sae.devices import resolve_device
 from scaffold_sae.faults import OutputLock
 from scaffold_sae.fetch import atomic_write_text
 from scaffold_sae.models import EMBEDDED, load_model
+from scaffold_sae.plan import ClaimsPlan, plan_status, stored_plan, write_plan
 from scaffold_sae.sae import ConfigError, SAEConfig
 from scaffold_sae.saving import load_sae
 from scaffold_sae.trainer import TrainConfig, train_saes
@@ -123,6 +124,9 @@ class StudyConfig:
     """The scaffold analyses: their shared settings and one section per analysis."""
     browse: StudyBrowse = field(default_factory=StudyBrowse)
     """The feature-browser sites."""
+    claims: ClaimsPlan = field(default_factory=lambda: ClaimsPlan(seeds=1))
+    """The claims plan: each claim's primary reading and decision rule, written to plan.json before anything trains
+    (docs/claims.md). Its seeds are at most sae.seeds."""
     device: str = "cpu"
     """torch device for the model and the SAEs: cpu | cuda | cuda:N | auto (a GPU when there is one)."""
     seed: int = 0
@@ -150,6 +154,9 @@ class StudyConfig:
         if not 1 <= analyses.seeds <= sae.seeds:
             raise ConfigError(f"analyses.seeds={analyses.seeds} is invalid: between 1 and sae.seeds ({sae.seeds}); "
                               f"raise sae.seeds to train that many")
+        if self.claims.seeds > sae.seeds:
+            raise ConfigError(f"claims.seeds={self.claims.seeds} is invalid: the plan cannot read more seeds than the "
+                              f"study trains (sae.seeds={sae.seeds}); raise sae.seeds or lower claims.seeds")
         if analyses.bootstrap_samples < 1:
             raise ConfigError(f"analyses.bootstrap_samples={analyses.bootstrap_samples} is invalid: the intervals of "
                               "the analyses need at least one resample, e.g. 2000")
@@ -205,7 +212,15 @@ class StudyConfig:
 
 # The demo is the default study: sized to finish in under 30 minutes on 2 CPU cores from an empty cache, at the
 # regime where the effect shows on Gemma-3-270M (results/RESULTS.md says what was tried).
-DEMO = StudyConfig()
+DEMO = build(StudyConfig, {
+    "analyses.ablation_table": {"ablation_operators": "zero,mean", "ablation_positions": "ordinary,all",
+                                "ablation_subjects": "scaffold,pca,pca_mean,mean,random", "ablation_splices": False},
+    "analyses.topic_ablation": {"topic_datasets": "bbc_topic", "topic_operators": "zero", "topic_positions": "ordinary",
+                                "topic_read_after": "0,last"}})
+"""`scaffold-sae demo`: the study's defaults with the analyses cut to what the claims plan reads and its controls (the
+scaffold, the top PCs, span[PCs, mean], the mean and 10 random bases; zero and mean; the topic probe on BBC topic at
+the ablated layer and the last block), so that it runs in about 25 minutes on 2 CPU cores. Its causal and
+redundancy readings rest on 4 CE contexts, so those rows say undecided (at least 30 units needed)."""
 
 
 def default_layer(model_spec: str, n_layers: int) -> int:
@@ -222,6 +237,7 @@ def _run_study(cfg: StudyConfig, out_dir: str | Path, progress: bool) -> dict:
     cfg = replace(cfg.validate(), device=str(resolve_device(cfg.device)))
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
+    write_plan(out, cfg.claims)
     timings: dict[str, float] = {}
     clock = time.perf_counter()
 
@@ -269,6 +285,8 @@ def _run_study(cfg: StudyConfig, out_dir: str | Path, progress: bool) -> dict:
     return {
         "title": f"scaffold-sae study: {cfg.harvest.model} layer {layer}",
         "config": resolved,
+        "plan": (stored_plan(out) or cfg.claims).to_json(),
+        "plan_status": plan_status(out, cfg.claims),
         "inference": archs.get(cfg.sae.arch).primary_inference,
         "cache": {k: cache.manifest.get(k) for k in ("model", "fingerprint", "layer", "n_rows", "excluded")},
         **sae_records(results, members, cfg.sae.arch),
