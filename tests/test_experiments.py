@@ -238,3 +238,10 @@ def test_the_experiment_command_of_the_cli(tmp_path, monkeypatch, capsys):
     with pytest.raises(SystemExit):
         main(["experiment", "run", "experiments/old-one.yaml"])
     assert "a legacy experiment: run `bash results/old-one/command.sh`" in capsys.readouterr().err
+
+
+def test_the_demo_experiment_is_the_demo_command():
+    from scaffold_sae.experiments import load_experiment, study_config
+    from scaffold_sae.study import DEMO
+
+    assert study_config(load_experiment(ROOT / "experiments" / "demo.yaml")) == DEMO

@@ -173,10 +173,14 @@ MISTAKES = {
                                        r"train_tokens=-3 is invalid"),
     # study
     "study-missing-config": (["study", "--config", "nothere.yaml"], r"cannot read config file nothere\.yaml"),
+    "study-k-above-width": (["study", "--sae.width", "16", "--sae.k", "32", "--out", "s"],
+                            r"sae\.k=32 is invalid: k must be in 1\.\.sae\.width \(16\)"),
     # report and compare
     "report-missing-results": (["report", "--results", "nothere.json", "--out", "r"],
                                r"results file nothere\.json does not exist"),
     "report-results-not-json": (["report", "--results", "docs.txt", "--out", "r"], r"docs\.txt is not valid JSON"),
+    "report-results-not-a-study": (["report", "--results", "notes.json", "--out", "r"],
+                                   r"notes\.json is not a study's results\.json"),
     "compare-missing-results": (["compare", "--results", "nothere.json", "notes.json", "--out", "r"],
                                 r"results file nothere\.json does not exist"),
     "compare-results-without-analyses": (["compare", "--results", "notes.json", "--out", "r"],

@@ -204,3 +204,27 @@ def test_sae_probes_tasks_run_through_the_probing_analysis_by_name():
     assert {(d.sae, d.baseline, d.k) for d in summary.differences} == {("r2", "r0", 1), ("r2", "r0", 5)}
     titles = [s.title for s in probing_sources.breadth_sections(summary)]
     assert titles == ["Probing breadth: sae_probes", "Probing breadth: sae_probes, per task"]
+
+
+def test_source_tasks_get_breadth_sections_not_a_column_each():
+    """A probing result with two sae_probes tasks beside a built-in dataset: the report's accuracy table has no column
+    per task, and the breadth sections average the tasks (hybrid minus plain: mean of 0.1 and 0.3)."""
+    from scaffold_sae.analyses.probing import (DatasetInfo, PairedDifference, ProbeConfig, ProbingResult,
+                                               SparseProbeScore, sections)
+    from scaffold_sae.stats import Estimate
+
+    def score(dataset, sae, rank, acc):
+        return SparseProbeScore(dataset, sae, rank, 5, Estimate(acc, acc - 0.05, acc + 0.05), 0.0, [acc])
+
+    tasks = {"sae_probes:1_a": (0.6, 0.7), "sae_probes:2_b": (0.5, 0.8), "bbc_topic": (0.7, 0.75)}
+    sparse = [s for d, (plain, hybrid) in tasks.items() for s in (score(d, "plain", 0, plain),
+                                                                  score(d, "hybrid", 8, hybrid))]
+    paired = [PairedDifference(d, "hybrid", "plain", 8, 5, Estimate(h - p, h - p - 0.05, h - p + 0.05), 0.0,
+                               [Estimate(h - p, h - p - 0.05, h - p + 0.05)], "better") for d, (p, h) in tasks.items()]
+    result = ProbingResult({d: DatasetInfo(["0", "1"], 100, 10.0) for d in tasks}, {}, sparse, paired, [], [],
+                           ProbeConfig())
+    out = sections(result)
+    assert out[0].tables[0].columns[-1] == "bbc_topic" and not any("sae_probes" in c for c in out[0].tables[0].columns)
+    breadth = next(s for s in out if s.title == "Probing breadth: sae_probes")
+    diff = breadth.tables[1].rows[0]
+    assert diff[:4] == ["hybrid", "plain", 5, 2] and diff[4].startswith("0.2 [")

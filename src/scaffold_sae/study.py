@@ -149,6 +149,8 @@ class StudyConfig:
         if self.browse.enabled and self.browse.tokens < 1:
             raise ConfigError(f"browse.tokens={self.browse.tokens} is invalid: must be a positive integer (or set "
                               "browse.enabled to false)")
+        if archs.get(sae.arch).uses_k and sae.k > sae.width:   # before the harvest, not after it
+            raise ConfigError(f"sae.k={sae.k} is invalid: k must be in 1..sae.width ({sae.width})")
         if sae.seeds < 1:
             raise ConfigError(f"sae.seeds={sae.seeds} is invalid: must be a positive integer")
         if not 1 <= analyses.seeds <= sae.seeds:

@@ -244,6 +244,9 @@ def load_results(path: str | Path) -> dict[str, Any]:
         name = Path(str(data.get("sae", "sae"))).name
         data = {"title": f"core evaluation of {name}", "config": {k: v for k, v in data.items() if k != "eval"},
                 "saes": {name: data["eval"]}}
+    if not isinstance(data, dict) or not isinstance(data.get("saes"), dict):
+        raise ReportError(f"{path} is not a study's results.json (no \"saes\" mapping): pass the results.json a "
+                          "study or eval wrote")
     return data
 
 

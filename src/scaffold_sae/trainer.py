@@ -477,6 +477,12 @@ def _loop(run: _Run, on_step) -> None:
         for step in range(start, total_steps):
             batch = next(batches)
             factor = schedule(step, total_steps, run.warmup, train_cfg.lr_decay_frac)
+            if torch.device(device).type == "cpu":
+                # a host read costs nothing here: AuxK over the latents dead now, not over the fixed superset that
+                # spares a GPU the read (the same AuxK loss; with a long log interval the superset is every latent,
+                # which doubled the CPU step)
+                for st in states:
+                    refresh_dead_pool(st, run.dead_tokens, tokens_per_step, 1)
             with recorder:  # the steady state: nothing in here may wait for the device
                 x = batch.to(device, torch.float32, non_blocking=True)
                 if scale != 1.0:

@@ -259,9 +259,12 @@ def summarise(outcomes: dict[str, ProbeOutcomes], ranks: dict[str, int | None], 
     quantities = ([(f, k, None) for f in features for k in cfg.ks]
                   + [(f, k, baseline) for f in others for k in cfg.ks]
                   + [(f, k, other) for f, other in (against or {}).items() for k in cfg.ks])
+    from scaffold_sae.probing_sources import is_source_name
+
     groups = {name: [part] for name, part in outcomes.items()}
-    if len(outcomes) > 1:
-        groups[MEAN] = list(outcomes.values())
+    pooled = [part for name, part in outcomes.items() if not is_source_name(name)]  # a source's tasks: breadth()
+    if len(pooled) > 1:
+        groups[MEAN] = pooled
     sparse, paired = [], []
     for dataset, parts in groups.items():
         for (feat, k, minus), (total, *splits) in zip(quantities, _estimates(parts, quantities, cfg.n_boot, cfg.seed)):
@@ -376,7 +379,9 @@ def _topic_probes(dataset: str, resid: np.ndarray, labels: np.ndarray, saes: Map
 
 def run(context: AnalysisContext, config: ProbingConfig) -> ProbingResult | None:
     """Probing of every SAE of the study (None when the config disables it)."""
-    datasets = [d.strip() for d in str(config.probe_datasets or "").split(",") if d.strip()]
+    from scaffold_sae import probing_sources
+
+    datasets = probing_sources.expand([d.strip() for d in str(config.probe_datasets or "").split(",") if d.strip()])
     if not datasets or config.probe_docs <= 0:
         return None
     shared = context.shared
@@ -412,9 +417,12 @@ def _split_verdicts(d: PairedDifference) -> str:
 
 
 def sections(result: ProbingResult) -> list[Section]:
+    from scaffold_sae import probing_sources
+
     sparse, cfg = result.sparse, result.config
     names = list(dict.fromkeys(s.features for s in sparse))
-    datasets = list(dict.fromkeys(s.dataset for s in sparse))
+    # a probing source's tasks (e.g. the 111 of sae_probes:binary>=1000) get the breadth sections, not a column each
+    datasets = [d for d in dict.fromkeys(s.dataset for s in sparse) if not probing_sources.is_source_name(d)]
     ks = sorted({s.k for s in sparse})
     score = {(s.dataset, s.features, s.k): s for s in sparse}
     splits = f"{cfg.n_splits} stratified {round(100 * (1 - cfg.test_frac))}/{round(100 * cfg.test_frac)} splits"
@@ -482,7 +490,8 @@ def sections(result: ProbingResult) -> list[Section]:
     if sparse and cfg.n_splits > 1:
         split_cols = [f"split {s + 1}" for s in range(cfg.n_splits)]
         per_split = Table(["dataset", "features", "k", *split_cols],
-                          [[s.dataset, s.features, s.k, *s.per_split] for s in sparse],
+                          [[s.dataset, s.features, s.k, *s.per_split] for s in sparse
+                           if not probing_sources.is_source_name(s.dataset)],
                           caption="Sparse probing test accuracy per split")
         split_tables = [per_split]
         if result.paired:
@@ -514,7 +523,7 @@ def sections(result: ProbingResult) -> list[Section]:
                            "PCA coordinates and their removal are the comparison.",
                            tables=[Table(["SAE", "rank", "features", "test accuracy (mean ± sd over splits)",
                                           "chance"], topic_rows, caption=f"dataset: {cfg.topic_dataset}")]))
-    return out
+    return out + probing_sources.breadth_sections(probing_sources.breadth(result))
 
 
 register("probing", ProbingConfig, ProbingResult, run, sections)
