@@ -183,8 +183,8 @@ MISTAKES = {
                                    r"notes\.json is not a study's results\.json"),
     "compare-missing-results": (["compare", "--results", "nothere.json", "notes.json", "--out", "r"],
                                 r"results file nothere\.json does not exist"),
-    "compare-results-without-analyses": (["compare", "--results", "notes.json", "--out", "r"],
-                                         r"notes\.json has no analyses"),
+    "compare-results-not-a-study": (["compare", "--results", "notes.json", "--out", "r"],
+                                    r"notes\.json is not a study's results\.json"),
     # cache-info
     "cache-info-missing": (["cache-info", "no_cache"], r"no_cache is not an activation cache"),
     "cache-info-bad-verify": (["cache-info", CACHE, "--verify", "sometimes"], r"unknown verify mode 'sometimes'"),
