@@ -146,18 +146,8 @@ def load_experiment(path: str | Path) -> Experiment:
     for key in ("slug", "question"):
         if not data.get(key):
             raise ConfigError(f"{path}: {key} is missing; every experiment file names its slug and its question")
-    steps = []
-    for i, step in enumerate(data.get("analyse") or []):
-        try:
-            steps.append(build(AnalyseStep, step, where=f" in {path} (analyse step {i})"))
-        except TypeError:
-            raise ConfigError(f"{path}: analyse step {i} must be a mapping with of and analyses") from None
-    series = []
-    for i, item in enumerate(data.get("series") or []):
-        try:
-            series.append(build(Series, item, where=f" in {path} (series {i})"))
-        except TypeError:
-            raise ConfigError(f"{path}: series {i} must be a mapping with name, runs and seeds") from None
+    steps = _entries(AnalyseStep, data.get("analyse"), path, "analyse step", "of and analyses")
+    series = _entries(Series, data.get("series"), path, "series", "name, runs and seeds")
     exp = Experiment(**{**data, "code": str(data.get("code", "-")), "depends_on": list(data.get("depends_on") or []),
                         "primary": dict(data.get("primary") or {}), "analyse": steps, "series": series,
                         "path": path})
@@ -171,6 +161,17 @@ def load_experiment(path: str | Path) -> Experiment:
         if step.of not in (exp.slug, *exp.depends_on):
             raise ConfigError(f"{path}: analyse step of {step.of!r}: name this experiment or one in depends_on")
     return exp
+
+
+def _entries(cls, items, path: Path, what: str, needs: str) -> list:
+    """The list under one key of an experiment file, each entry built as `cls` (errors name the entry)."""
+    out = []
+    for i, item in enumerate(items or []):
+        try:
+            out.append(build(cls, item, where=f" in {path} ({what} {i})"))
+        except TypeError:
+            raise ConfigError(f"{path}: {what} {i} must be a mapping with {needs}") from None
+    return out
 
 
 def all_experiments(folder: str | Path = "experiments") -> dict[str, Experiment]:
