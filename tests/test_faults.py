@@ -286,7 +286,7 @@ def test_train_on_a_full_disk_fails_with_one_line_leaves_no_partial_checkpoint_o
     with pytest.raises(OSError, match=r"no space left on the device writing .*out \(.* free; about .* MiB more is "
                                       r"needed\)"):
         train_saes(TensorSource(data()), cfgs, tcfg(), tiny / "out")
-    assert [p.name for p in (tiny / "out").iterdir()] == [LOCK_NAME]
+    assert not (tiny / "out").exists()  # nothing was written: the folder the run created goes with its lock
 
     disk = small_disk(4096)
     out = disk / "out"
@@ -303,3 +303,24 @@ def test_train_on_a_full_disk_fails_with_one_line_leaves_no_partial_checkpoint_o
     train_saes(TensorSource(data()), cfgs, tcfg(), out)
     train_saes(TensorSource(data()), cfgs, tcfg(), tmp_path / "straight")
     assert_same_saes(out, tmp_path / "straight")
+
+
+def test_a_refused_run_removes_the_folders_its_lock_created_and_keeps_any_work(tmp_path):
+    """A failure that wrote nothing but the lock and the disposable files (the study's plan.json) leaves no folder;
+    one that wrote anything else keeps it all, for the rerun to resume from; a folder that was there is kept."""
+    from scaffold_sae.faults import OutputLock
+
+    def fail(out, write):
+        with pytest.raises(RuntimeError):
+            with OutputLock(out, "study", disposable=("plan.json",)):
+                for name in write:
+                    (out / name).write_text("x")
+                raise RuntimeError("refused")
+
+    fail(tmp_path / "new" / "deeper", ["plan.json"])
+    assert not (tmp_path / "new").exists()
+    fail(tmp_path / "work", ["plan.json", "cache.bin"])
+    assert sorted(p.name for p in (tmp_path / "work").iterdir()) == [LOCK_NAME, "cache.bin", "plan.json"]
+    (tmp_path / "mine").mkdir()
+    fail(tmp_path / "mine", ["plan.json"])
+    assert (tmp_path / "mine").is_dir()

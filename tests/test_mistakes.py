@@ -146,6 +146,8 @@ MISTAKES = {
                                 r"encoder_input='y' is invalid: allowed values are x, residual"),
     "train-bad-ranks": (["train", "--cache", CACHE, "--out", "t", "--ranks", "0,x"], r"ranks='0,x' is invalid"),
     "train-bad-device": (["train", "--cache", CACHE, "--out", "t", "--device", "tpu"], r"device='tpu' is invalid"),
+    "train-batch-above-cache": (["train", "--cache", CACHE, "--out", "t", "--batch-size", "99999"], r"cache cache has 1024 rows, fewer than one step of 99999 x 1"),
+    "train-out-is-a-file": (["train", "--cache", CACHE, "--out", "afile"], r"--out afile is a file: pass a folder"),
     # eval
     "eval-missing-sae": (["eval", "--sae", "no_sae"], r"SAE path no_sae does not exist"),
     "eval-model-dir-as-sae": (["eval", "--sae", MODEL], r"model is not an SAE directory"),

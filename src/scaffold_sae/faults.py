@@ -85,16 +85,25 @@ _held: dict[Path, list] = {}  # resolved lock path -> [open file, depth]: re-ent
 class OutputLock:
     """Exclusive lock on an output directory for the lifetime of a run (``with OutputLock(dir, "train"):``)."""
 
-    def __init__(self, directory: str | Path, command: str):
+    def __init__(self, directory: str | Path, command: str, disposable: tuple[str, ...] = ()):
         self.directory, self.command = Path(directory), command
+        self.disposable = disposable
+        """Files a failed run may leave that hold no progress (e.g. the study's plan.json): removed with the
+        folders this lock created when the run fails before writing anything else."""
+        self.created: list[Path] = []
 
     @property
     def path(self) -> Path:
         return self.directory / LOCK_NAME
 
     def __enter__(self) -> "OutputLock":
+        if self.directory.exists() and not self.directory.is_dir():
+            raise LockError(f"--out {self.directory} is a file: pass a folder (it is created if missing)")
+        missing = [p for p in (self.directory, *self.directory.parents) if not p.exists()]
         self.directory.mkdir(parents=True, exist_ok=True)
         key = self.path.resolve()
+        if key not in _held:
+            self.created = missing  # deepest first
         if key in _held:
             _held[key][1] += 1
             return self
@@ -133,6 +142,22 @@ class OutputLock:
             handle.truncate()  # an empty lock file: nobody holds it
             fcntl.flock(handle, fcntl.LOCK_UN)
             handle.close()
+            if exc[0] is not None and self.created:
+                self._remove_if_empty()
+
+    def _remove_if_empty(self) -> None:
+        """After a failure: the folders this lock created go again when they hold nothing but the lock and the
+        disposable files, so that a run refused before any work leaves nothing behind."""
+        left = {p.name for p in self.directory.iterdir()}
+        if not left <= {LOCK_NAME, *self.disposable}:
+            return
+        for name in left:
+            (self.directory / name).unlink()
+        for folder in self.created:
+            try:
+                folder.rmdir()
+            except OSError:
+                return
 
 
 def read_owner(path: Path) -> dict:

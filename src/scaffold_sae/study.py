@@ -233,7 +233,7 @@ def default_layer(model_spec: str, n_layers: int) -> int:
 
 def run_study(cfg: StudyConfig, out_dir: str | Path, progress: bool = True) -> dict:
     """Run (or resume) the whole study into out_dir; returns the results dict written to results.json."""
-    with OutputLock(out_dir, "study"):
+    with OutputLock(out_dir, "study", disposable=("plan.json", "study_config.json")):
         return _run_study(cfg, out_dir, progress)
 
 

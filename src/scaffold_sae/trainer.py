@@ -340,11 +340,15 @@ def train_saes(cache: ActivationSource, cfgs: list[SAEConfig], train_cfg: TrainC
         comm = LocalComm(resolve_device(train_cfg.device))
     lock = OutputLock(out_dir, "train")
     comm.on_rank0(lock.__enter__, f"locking {out_dir}")  # every rank fails when rank 0 cannot lock
+    failure: tuple = (None, None, None)
     try:
         return _train_saes(cache, cfgs, train_cfg, Path(out_dir), on_step, comm, sync_recorder)
+    except BaseException as error:
+        failure = (type(error), error, error.__traceback__)  # a refused run leaves no lock-only folder
+        raise
     finally:
         if comm.rank == 0:
-            lock.__exit__()
+            lock.__exit__(*failure)
 
 
 def _train_saes(cache, cfgs, train_cfg, out_dir, on_step, comm: Communicator,
