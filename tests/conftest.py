@@ -28,3 +28,12 @@ def tiny_corpus(tmp_path_factory) -> Path:
     path = tmp_path_factory.mktemp("corpus") / "docs.txt"
     path.write_text("\n\n".join(make_texts()) + "\n")
     return path
+
+
+@pytest.fixture(scope="session")
+def tiny_model_dir(tmp_path_factory, tiny_lm):
+    """The tiny model saved as a local model folder (what `--model DIR` loads)."""
+    path = tmp_path_factory.mktemp("tiny-model")
+    tiny_lm.hf_model.save_pretrained(path)
+    tiny_lm.tokenizer.save_pretrained(path)
+    return path

@@ -22,14 +22,6 @@ from scaffold_sae.summary import SUMMARY_LIMIT, dumps, sample, slim, slim_result
 ROOT = Path(__file__).resolve().parents[1]
 
 
-@pytest.fixture(scope="module")
-def tiny_model_dir(tmp_path_factory, tiny_lm):
-    path = tmp_path_factory.mktemp("tiny-model")
-    tiny_lm.hf_model.save_pretrained(path)
-    tiny_lm.tokenizer.save_pretrained(path)
-    return path
-
-
 def tiny_study(model_dir, corpus, ranks, analyses=False) -> dict:
     return {"harvest": {"model": str(model_dir), "layer": 1, "corpus": str(corpus), "ctx_len": 32,
                         "train_tokens": 4096, "eval_tokens": 1024, "ce_tokens": 256, "batch_size": 8},
@@ -245,3 +237,15 @@ def test_the_demo_experiment_is_the_demo_command():
     from scaffold_sae.study import DEMO
 
     assert study_config(load_experiment(ROOT / "experiments" / "demo.yaml")) == DEMO
+
+
+def test_a_series_decides_its_declared_seeds_and_reports_later_seeds_as_a_replication():
+    """H17 declared 3 seeds and added 4 after an undecided look: the 3 decide, the 4 form their own row."""
+    from scaffold_sae.experiments import load_experiment, series_rows
+
+    exp = load_experiment(ROOT / "experiments" / "causal-centred-r24-seeds-gemma3.yaml")
+    primary, replication = series_rows(exp.series[0], ROOT / "results")
+    assert (primary.row, primary.verdict) == ("primary", "not reproduced") and "over 3 seeds" in primary.ours
+    assert replication.row == "replication" and "over 4 seeds" in replication.ours
+    assert replication.verdict == "effect present but smaller than the paper's"
+    assert "never merged into the primary verdict" in replication.note

@@ -15,14 +15,6 @@ from scaffold_sae.sae import ConfigError
 from scaffold_sae.study import StudyConfig, run_study, threshold_section
 
 
-@pytest.fixture(scope="module")
-def tiny_model_dir(tmp_path_factory, tiny_lm):
-    path = tmp_path_factory.mktemp("tiny-model")
-    tiny_lm.hf_model.save_pretrained(path)
-    tiny_lm.tokenizer.save_pretrained(path)
-    return path
-
-
 def tiny_study(model_dir, corpus) -> StudyConfig:
     return build(StudyConfig, {"harvest": dict(model=str(model_dir), layer=1, corpus=str(corpus), ctx_len=32,
                                                train_tokens=4096, eval_tokens=1024, ce_tokens=256, batch_size=8),

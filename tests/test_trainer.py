@@ -361,3 +361,17 @@ def test_progress_bar_metrics_refresh_about_twenty_times_in_a_short_run():
     assert bar_refresh_steps(TrainConfig(log_every=50), 61) == 4  # not only at step 50 and the end
     assert bar_refresh_steps(TrainConfig(log_every=50), 5) == 1
     assert bar_refresh_steps(TrainConfig(log_every=50), 10**5) == 50  # long runs: the log steps, no extra reads
+
+
+def test_auxk_over_the_dead_latents_equals_auxk_over_a_superset():
+    """The CPU trainer gives AuxK the latents dead now; the GPU path a fixed superset with a mask. Same loss."""
+    from scaffold_sae.sae import DeadLatents, HybridSAE
+
+    sae = HybridSAE(SAEConfig(d_in=16, width=64, k=3, rank=2, encoder_input="residual"))
+    x = torch.randn(64, 16, generator=torch.Generator().manual_seed(0))
+    dead = torch.arange(64) % 5 == 0
+    superset = DeadLatents(torch.arange(0, 64, 2), dead[torch.arange(0, 64, 2)] | (torch.arange(32) == 3))
+    exact = DeadLatents(superset.index[superset.mask], torch.ones(int(superset.mask.sum()), dtype=torch.bool))
+    a, b = sae.loss(x, dead=superset, fast=True), sae.loss(x, dead=exact, fast=True)
+    assert float(a.aux) > 0 and float(a.aux) == pytest.approx(float(b.aux), rel=1e-6)
+    assert float(a.loss) == pytest.approx(float(b.loss), rel=1e-6)

@@ -471,6 +471,9 @@ def _loop(run: _Run, on_step) -> None:
                             world_size=world_size)
     tokens_per_step = train_cfg.batch_size * world_size
     peek_every = bar_refresh_steps(train_cfg, total_steps)
+    # on a CPU a host read costs nothing: AuxK over the latents dead now, not over the fixed superset that spares a
+    # GPU the read (the same AuxK loss; with a long log interval the superset is every latent: twice the CPU step)
+    exact_dead = torch.device(device).type == "cpu"
     for st in states:
         st.reset_window()
         refresh_dead_pool(st, run.dead_tokens, tokens_per_step, next_log_step(start, train_cfg, total_steps) - start)
@@ -481,10 +484,7 @@ def _loop(run: _Run, on_step) -> None:
         for step in range(start, total_steps):
             batch = next(batches)
             factor = schedule(step, total_steps, run.warmup, train_cfg.lr_decay_frac)
-            if torch.device(device).type == "cpu":
-                # a host read costs nothing here: AuxK over the latents dead now, not over the fixed superset that
-                # spares a GPU the read (the same AuxK loss; with a long log interval the superset is every latent,
-                # which doubled the CPU step)
+            if exact_dead:
                 for st in states:
                     refresh_dead_pool(st, run.dead_tokens, tokens_per_step, 1)
             with recorder:  # the steady state: nothing in here may wait for the device
