@@ -7,7 +7,8 @@ from a disk cache, and a 7-SAE lockstep sweep batched vs 7 sequential one-SAE st
 
 Each measurement runs in its own subprocess so that peak memory (ru_maxrss) is its own.  Prints tokens/s
 (median step after warm-up), peak memory and, for every step row, the host-device syncs one steady-state step
-makes (scaffold_sae.syncs.SyncRecorder; on a CPU they cost nothing, on a GPU each one stalls the pipeline).
+makes on the GPU's path (scaffold_sae.syncs.SyncRecorder, which runs kernels.device_path; on a CPU the timed
+steps read the host instead, which costs nothing there: the `ours-device-path` row times the GPU's path on a CPU).
 Writes everything as JSON (--out).  sparsify is the `bench` extra: its row is skipped, saying so, when missing.
 """
 
@@ -59,9 +60,14 @@ def naive_step_fn(d: int, m: int, k: int, rank: int, batch: int, device: str = "
 
 
 def ours_step_fn(d: int, m: int, k: int, rank: int, batch: int, device: str = "cpu", compile: bool = False,
-                 fast: bool = True):
-    """Our trainer's step (scaffold_sae.step.train_step), one SAE; AuxK's pool as a run far from dead latents."""
+                 fast: bool = True, device_path: bool = False):
+    """Our trainer's step (scaffold_sae.step.train_step), one SAE; AuxK's pool as a run far from dead latents.
+    ``device_path`` runs the GPU's fixed-shape selection on a CPU too (the CPU's default reads the host)."""
+    import contextlib
+
     import torch
+
+    from scaffold_sae import kernels
 
     from scaffold_sae.comm import LocalComm
     from scaffold_sae.sae import HybridSAE, SAEConfig
@@ -75,7 +81,8 @@ def ours_step_fn(d: int, m: int, k: int, rank: int, batch: int, device: str = "c
     comm = LocalComm(device)
 
     def step(x):
-        train_step(state, x, 1.0, 10**9, cfg, comm)
+        with kernels.device_path() if device_path else contextlib.nullcontext():
+            train_step(state, x, 1.0, 10**9, cfg, comm)
     return step
 
 
@@ -127,10 +134,11 @@ def lockstep_fn(d: int, m: int, k: int, rank: int, batch: int, device: str = "cp
 
 IMPLS = {"naive": naive_step_fn, "ours": ours_step_fn,
          "ours-dense": lambda *a, **kw: ours_step_fn(*a, **kw, fast=False),
+         "ours-device-path": lambda *a, **kw: ours_step_fn(*a, **kw, device_path=True),
          "sparsify": sparsify_step_fn,
          "lockstep-batched": lockstep_fn,
          "lockstep-sequential": lambda *a, **kw: lockstep_fn(*a, **kw, batched=False)}
-STEP_IMPLS = ("naive", "ours", "ours-dense", "sparsify")
+STEP_IMPLS = ("naive", "ours", "ours-dense", "ours-device-path", "sparsify")
 OPTIONAL = {"sparsify": "sparsify", "saelens": "sae_lens", "dictionary_learning": "dictionary_learning"}
 
 
@@ -166,6 +174,8 @@ def worker(impl: str, d: int, m: int, k: int, rank: int, batch: int, steps: int,
             else resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024)
     return {"impl": impl, "width": m, "tok_s": batch / sec, "step_ms": 1000 * sec, "peak_mb": peak,
             "syncs_per_step": len(recorder.events), "syncs": recorder.summary().splitlines()[:10],
+            # the recorder runs the GPU's path (kernels.device_path); the timed CPU steps read the host unless asked
+            "selection": "fixed-shapes" if device != "cpu" or impl == "ours-device-path" else "host-read",
             # importing scaffold_sae sets PASSIVE (before torch starts its threads); the naive loop does not import it
             "omp_wait_policy": os.environ.get("OMP_WAIT_POLICY", "default")}
 

@@ -39,6 +39,9 @@ def work(tmp_path_factory) -> Path:
                                           pad_token_id=1))
     narrow.save_pretrained(root / "model32")
     tokenizer.save_pretrained(root / "model32")
+    make_hf_model().save_pretrained(root / "no_tokenizer_model")  # weights and config, no tokenizer
+    shutil.copytree(root / "model", root / "bad_config_model")
+    (root / "bad_config_model" / "config.json").write_text("{\n")
     (root / "docs.txt").write_text("\n\n".join(make_texts(120)) + "\n")
     (root / "random.txt").write_bytes(bytes(torch.randint(0, 256, (20000,), generator=torch.Generator().manual_seed(0),
                                                           dtype=torch.uint8).tolist()))
@@ -128,6 +131,18 @@ MISTAKES = {
     "harvest-missing-model-directory": (
         ["harvest", "--model", "./no/such/model", "--layer", "1", "--out", "c", "--corpus", "docs.txt"],
         r"cannot load model '\./no/such/model': no such directory or file"),
+    "harvest-model-directory-without-tokenizer": (
+        ["harvest", "--model", "no_tokenizer_model", "--layer", "1", "--out", "c", "--corpus", "docs.txt"],
+        r"cannot load model 'no_tokenizer_model': the directory lacks a tokenizer \(tokenizer\.json"),
+    "harvest-model-directory-empty": (
+        ["harvest", "--model", "saes", "--layer", "1", "--out", "c", "--corpus", "docs.txt"],
+        r"cannot load model 'saes': the directory lacks config\.json, weights"),
+    "harvest-model-directory-bad-config": (
+        ["harvest", "--model", "bad_config_model", "--layer", "1", "--out", "c", "--corpus", "docs.txt"],
+        r"cannot load model 'bad_config_model': .*not a valid JSON file"),
+    "harvest-model-is-a-text-file": (
+        ["harvest", "--model", "docs.txt", "--layer", "1", "--out", "c", "--corpus", "docs.txt"],
+        r"cannot load model 'docs\.txt': a file that is not a \.gguf"),
     "harvest-bad-dtype": (HARVEST + ["--dtype", "bfloat8"], r"dtype='bfloat8' is invalid: allowed values are"),
     "harvest-bad-split": (HARVEST + ["--split", "test"], r"split='test' is invalid: allowed values are train, heldout"),
     "harvest-ctx-len-1": (HARVEST + ["--ctx-len", "1"], r"--ctx-len 1 is invalid: use at least 2"),

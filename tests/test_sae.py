@@ -7,6 +7,7 @@ import torch
 
 from scaffold_sae import kernels
 from scaffold_sae.sae import ConfigError, HybridSAE, SAEConfig, geometric_median, orthonormalise, pca_basis
+from scaffold_sae.syncs import SyncRecorder
 
 D, M = 12, 40
 
@@ -67,25 +68,41 @@ def ref_scaffold(sae: HybridSAE, x: torch.Tensor) -> torch.Tensor:
 # ------------------------------------------------------------------- selection kernels
 
 
+@pytest.mark.parametrize("fixed", [True, False], ids=["fixed-shapes", "host-read"])
 @pytest.mark.parametrize("k", [1, 3, 8])
-def test_batch_topk_matches_flat_reference(k):
+def test_batch_topk_matches_flat_reference(k, fixed):
     pre = torch.randn(50, 30, generator=torch.Generator().manual_seed(k))
     pre[7] += 5.0  # one row holds far more than k of the batch's top values: exercises the retry
-    active, thr = kernels.batch_topk(pre, k)
+    active, thr = kernels.batch_topk(pre, k, fixed=fixed)
     dense = active.dense(pre)
     assert torch.equal(dense, ref_batch_topk(pre, k))
     assert float(thr) == pytest.approx(float(dense[dense > 0].min()))
-    assert active.nnz == 50 * k  # a fixed number of stored pairs, in CSR order
+    assert active.nnz == 50 * k  # the fixed path stores B*k pairs; the host path these are all active
     assert torch.equal(active.row, torch.arange(50).repeat_interleave(active.crow[1:] - active.crow[:-1]))
-    assert torch.equal(torch.zeros(50, dtype=torch.long).index_add_(0, active.row, active.mask.long()),
-                       (dense > 0).sum(1))
+    assert torch.equal(torch.zeros(50, dtype=torch.long).index_add_(0, active.row, active.masked(
+        torch.ones(active.nnz)).long()), (dense > 0).sum(1))
     assert torch.equal(active.fires(), (dense > 0).sum(0))
+    assert torch.equal(active.pre_values, pre[active.row, active.col])
 
 
-def test_batch_topk_with_few_positive_values_keeps_only_positive():
+def test_batch_topk_reads_the_host_on_the_cpu_only_outside_device_path():
+    pre = torch.randn(40, 30, generator=torch.Generator().manual_seed(0))
+    assert kernels.batch_topk(pre, 2)[0].mask is None  # the CPU default: only the active pairs
+    with kernels.device_path():
+        assert kernels.batch_topk(pre, 2)[0].mask is not None  # what a GPU runs: B*k pairs and a mask
+    with SyncRecorder() as syncs:
+        kernels.batch_topk(pre, 2)
+    assert not syncs.events, syncs.summary()
+    with SyncRecorder() as syncs:
+        kernels.batch_topk_host(pre, 2)
+    assert syncs.events  # the host path does read back: the recorder sees it
+
+
+@pytest.mark.parametrize("fixed", [True, False], ids=["fixed-shapes", "host-read"])
+def test_batch_topk_with_few_positive_values_keeps_only_positive(fixed):
     pre = -torch.ones(6, 5)
     pre[0, 0] = 2.0
-    active, thr = kernels.batch_topk(pre, 2)
+    active, thr = kernels.batch_topk(pre, 2, fixed=fixed)
     assert int(active.count()) == 1 and float(thr) == 0.0
     assert torch.equal(active.dense(pre), pre.relu())
 

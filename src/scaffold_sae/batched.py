@@ -6,7 +6,7 @@ A rank sweep trains SAEs that differ only in their scaffold (rank, seed).  Stack
     x_cent = x - b_dec                                   [n, B, d]
     scaf   = (x_cent V) U^T                              two bmm (U, V zero-padded to the largest rank)
     pre    = baddbmm(b_enc, x_in, W_enc^T)               one bmm for the n encoders
-    f      = batch top-k of each SAE's pre               fixed shapes (kernels.batch_topk), n selections
+    f      = batch top-k of each SAE's pre               kernels.batch_topk, n selections
     x_hat  = embedding_bag over the stacked decoder      one bag-sum for the n decoders
              + scaf + b_dec
 
@@ -165,16 +165,19 @@ class StackedSAEs(nn.Module):
 
 def _block_diagonal(sets: list[kernels.ActiveSet], rows: int, cols: int) -> kernels.ActiveSet:
     """The active sets of n SAEs as one set over n*rows tokens and n*cols latents (SAE i's pairs shifted by
-    (i*rows, i*cols)); every set holds the same number of pairs (fixed shapes), so its CSR pointer is a shift."""
-    nnz = sets[0].nnz
-    n = len(sets)
-    crow = torch.cat([a.crow[:-1] + i * nnz for i, a in enumerate(sets)] + [sets[0].crow[-1:] + (n - 1) * nnz])
-    joint = kernels.ActiveSet(row=torch.cat([a.row + i * rows for i, a in enumerate(sets)]),
-                              col=torch.cat([a.col + i * cols for i, a in enumerate(sets)]), crow=crow,
-                              n_rows=n * rows, n_cols=n * cols,
-                              pre_values=torch.cat([a.pre_values for a in sets]),
-                              mask=torch.cat([a.mask for a in sets]))
-    return joint
+    (i*rows, i*cols)); each set's CSR pointer is shifted by the pairs of the sets before it (B*k each on the
+    fixed-shape path; the CPU's host-read path stores only the active pairs, so the counts differ)."""
+    starts = [0]
+    for a in sets[:-1]:
+        starts.append(starts[-1] + a.nnz)
+    crow = torch.cat([a.crow[:-1] + s for a, s in zip(sets, starts)] + [sets[-1].crow[-1:] + starts[-1]])
+    mask = None
+    if any(a.mask is not None for a in sets):
+        mask = torch.cat([a.mask if a.mask is not None else torch.ones_like(a.col, dtype=torch.bool) for a in sets])
+    return kernels.ActiveSet(row=torch.cat([a.row + i * rows for i, a in enumerate(sets)]),
+                             col=torch.cat([a.col + i * cols for i, a in enumerate(sets)]), crow=crow,
+                             n_rows=len(sets) * rows, n_cols=len(sets) * cols,
+                             pre_values=torch.cat([a.pre_values for a in sets]), mask=mask)
 
 
 def _select(cfg, pre: Tensor) -> tuple[kernels.ActiveSet, Tensor]:

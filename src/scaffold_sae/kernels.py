@@ -21,13 +21,17 @@ slower than either.
 full matrix products); tests compare the two.  The selection functions are exact: batch top-k
 computes the same set as a top-k over the flattened batch (ties aside).
 
-Every shape here is fixed by the batch's shape, never by its values: nothing waits for the GPU (no
+On a GPU every shape here is fixed by the batch's shape, never by its values: nothing waits for the GPU (no
 ``nonzero``, boolean-mask index, ``bincount`` or host read).  A selection stores B*k pairs and marks the
-ones that are not active (non-positive pre-activations) in :attr:`ActiveSet.mask`.
+ones that are not active (non-positive pre-activations) in :attr:`ActiveSet.mask`.  On the CPU, where a host
+read costs nothing, batch top-k reads a bound back and gathers only the pairs above it, about twice as fast
+(:func:`host_reads`); inside :class:`device_path` (which ``scaffold_sae.syncs.SyncRecorder`` enters) the CPU
+runs the GPU's path, so what the sync tests check is what a GPU runs.
 """
 
 from __future__ import annotations
 
+import math
 import warnings
 from dataclasses import dataclass
 
@@ -174,8 +178,31 @@ def row_topk(pre: Tensor, k: int) -> ActiveSet:
                      mask=vals > 0)
 
 
-def batch_topk(pre: Tensor, k: int) -> tuple[ActiveSet, Tensor]:
-    """Batch top-k: the B*k largest positive pre-activations of the whole batch, with fixed shapes.
+_DEVICE_PATH = [0]
+
+
+class device_path:
+    """Within it the selections take the GPU's fixed-shape path on every device (nesting allowed)."""
+
+    def __enter__(self) -> "device_path":
+        _DEVICE_PATH[0] += 1
+        return self
+
+    def __exit__(self, *exc) -> None:
+        _DEVICE_PATH[0] -= 1
+
+
+def host_reads(t: Tensor) -> bool:
+    """Whether a selection on ``t`` may read values back to the host: on the CPU, outside :class:`device_path`
+    and outside torch.compile."""
+    return t.device.type == "cpu" and not _DEVICE_PATH[0] and not torch.compiler.is_compiling()
+
+
+def batch_topk(pre: Tensor, k: int, fixed: bool | None = None) -> tuple[ActiveSet, Tensor]:
+    """Batch top-k: the B*k largest positive pre-activations of the whole batch.
+
+    ``fixed`` None picks :func:`batch_topk_host` where :func:`host_reads` allows it, else the fixed-shape path
+    below; True forces the fixed shapes (stacked sweeps concatenate the sets and need B*k pairs each).
 
     Returns the active set (B*k stored pairs in CSR order; fewer are active when fewer than B*k values are
     positive) and the threshold, a 0-dim device tensor (the smallest kept value; 0 when fewer than B*k values are
@@ -183,6 +210,8 @@ def batch_topk(pre: Tensor, k: int) -> tuple[ActiveSet, Tensor]:
     anything back to the host: :func:`candidates` holds every value of the batch's top B*k, and one top-k over
     the candidates makes the cut.
     """
+    if not fixed and host_reads(pre):
+        return batch_topk_host(pre, k)
     n_rows, n_cols = pre.shape
     total = min(n_rows * k, pre.numel())
     vals, row, col = candidates(pre, total)
@@ -190,6 +219,35 @@ def batch_topk(pre: Tensor, k: int) -> tuple[ActiveSet, Tensor]:
     keep = top > 0
     thr = torch.where(keep.all(), top.min(), top.new_zeros(())).clamp_min(0)
     return active_from_pairs(row[at], col[at], top, n_rows, n_cols, keep), thr
+
+
+def batch_topk_host(pre: Tensor, k: int, sample_rows: int = 256) -> tuple[ActiveSet, Tensor]:
+    """:func:`batch_topk`'s set and threshold by reading back to the host (for the CPU): a lower bound on the cut
+    is read off a few evenly spaced rows, every value at or above it is gathered in one pass (``nonzero``, which
+    leaves the pairs in CSR order), and a k-th value over those makes the exact cut; a bound that proves too high
+    is lowered and the pass repeated.  Stores only the active pairs (no mask)."""
+    n_rows, n_cols = pre.shape
+    total = min(n_rows * k, pre.numel())
+    sub = pre[torch.linspace(0, n_rows - 1, min(n_rows, sample_rows)).long()].flatten()
+    margin = 1.3
+    while True:
+        q = math.ceil(margin * total * sub.numel() / pre.numel())
+        low = float(sub.topk(q, sorted=False).values.min()) if q < sub.numel() else 0.0
+        if low <= 0.0:
+            row, col = (pre > 0).nonzero(as_tuple=True)
+            break
+        row, col = (pre >= low).nonzero(as_tuple=True)
+        if row.numel() >= total:
+            break
+        margin *= 2.0
+    vals = pre[row, col]
+    if vals.numel() > total:
+        keep = vals >= vals.kthvalue(vals.numel() - total + 1).values
+        row, col, vals = row[keep], col[keep], vals[keep]
+    thr = vals.min() if vals.numel() >= total else pre.new_zeros(())
+    active = active_from_coo(row, col, n_rows, n_cols)
+    active.pre_values = vals
+    return active, thr.clamp_min(0)
 
 
 def candidates(pre: Tensor, total: int, group: int = GROUP) -> tuple[Tensor, Tensor, Tensor]:

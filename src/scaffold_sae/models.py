@@ -278,8 +278,12 @@ def load_model(spec: str, device: str | torch.device = "cpu", dtype: torch.dtype
         key = f"gguf-{fetch.sha256_file(path)[:16]}"
         with fetch.asset_lock(f"model-{key}"):
             source = converted_gguf(path, key=key)
-    elif path.exists():
+    elif path.is_dir():
+        check_model_dir(path, spec)
         source = spec
+    elif path.exists():
+        raise ModelError(f"cannot load model {spec!r}: a file that is not a .gguf; give a model directory (saved "
+                         "with save_pretrained), a .gguf file, an embedded key or a hub id")
     elif not HUB_ID.match(spec):
         raise ModelError(f"cannot load model {spec!r}: no such directory or file, and not an embedded model "
                          f"({', '.join(EMBEDDED)}) or a hub id (name or org/name)")
@@ -293,11 +297,14 @@ def load_model(spec: str, device: str | torch.device = "cpu", dtype: torch.dtype
     try:
         tokenizer = AutoTokenizer.from_pretrained(str(source), local_files_only=offline or unreachable)
         hf_model = AutoModelForCausalLM.from_pretrained(str(source), dtype=dtype, local_files_only=offline or unreachable)
-    except OSError as error:
+    except (OSError, ValueError) as error:
         if unreachable:
             raise ModelError(f"cannot load model {spec!r}: the Hugging Face hub ({_hub_endpoint()}) is unreachable "
                              f"from here and the model is not in the local cache; use an embedded model "
                              f"({', '.join(EMBEDDED)}), a local directory or a .gguf file") from None
+        if path.is_dir():
+            raise ModelError(f"cannot load model {spec!r}: transformers cannot read the directory "
+                             f"[{str(error).splitlines()[0][:160]}]; save it again with save_pretrained") from None
         raise ModelError(f"cannot load model {spec!r}: not an embedded model ({', '.join(EMBEDDED)}), a local "
                          f"directory, a .gguf file, or a hub id reachable {'(HF_HUB_OFFLINE=1 is set)' if offline else 'from here'}"
                          f" [{str(error).splitlines()[0][:160]}]") from None
@@ -307,6 +314,20 @@ def load_model(spec: str, device: str | torch.device = "cpu", dtype: torch.dtype
     if cached.exists():
         model.fingerprint = cached.read_text().strip()
     return model
+
+
+def check_model_dir(path: Path, spec: str) -> None:
+    """A local model directory must hold what save_pretrained writes for a model and its tokenizer; without them
+    transformers fails with several lines that do not name the directory."""
+    names = {p.name for p in path.iterdir()}
+    missing = [what for what, ok in (
+        ("config.json", "config.json" in names),
+        ("weights (*.safetensors or *.bin)", any(n.endswith((".safetensors", ".bin")) for n in names)),
+        ("a tokenizer (tokenizer.json, tokenizer.model or vocab.json)",
+         bool(names & {"tokenizer.json", "tokenizer.model", "vocab.json", "spiece.model"}))) if not ok]
+    if missing:
+        raise ModelError(f"cannot load model {spec!r}: the directory lacks {', '.join(missing)}; give a directory "
+                         "saved with model.save_pretrained and tokenizer.save_pretrained")
 
 
 HUB_ID = re.compile(r"^[A-Za-z0-9][\w.-]*(/[A-Za-z0-9][\w.-]*)?$")

@@ -52,7 +52,9 @@ class SyncRecorder:
     _modes: tuple = ()
 
     def __enter__(self) -> "SyncRecorder":
-        self._modes = (_FunctionMode(self), _DispatchMode(self))
+        from scaffold_sae.kernels import device_path  # the CPU runs the GPU's selections while recorded
+
+        self._modes = (device_path(), _FunctionMode(self), _DispatchMode(self))
         for mode in self._modes:
             mode.__enter__()
         return self
