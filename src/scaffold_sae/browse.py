@@ -43,6 +43,7 @@ from scaffold_sae import lm_passes
 from scaffold_sae.evals import DENSE
 from scaffold_sae.lm_passes import DEFAULT_SINK_FACTOR, eval_mask
 from scaffold_sae.subspace import alignment_scores, outlier_dims, pca, span_basis
+from scaffold_sae.source import SAESource
 
 HIST_LOG10_MIN, HIST_LOG10_MAX, HIST_BINS = -4.0, 4.0, 256
 """32 bins per decade; the site stores each latent's counts trimmed to the bins between the first and last filled."""
@@ -541,25 +542,15 @@ def _write_js(path: Path, prefix: str, payload: Any, suffix: str) -> None:
 
 
 @dataclass
-class BrowseRun:
+class BrowseRun(SAESource):
     """Which SAE, model and text `scaffold-sae browse` reads, and where the site goes."""
 
-    sae: str
-    """Saved SAE directory (ours, SAELens or sparsify format)."""
-    model: str | None = None
-    """Model spec (default: from the SAE's metadata)."""
-    layer: int | None = None
-    """Residual layer (default: from the SAE's metadata)."""
-    corpus: str = "news"
-    """Corpus spec; its held-out split is used."""
     tokens: int = 65536
     """Held-out tokens to pass over."""
     ctx_len: int = 128
     """Context length (each starts with BOS)."""
     baseline: str | None = None
     """A plain SAE of the same model and layer: scaffold pages list the dense latents of it they absorbed."""
-    device: str = "cpu"
-    """torch device: cpu | cuda | cuda:N | auto."""
     out: str | None = None
     """Site directory (default: browser/ next to the SAE)."""
     serve: int | None = None
@@ -589,7 +580,6 @@ def browse_from_config(run: BrowseRun, cfg: BrowseConfig) -> Path:
     """`scaffold-sae browse` as one call: load the SAE and its model, pass over held-out text, write the site;
     returns the path of index.html."""
     from scaffold_sae import saving
-    from scaffold_sae.source import SAESource
 
     check_browse_request(run, cfg)
     opened = SAESource.of(run).open(BrowseError)

@@ -38,6 +38,7 @@ from torch import Tensor
 from scaffold_sae import archs
 from scaffold_sae.evals import DENSE, dense_count, firing_density, reconstruct
 from scaffold_sae.subspace import alignment_scores, outlier_dims, pca, variance_share
+from scaffold_sae.source import SAESource
 
 
 @dataclass
@@ -368,26 +369,15 @@ def write(d: Diagnosis, out: Path) -> None:
 
 
 @dataclass
-class DiagnoseRun:
+class DiagnoseRun(SAESource):
     """Which SAE, model and text `scaffold-sae diagnose` reads, and where the report goes."""
 
-    sae: str
-    """Saved SAE directory (ours, SAELens or sparsify format)."""
-    model: str | None = None
-    """Model spec (default: from the SAE's metadata)."""
-    layer: int | None = None
-    """Residual layer (default: from the SAE's metadata)."""
-    corpus: str = "news"
-    """Corpus spec (held-out split for the statistics, train split for the fit)."""
-    device: str = "cpu"
-    """torch device: cpu | cuda | cuda:N | auto."""
     out: str | None = None
     """Report directory (default: diagnosis/ next to the SAE)."""
 
 
 def diagnose_from_config(run: DiagnoseRun, cfg: DiagnoseConfig) -> tuple["Diagnosis", Path]:
     """`scaffold-sae diagnose` as one call; returns the diagnosis and its report directory."""
-    from scaffold_sae.source import SAESource
 
     check_settings(cfg)
     if run.out and Path(run.out).exists() and not Path(run.out).is_dir():

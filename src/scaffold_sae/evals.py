@@ -30,6 +30,7 @@ import torch.nn.functional as F
 
 from scaffold_sae import archs, lm_passes
 from scaffold_sae.lm_passes import DEFAULT_SINK_FACTOR, eval_mask
+from scaffold_sae.source import SAESource
 
 INFERENCE_MODES = ("threshold", "batchtopk")
 HIST_LOG10_MIN = -7.0
@@ -515,18 +516,10 @@ def _core_eval(sae, lm, layer: int, contexts: torch.Tensor, inference: str, reco
 
 
 @dataclass
-class CoreEvalConfig:
+class CoreEvalConfig(SAESource):
     """`scaffold-sae eval`: L0, FVU, cosine, dead/dense latents, density histogram and spliced CE/KL scores of a
     saved SAE on held-out contexts."""
 
-    sae: str
-    """Saved SAE (ours, SAELens or sparsify format)."""
-    model: str | None = None
-    """Model spec (default: from the SAE's metadata)."""
-    layer: int | None = None
-    """Residual layer (default: from the SAE's metadata)."""
-    corpus: str = "news"
-    """Corpus spec; its held-out split is used."""
     tokens: int = 4096
     """Held-out tokens to evaluate on (each costs ~4.5 forwards)."""
     ctx_len: int = 128
@@ -535,8 +528,6 @@ class CoreEvalConfig:
     """Contexts per forward."""
     inference: str = "threshold"
     """threshold: the SAE's own encoder; batchtopk: batch top-k with its k (matched L0)."""
-    device: str = "cpu"
-    """torch device for the model and the SAE: cpu | cuda | cuda:N."""
     out: str | None = None
     """JSON path (default: eval-<inference>.json next to the SAE)."""
 
@@ -563,7 +554,6 @@ def run_core_eval(cfg: CoreEvalConfig) -> tuple[CoreEval, Path]:
     """Evaluate a saved SAE as `cfg` says and write the JSON; returns the result and the JSON's path."""
     from scaffold_sae import fetch
     from scaffold_sae.report import jsonable
-    from scaffold_sae.source import SAESource
 
     check_eval_request(cfg)
     opened = SAESource.of(cfg).open(EvalError, check_batchtopk_able if cfg.inference == "batchtopk" else None)

@@ -50,7 +50,7 @@ class SAESource:
     layer: int | None = None
     """Residual layer (default: from the SAE's metadata)."""
     corpus: str = "news"
-    """Corpus spec."""
+    """Corpus spec; its held-out split is read (diagnose fits on its train split)."""
     device: str = "cpu"
     """torch device: cpu | cuda | cuda:N | auto."""
 
