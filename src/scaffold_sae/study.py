@@ -16,7 +16,7 @@ import torch
 
 from scaffold_sae import archs, evals, faults
 from scaffold_sae.analyses.runner import AnalysesConfig
-from scaffold_sae.cache import ActivationCache, harvest
+from scaffold_sae.cache import DTYPES, ActivationCache, harvest
 from scaffold_sae.config import build, lookup, setting, to_dict
 from scaffold_sae.corpus import load_corpus, pack_contexts
 from scaffold_sae.devices import resolve_device
@@ -69,6 +69,8 @@ class StudyHarvest:
     """Contexts per LM forward while harvesting and evaluating."""
     cache_dir: str | None = None
     """Activation cache directory (default <out>/cache); point several studies at one cache to share it."""
+    dtype: str = "float32"
+    """How the cache stores activations: float32, or float16 (half the disk; read back as float32)."""
 
 
 @dataclass
@@ -142,6 +144,8 @@ class StudyConfig:
                      "sae.width", "sae.k", "train.tokens", "train.batch_size"):
             if lookup(self, path) < 1:
                 raise ConfigError(f"{path}={lookup(self, path)} is invalid: must be a positive integer")
+        if h.dtype not in DTYPES:
+            raise ConfigError(f"harvest.dtype={h.dtype!r} is invalid: allowed values are {', '.join(DTYPES)}")
         if h.ce_tokens // h.ctx_len >= h.eval_tokens // h.ctx_len:
             raise ConfigError(f"harvest.ce_tokens={h.ce_tokens} is invalid: must leave at least one eval context "
                               f"({h.ctx_len} tokens) beyond it in harvest.eval_tokens ({h.eval_tokens}), where the "
@@ -308,7 +312,7 @@ def study_cache(cfg: StudyConfig, lm, layer: int, out: Path, progress: bool) -> 
     h = cfg.harvest
     cache_dir = Path(h.cache_dir) if h.cache_dir else out / "cache"
     return harvest(lm, layer, h.corpus, h.train_tokens, cache_dir, ctx_len=h.ctx_len, batch_size=h.batch_size,
-                   split="train", sink_factor=h.sink_factor, seed=cfg.seed, progress=progress)
+                   split="train", dtype=h.dtype, sink_factor=h.sink_factor, seed=cfg.seed, progress=progress)
 
 
 def eval_contexts(cfg: StudyConfig, lm) -> torch.Tensor:
