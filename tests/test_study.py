@@ -382,3 +382,21 @@ def test_training_curves_of_an_sae_linked_from_another_run(tmp_path):
     assert got["sae_r0_s0"]["curve"] == {"tokens": [10], "loss": [0.5]}
     assert got["sae_r0_s0"]["heldout"] == {"tokens": [20], "fvu": [0.3]}
     assert got["sae_r8_s1"]["curve"] == {"tokens": [10], "loss": [0.4]} and got["sae_r8_s1"]["steps"] == 3
+
+
+def test_snapshots_give_the_study_training_curves_that_a_rerun_reuses(tmp_path, tiny_model_dir, tiny_corpus):
+    """train.snapshot_every reaches the trainer; the study measures every snapshot on its held-out contexts
+    (scaffold_sae.curves), stores the points in results.json and curves.json, and the report draws them."""
+    cfg = build(StudyConfig, {"sae.ranks": [0, 2], "analyses.enabled": False, "browse.enabled": False,
+                              "train.snapshot_every": 10}, base=tiny_study(tiny_model_dir, tiny_corpus))
+    study = run_study(cfg, tmp_path, progress=False)
+    assert sorted((p["sae"], p["step"]) for p in study["curves"]) == sorted(
+        (name, step) for name in study["saes"] for step in (10, 20, 30, 40))
+    final = {p["sae"]: p for p in study["curves"] if p["step"] == 40}
+    for name, ev in study["saes"].items():
+        assert (final[name]["fvu"], final[name]["dense_10"]) == (ev["fvu"], ev["dense_10"])
+    md = write_report(study, tmp_path / "report").markdown.read_text()
+    assert "## Training curves" in md and "dense >10% against training tokens" in md
+    stamp = (tmp_path / "curves.json").stat().st_mtime_ns
+    assert run_study(cfg, tmp_path, progress=False)["curves"] == study["curves"]
+    assert (tmp_path / "curves.json").stat().st_mtime_ns == stamp

@@ -271,6 +271,13 @@ def _run_study(cfg: StudyConfig, out_dir: str | Path, progress: bool) -> dict:
     results = evaluate_all(sae_dirs, lm, layer, contexts, cfg, out / "evals", progress)
     timings["eval_s"] = time.perf_counter() - clock
 
+    points = []
+    if cfg.train.snapshot_every:
+        clock = time.perf_counter()
+        faults.progress("stage", "curves")
+        points = study_curves(sae_dirs, lm, layer, contexts, cfg, out / "curves.json", progress)
+        timings["curves_s"] = time.perf_counter() - clock
+
     sites: dict[str, str] = {}
     if cfg.browse.enabled:
         clock = time.perf_counter()
@@ -302,8 +309,27 @@ def _run_study(cfg: StudyConfig, out_dir: str | Path, progress: bool) -> dict:
         "timings": timings,
         "analyses": analyses,
         **({"seed_analyses": seed_analyses} if seed_analyses else {}),
+        **({"curves": points} if points else {}),
         "browse": sites,
     }
+
+
+def study_curves(sae_dirs: dict[str, Path], lm, layer: int, contexts: torch.Tensor, cfg: StudyConfig, path: Path,
+                 progress: bool) -> list[dict]:
+    """Every SAE's snapshots measured on the study's held-out contexts (scaffold_sae.curves), kept in ``path`` and
+    reused while the set of (SAE, step) is unchanged."""
+    from scaffold_sae import curves
+
+    wanted = sorted([name, step] for name, d in sae_dirs.items() for step, _, _ in curves.snapshots(d))
+    if path.is_file():
+        kept = json.loads(path.read_text())
+        if sorted([p["sae"], p["step"]] for p in kept) == wanted:
+            return kept
+    n_ce = max(1, cfg.harvest.ce_tokens // cfg.harvest.ctx_len)
+    points = curves.to_json(curves.measure(sae_dirs, lm, layer, contexts, n_ce, batch_size=cfg.harvest.batch_size,
+                                           progress=progress))
+    atomic_write_text(path, json.dumps(points, indent=1) + "\n")
+    return points
 
 
 def study_cache(cfg: StudyConfig, lm, layer: int, out: Path, progress: bool) -> ActivationCache:

@@ -54,7 +54,7 @@ def normalise_study(study: Any) -> dict[str, Any]:
 def build_sections(study: dict[str, Any]) -> list[Section]:
     """The summary of the paper's claims (a study with a hybrid or analyses), the built-in sections from
     study['saes'], the analyses' sections from study['analyses'], study['sections'] in order, the training curves
-    (study['training']) and the configuration last."""
+    (study['training']), the snapshots' curves (study['curves']) and the configuration last."""
     saes: dict[str, dict[str, Any]] = study.get("saes", {})
     sections = []
     rows = summary_rows(study)
@@ -75,6 +75,10 @@ def build_sections(study: dict[str, Any]) -> list[Section]:
     sections += [Section.from_dict(s) if isinstance(s, dict) else s for s in study.get("sections", [])]
     if study.get("training"):
         sections.append(training_section(study["training"]))
+    if study.get("curves"):
+        from scaffold_sae import curves
+
+        sections.append(curves.section([curves.CurvePoint(**p) for p in study["curves"]]))
     sections.append(config_section(study.get("config", {})))
     return sections
 

@@ -164,6 +164,9 @@ class TrainConfig:
     """Resume from out_dir/checkpoint.pt when it exists and matches this run."""
     keep_checkpoint: bool = False
     """Keep the checkpoint after the final save."""
+    snapshot_every: int = 0
+    """Steps between snapshots: every SAE as it stands, saved like the final SAE (folded, its inference threshold
+    calibrated) to <out>/snapshots/<name>/step_<N>/, for training curves (scaffold_sae.curves); 0 = none."""
     progress: bool = True
     """Show a tqdm progress bar."""
     wandb_project: str | None = None
@@ -187,6 +190,8 @@ class TrainConfig:
             raise ConfigError(f"lr_decay_frac={self.lr_decay_frac} is invalid: must be in [0, 1]")
         if self.checkpoint_every < 0:
             raise ConfigError("checkpoint_every must be >= 0 (0 disables checkpoints)")
+        if self.snapshot_every < 0:
+            raise ConfigError(f"snapshot_every={self.snapshot_every} is invalid: must be >= 0 (0: no snapshots)")
         if self.heldout_every < 0:
             raise ConfigError(f"heldout_every={self.heldout_every} is invalid: must be >= 0 (0: no held-out FVU)")
         if self.heldout_every and self.heldout_tokens < 1:
@@ -202,7 +207,7 @@ class TrainConfig:
 
 
 # fields that do not change the trained weights (a checkpoint stays valid when they change)
-_NON_RESULT_FIELDS = {"log_every", "checkpoint_every", "resume", "keep_checkpoint", "progress",
+_NON_RESULT_FIELDS = {"log_every", "checkpoint_every", "snapshot_every", "resume", "keep_checkpoint", "progress",
                       "wandb_project", "tensorboard_dir", "fast", "threshold_sample_tokens", "device", "compile"}
 # fields left out of the checkpoint key at their defaults, so checkpoints written before they existed still resume
 _KEYED_WHEN_SET = ("until_converged", "converge_tol", "converge_frac", "heldout_every", "heldout_tokens")
@@ -388,6 +393,8 @@ class _Run:
     """The run stopped because every SAE converged (until_converged)."""
     sync_recorder: SyncRecorder | None = None
     """Records the synchronising ops of every step's training work (tests, bench/train.py)."""
+    threshold_sample: Tensor | None = None
+    """Scaled rows the inference thresholds are calibrated on (drawn at the first snapshot or the final save)."""
 
     @property
     def ckpt_path(self) -> Path:
@@ -517,6 +524,8 @@ def _loop(run: _Run, on_step) -> None:
                 # rank 0 writes; the others wait for its success flag
                 comm.on_rank0(lambda: save_checkpoint(run.ckpt_path, run.key, done, scale, states, run.need),
                               "writing the checkpoint")
+            if train_cfg.snapshot_every and done % train_cfg.snapshot_every == 0 and done < total_steps and not stop:
+                comm.on_rank0(lambda: _snapshot(run, done), "writing the snapshots")
             faults.progress("step", done)
             if on_step is not None:
                 on_step(done, states)
@@ -595,13 +604,13 @@ def _bar_text(labels: list[str], records: list[dict]) -> str:
 def _finalise(run: _Run) -> list[Path]:
     """Calibrate thresholds, save every SAE (rank 0) and drop the checkpoint; returns the SAE directories."""
     cache, train_cfg, comm, scale, need = run.cache, run.train_cfg, run.comm, run.scale, run.need
-    device, world_size, total_steps = comm.device, comm.world_size, run.total_steps
+    world_size, total_steps = comm.world_size, run.total_steps
     paths = []
-    thr_sample = (_sample(cache, train_cfg.threshold_sample_tokens, train_cfg.seed + 1) * scale).to(device)
+    thr_sample = _threshold_sample(run)
     meta = _metadata(cache)
     steps = run.steps_run or total_steps
     for st in run.states:
-        sae, cfg = st.sae, st.sae.cfg
+        sae = st.sae
         summary = {"steps": steps, "tokens": steps * train_cfg.batch_size * world_size, "max_steps": total_steps,
                    "stop_reason": "converged" if run.converged else "budget",
                    "input_scale": scale, "train_config": asdict(train_cfg),
@@ -611,13 +620,7 @@ def _finalise(run: _Run) -> list[Path]:
             summary["converged_step"] = converged_since(st.heldout, train_cfg.converge_tol, train_cfg.converge_frac,
                                                         run.warmup)
         if sae.architecture.calibrates_threshold:
-            if train_cfg.threshold_method == "ema" and float(st.ema_threshold) > 0:
-                thr = float(st.ema_threshold)
-            else:
-                thr = estimate_threshold(sae, thr_sample, cfg.k)
-            with torch.no_grad():
-                sae.threshold.fill_(thr)
-            summary["threshold_scaled"] = thr
+            summary["threshold_scaled"] = _calibrate(sae, st.ema_threshold, thr_sample, train_cfg)
         summary["inference_l0_sample"] = inference_l0(sae, thr_sample)
         path = run.out_dir / st.name
 
@@ -628,6 +631,50 @@ def _finalise(run: _Run) -> list[Path]:
         paths.append(path)
     comm.on_rank0(lambda: _drop_checkpoint(run.ckpt_path, train_cfg), "removing the checkpoint")
     return paths
+
+
+def _threshold_sample(run: _Run) -> Tensor:
+    if run.threshold_sample is None:
+        rows = _sample(run.cache, run.train_cfg.threshold_sample_tokens, run.train_cfg.seed + 1)
+        run.threshold_sample = (rows * run.scale).to(run.comm.device)
+    return run.threshold_sample
+
+
+def _calibrate(sae: HybridSAE, ema: Tensor, sample: Tensor, train_cfg: TrainConfig) -> float:
+    """Set ``sae``'s inference threshold (the EMA ``ema``, or the value giving mean L0 = k on ``sample``)."""
+    if train_cfg.threshold_method == "ema" and float(ema) > 0:
+        thr = float(ema)
+    else:
+        thr = estimate_threshold(sae, sample, sae.cfg.k)
+    with torch.no_grad():
+        sae.threshold.fill_(thr)
+    return thr
+
+
+SNAPSHOTS = "snapshots"
+
+
+def snapshot_path(out_dir: str | Path, name: str, step: int) -> Path:
+    """Where the snapshot of SAE ``name`` after ``step`` steps goes."""
+    return Path(out_dir) / SNAPSHOTS / name / f"step_{step:07d}"
+
+
+def _snapshot(run: _Run, step: int) -> None:
+    """Every SAE after ``step`` steps, saved as the final save would save it (folded, threshold calibrated on the
+    same sample), without touching the SAE being trained."""
+    import copy
+
+    sample, meta = _threshold_sample(run), _metadata(run.cache)
+    tokens = step * run.train_cfg.batch_size * run.comm.world_size
+    for st in run.states:
+        sae = copy.deepcopy(st.sae)
+        summary = {"steps": step, "tokens": tokens, "max_steps": run.total_steps, "snapshot": True,
+                   "input_scale": run.scale, "train_config": asdict(run.train_cfg)}
+        if sae.architecture.calibrates_threshold:
+            summary["threshold_scaled"] = _calibrate(sae, st.ema_threshold, sample, run.train_cfg)
+        path = snapshot_path(run.out_dir, st.name, step)
+        with explain_full_disk(path, run.need):
+            save_sae(sae.folded(run.scale).cpu(), path, metadata=meta, summary=summary)
 
 
 def train_distributed(cache, cfgs, train_cfg, out_dir, comm: distributed.Comm,
