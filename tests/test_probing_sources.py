@@ -193,6 +193,8 @@ def test_sae_probes_tasks_run_through_the_probing_analysis_by_name():
                                        tpp_n=[2], topic_dataset="", sink_factor=0, batch_size=8)
     result = probing_analysis.run_probing(lm, 1, saes, "r0", cfg)
     assert list(result.datasets) == names and all(not d.skipped and d.tasks == 1 for d in result.datasets.values())
+    # a source's tasks stay out of the pooled mean over datasets (three tasks would otherwise make one)
+    assert not any(s.dataset == probing_analysis.MEAN for s in [*result.sparse, *result.paired])
     summary = probing_sources.breadth(result, n_boot=50)
     assert summary.tasks == names
     assert {(m.features, m.k, m.tasks) for m in summary.means} == {
