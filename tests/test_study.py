@@ -400,3 +400,30 @@ def test_snapshots_give_the_study_training_curves_that_a_rerun_reuses(tmp_path, 
     stamp = (tmp_path / "curves.json").stat().st_mtime_ns
     assert run_study(cfg, tmp_path, progress=False)["curves"] == study["curves"]
     assert (tmp_path / "curves.json").stat().st_mtime_ns == stamp
+
+
+@dataclass
+class SeenResult:
+    saes: list[str]
+    """The SAEs the analysis was given."""
+    controls: list[str]
+    """The control SAEs (PCA deflation) it was given."""
+
+
+def test_analyses_on_saved_saes_take_the_pca_deflation_saes_as_controls(tmp_path, tiny_model_dir, tiny_corpus):
+    """saved_analyses.analyse_saved hands the PCA-deflation SAEs to the analyses as controls, as the study does
+    (probing pairs them with the hybrids), not as one more hybrid of their rank."""
+    from scaffold_sae.saved_analyses import analyse_saved
+
+    cfg = build(StudyConfig, {"sae.ranks": [0, 2], "sae.baselines": "pca_deflation", "analyses.enabled": False,
+                              "browse.enabled": False}, base=tiny_study(tiny_model_dir, tiny_corpus))
+    run_study(cfg, tmp_path / "run", progress=False)
+    analyses.register("seen", ToyConfig, SeenResult,
+                      lambda context, config: SeenResult(sorted(context.saes), sorted(context.controls)),
+                      lambda result: [])
+    try:
+        table = analyse_saved(tmp_path / "run", tmp_path / "out", ["seen"], progress=False)
+    finally:
+        analyses.unregister("seen")
+    assert table["analyses"]["seen"]["saes"] == ["batchtopk_m64_k4_r0_resin", "batchtopk_m64_k4_r2_resin"]
+    assert table["analyses"]["seen"]["controls"] == ["batchtopk_m64_k4_r2_tied_resin_slr0"]

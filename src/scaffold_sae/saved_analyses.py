@@ -4,7 +4,8 @@ the causal ablation table at 200 contexts, the redundancy curve, probing on 1,00
 `analyse_saved(run, out, analyses, settings)` reads run/study_config.json (a study's settings; a flat config written
 before the config tree is read through config.LEGACY), puts `settings` (keys of the config tree, e.g.
 analyses.ce_tokens or analyses.ablation_table.ablation_operators) on top, packs the study's held-out contexts and
-runs the named analyses on every SAE in run/saes/ against the plain SAE among them. It writes out/table.json (the
+runs the named analyses on every SAE in run/saes/ against the plain SAE among them; PCA-deflation SAEs go along as
+controls, as in the study (probing pairs each with the hybrid of its rank). It writes out/table.json (the
 analyses as results.json stores them) and out/report/. results/causal-removal-readings-gemma3/run_table.py is its
 command line, which the legacy experiments' scripts call.
 """
@@ -33,6 +34,12 @@ def stored_study_config(stored: Mapping[str, Any]):
     return build(StudyConfig, nest(moved))
 
 
+def is_pca_deflation(cfg) -> bool:
+    """Whether an SAE's config is the study's PCA-deflation control: a frozen (lr x0), tied, PCA-initialised scaffold
+    (study.StudyConfig.members builds it so)."""
+    return bool(cfg.rank and cfg.scaffold_tied and cfg.scaffold_lr_mult == 0 and cfg.scaffold_init == "pca")
+
+
 def analyse_saved(run: str | Path, out: str | Path, analyses: list[str], settings: Mapping[str, Any] | None = None,
                   eval_tokens: int | None = None, progress: bool = True, command: Mapping[str, Any] | None = None,
                   title: str = "Analyses") -> dict[str, Any]:
@@ -53,6 +60,7 @@ def analyse_saved(run: str | Path, out: str | Path, analyses: list[str], setting
     if unknown:
         raise ConfigError(f"unknown analyses {', '.join(unknown)}: choose from {', '.join(registered())}")
     saes = {p.name: load_sae(p) for p in sorted((run / "saes").iterdir()) if (p / "scaffold_sae.json").is_file()}
+    controls = {name: saes.pop(name) for name in [n for n, sae in saes.items() if is_pca_deflation(sae.cfg)]}
     baseline = next((name for name, sae in saes.items() if sae.cfg.rank == 0), None)
     if baseline is None:
         raise ConfigError(f"{run / 'saes'} holds no plain SAE (rank 0) to analyse the others against")
@@ -63,7 +71,7 @@ def analyse_saved(run: str | Path, out: str | Path, analyses: list[str], setting
                              eval_tokens or harvest.eval_tokens, split="heldout", seed=cfg.seed, bos_id=lm.bos_token_id)
     chosen = {name: a for name, a in registered().items() if name in analyses}
     results, sections = run_analyses(lm, layer, saes, baseline, None, contexts, cfg, out=out, progress=progress,
-                                     analyses=chosen)
+                                     analyses=chosen, controls=controls)
     table = {"command": dict(command or {}), "contexts": list(contexts.shape), "analyses": results.to_json()}
     out.mkdir(parents=True, exist_ok=True)
     atomic_write_text(out / "table.json", json.dumps(table, indent=1) + "\n")
@@ -72,4 +80,4 @@ def analyse_saved(run: str | Path, out: str | Path, analyses: list[str], setting
     return table
 
 
-__all__ = ["analyse_saved", "stored_study_config"]
+__all__ = ["analyse_saved", "is_pca_deflation", "stored_study_config"]
