@@ -249,3 +249,11 @@ def test_a_series_decides_its_declared_seeds_and_reports_later_seeds_as_a_replic
     assert replication.row == "replication" and "over 4 seeds" in replication.ours
     assert replication.verdict == "effect present but smaller than the paper's"
     assert "never merged into the primary verdict" in replication.note
+
+
+def test_every_multi_seed_experiment_declares_its_claims_seeds():
+    """A study that trains several seeds states in its file how many of them its claims plan reads (claims.seeds):
+    left at the default of 1, a rerun would decide on seed 0 alone and report the others as a replication."""
+    for slug, exp in all_experiments(ROOT / "experiments").items():
+        if exp.runnable and exp.study is not None and study_config(exp).sae.seeds > 1:
+            assert "seeds" in (exp.study.get("claims") or {}), f"{slug}: set study.claims.seeds"
