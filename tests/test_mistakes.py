@@ -114,6 +114,11 @@ MODEL, MODEL32, SAE, HYBRID, CACHE = "model", "model32", "saes/batchtopk_m32_k4_
 HARVEST = ["harvest", "--model", MODEL, "--layer", "1", "--corpus", "docs.txt", "--out", "new_cache", "--ctx-len", "32",
            "--tokens", "256"]
 
+def harvest_model(spec: str) -> list[str]:
+    """`harvest` of the corpus with --model ``spec`` (which fails before anything is written)."""
+    return ["harvest", "--model", spec, "--layer", "1", "--out", "c", "--corpus", "docs.txt"]
+
+
 MISTAKES = {
     # harvest
     "harvest-negative-tokens-before-model-load": (
@@ -125,23 +130,17 @@ MISTAKES = {
                                           r"controls\.txt does not look like text: \d+% of its first \d+ characters"),
     "harvest-missing-corpus": (HARVEST + ["--corpus", "missing.txt"], r"no corpus 'missing\.txt': use 'news'"),
     "harvest-broken-jsonl": (HARVEST + ["--corpus", "broken.jsonl"], r"broken\.jsonl:2 is not valid JSON"),
-    "harvest-unknown-model-hub-unreachable": (
-        ["harvest", "--model", "nobody/no-such-model", "--layer", "1", "--out", "c", "--corpus", "docs.txt"],
+    "harvest-unknown-model-hub-unreachable": (harvest_model("nobody/no-such-model"),
         r"cannot load model 'nobody/no-such-model': the Hugging Face hub \(http://127\.0\.0\.1:9\) is unreachable"),
-    "harvest-missing-model-directory": (
-        ["harvest", "--model", "./no/such/model", "--layer", "1", "--out", "c", "--corpus", "docs.txt"],
+    "harvest-missing-model-directory": (harvest_model("./no/such/model"),
         r"cannot load model '\./no/such/model': no such directory or file"),
-    "harvest-model-directory-without-tokenizer": (
-        ["harvest", "--model", "no_tokenizer_model", "--layer", "1", "--out", "c", "--corpus", "docs.txt"],
+    "harvest-model-directory-without-tokenizer": (harvest_model("no_tokenizer_model"),
         r"cannot load model 'no_tokenizer_model': the directory lacks a tokenizer \(tokenizer\.json"),
-    "harvest-model-directory-empty": (
-        ["harvest", "--model", "saes", "--layer", "1", "--out", "c", "--corpus", "docs.txt"],
+    "harvest-model-directory-empty": (harvest_model("saes"),
         r"cannot load model 'saes': the directory lacks config\.json, weights"),
-    "harvest-model-directory-bad-config": (
-        ["harvest", "--model", "bad_config_model", "--layer", "1", "--out", "c", "--corpus", "docs.txt"],
+    "harvest-model-directory-bad-config": (harvest_model("bad_config_model"),
         r"cannot load model 'bad_config_model': .*not a valid JSON file"),
-    "harvest-model-is-a-text-file": (
-        ["harvest", "--model", "docs.txt", "--layer", "1", "--out", "c", "--corpus", "docs.txt"],
+    "harvest-model-is-a-text-file": (harvest_model("docs.txt"),
         r"cannot load model 'docs\.txt': a file that is not a \.gguf"),
     "harvest-bad-dtype": (HARVEST + ["--dtype", "bfloat8"], r"dtype='bfloat8' is invalid: allowed values are"),
     "harvest-bad-split": (HARVEST + ["--split", "test"], r"split='test' is invalid: allowed values are train, heldout"),

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import contextlib
+
 import pytest
 import torch
 
@@ -68,12 +70,18 @@ def ref_scaffold(sae: HybridSAE, x: torch.Tensor) -> torch.Tensor:
 # ------------------------------------------------------------------- selection kernels
 
 
+def selection_path(fixed: bool):
+    """The GPU's fixed-shape batch top-k (kernels.device_path), or the CPU's host-read default."""
+    return kernels.device_path() if fixed else contextlib.nullcontext()
+
+
 @pytest.mark.parametrize("fixed", [True, False], ids=["fixed-shapes", "host-read"])
 @pytest.mark.parametrize("k", [1, 3, 8])
 def test_batch_topk_matches_flat_reference(k, fixed):
     pre = torch.randn(50, 30, generator=torch.Generator().manual_seed(k))
     pre[7] += 5.0  # one row holds far more than k of the batch's top values: exercises the retry
-    active, thr = kernels.batch_topk(pre, k, fixed=fixed)
+    with selection_path(fixed):
+        active, thr = kernels.batch_topk(pre, k)
     dense = active.dense(pre)
     assert torch.equal(dense, ref_batch_topk(pre, k))
     assert float(thr) == pytest.approx(float(dense[dense > 0].min()))
@@ -102,7 +110,8 @@ def test_batch_topk_reads_the_host_on_the_cpu_only_outside_device_path():
 def test_batch_topk_with_few_positive_values_keeps_only_positive(fixed):
     pre = -torch.ones(6, 5)
     pre[0, 0] = 2.0
-    active, thr = kernels.batch_topk(pre, 2, fixed=fixed)
+    with selection_path(fixed):
+        active, thr = kernels.batch_topk(pre, 2)
     assert int(active.count()) == 1 and float(thr) == 0.0
     assert torch.equal(active.dense(pre), pre.relu())
 

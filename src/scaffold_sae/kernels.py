@@ -24,8 +24,8 @@ computes the same set as a top-k over the flattened batch (ties aside).
 On a GPU every shape here is fixed by the batch's shape, never by its values: nothing waits for the GPU (no
 ``nonzero``, boolean-mask index, ``bincount`` or host read).  A selection stores B*k pairs and marks the
 ones that are not active (non-positive pre-activations) in :attr:`ActiveSet.mask`.  On the CPU, where a host
-read costs nothing, batch top-k reads a bound back and gathers only the pairs above it, about twice as fast
-(:func:`host_reads`); inside :class:`device_path` (which ``scaffold_sae.syncs.SyncRecorder`` enters) the CPU
+read costs nothing, batch top-k reads a bound back and gathers only the pairs above it (:func:`host_reads`;
+1.2x the training step on 2 cores, docs/gpu.md); inside :class:`device_path` (which ``scaffold_sae.syncs.SyncRecorder`` enters) the CPU
 runs the GPU's path, so what the sync tests check is what a GPU runs.
 """
 
@@ -198,19 +198,17 @@ def host_reads(t: Tensor) -> bool:
     return t.device.type == "cpu" and not _DEVICE_PATH[0] and not torch.compiler.is_compiling()
 
 
-def batch_topk(pre: Tensor, k: int, fixed: bool | None = None) -> tuple[ActiveSet, Tensor]:
+def batch_topk(pre: Tensor, k: int) -> tuple[ActiveSet, Tensor]:
     """Batch top-k: the B*k largest positive pre-activations of the whole batch.
 
-    ``fixed`` None picks :func:`batch_topk_host` where :func:`host_reads` allows it, else the fixed-shape path
-    below; True forces the fixed shapes (stacked sweeps concatenate the sets and need B*k pairs each).
-
-    Returns the active set (B*k stored pairs in CSR order; fewer are active when fewer than B*k values are
-    positive) and the threshold, a 0-dim device tensor (the smallest kept value; 0 when fewer than B*k values are
-    positive).  Exact (equals a top-k over the flattened batch, ties aside) without sorting the batch or reading
-    anything back to the host: :func:`candidates` holds every value of the batch's top B*k, and one top-k over
-    the candidates makes the cut.
+    Where :func:`host_reads` allows it (the CPU, outside :class:`device_path`) this is :func:`batch_topk_host`,
+    which stores only the active pairs.  Otherwise, with fixed shapes, it returns the active set (B*k stored pairs
+    in CSR order; fewer are active when fewer than B*k values are positive) and the threshold, a 0-dim device
+    tensor (the smallest kept value; 0 when fewer than B*k values are positive).  Exact (equals a top-k over the
+    flattened batch, ties aside) without sorting the batch or reading anything back to the host:
+    :func:`candidates` holds every value of the batch's top B*k, and one top-k over the candidates makes the cut.
     """
-    if not fixed and host_reads(pre):
+    if host_reads(pre):
         return batch_topk_host(pre, k)
     n_rows, n_cols = pre.shape
     total = min(n_rows * k, pre.numel())

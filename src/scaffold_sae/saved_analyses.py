@@ -34,12 +34,6 @@ def stored_study_config(stored: Mapping[str, Any]):
     return build(StudyConfig, nest(moved))
 
 
-def is_pca_deflation(cfg) -> bool:
-    """Whether an SAE's config is the study's PCA-deflation control: a frozen (lr x0), tied, PCA-initialised scaffold
-    (study.StudyConfig.members builds it so)."""
-    return bool(cfg.rank and cfg.scaffold_tied and cfg.scaffold_lr_mult == 0 and cfg.scaffold_init == "pca")
-
-
 def analyse_saved(run: str | Path, out: str | Path, analyses: list[str], settings: Mapping[str, Any] | None = None,
                   eval_tokens: int | None = None, progress: bool = True, command: Mapping[str, Any] | None = None,
                   title: str = "Analyses") -> dict[str, Any]:
@@ -51,6 +45,7 @@ def analyse_saved(run: str | Path, out: str | Path, analyses: list[str], setting
     from scaffold_sae.models import load_model
     from scaffold_sae.study_report import write_report
     from scaffold_sae.saving import load_sae
+    from scaffold_sae.study import is_pca_deflation
 
     run, out = Path(run), Path(out)
     cfg = stored_study_config(json.loads((run / "study_config.json").read_text()))
@@ -80,4 +75,4 @@ def analyse_saved(run: str | Path, out: str | Path, analyses: list[str], setting
     return table
 
 
-__all__ = ["analyse_saved", "is_pca_deflation", "stored_study_config"]
+__all__ = ["analyse_saved", "stored_study_config"]

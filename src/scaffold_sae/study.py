@@ -196,7 +196,7 @@ class StudyConfig:
                 out.append(StudyMember("baseline" if r == 0 else "hybrid", i, SAEConfig(**shared, rank=r, seed=seed),
                                        r))
             for r in hybrid_ranks:
-                if "pca_deflation" in extras:
+                if "pca_deflation" in extras:  # is_pca_deflation recognises it from its config
                     out.append(StudyMember("pca_deflation", i, SAEConfig(
                         **dictionary, k=sae.k, rank=r, scaffold_init="pca", scaffold_tied=True, scaffold_lr_mult=0.0,
                         encoder_input="residual", seed=seed), r))
@@ -229,6 +229,12 @@ controls (zero ablation at ordinary positions of the scaffold, the top PCs, span
 bases; the redundancy ratio at the paper's share only; the topic probe on BBC topic at the ablated layer and the last
 block), so that it runs in under 30 minutes on 2 CPU cores. Its causal and redundancy readings rest on 4 CE
 contexts, so those rows say undecided (at least 30 units needed)."""
+
+
+def is_pca_deflation(cfg: SAEConfig) -> bool:
+    """Whether an SAE's config is the study's PCA-deflation control (StudyConfig.members builds it: a frozen
+    (lr x0), tied, PCA-initialised scaffold), e.g. for SAEs read back from a folder."""
+    return bool(cfg.rank and cfg.scaffold_tied and cfg.scaffold_lr_mult == 0 and cfg.scaffold_init == "pca")
 
 
 def default_layer(model_spec: str, n_layers: int) -> int:

@@ -604,16 +604,14 @@ def _bar_text(labels: list[str], records: list[dict]) -> str:
 def _finalise(run: _Run) -> list[Path]:
     """Calibrate thresholds, save every SAE (rank 0) and drop the checkpoint; returns the SAE directories."""
     cache, train_cfg, comm, scale, need = run.cache, run.train_cfg, run.comm, run.scale, run.need
-    world_size, total_steps = comm.world_size, run.total_steps
+    total_steps = run.total_steps
     paths = []
     thr_sample = _threshold_sample(run)
     meta = _metadata(cache)
     steps = run.steps_run or total_steps
     for st in run.states:
         sae = st.sae
-        summary = {"steps": steps, "tokens": steps * train_cfg.batch_size * world_size, "max_steps": total_steps,
-                   "stop_reason": "converged" if run.converged else "budget",
-                   "input_scale": scale, "train_config": asdict(train_cfg),
+        summary = {**_saved_summary(run, steps), "stop_reason": "converged" if run.converged else "budget",
                    "ema_threshold": float(st.ema_threshold)}
         if st.heldout:
             summary["heldout_fvu"] = st.heldout[-1][1]
@@ -631,6 +629,12 @@ def _finalise(run: _Run) -> list[Path]:
         paths.append(path)
     comm.on_rank0(lambda: _drop_checkpoint(run.ckpt_path, train_cfg), "removing the checkpoint")
     return paths
+
+
+def _saved_summary(run: _Run, steps: int) -> dict:
+    """What a saved SAE's summary records of the run after ``steps`` steps (final save and snapshots alike)."""
+    return {"steps": steps, "tokens": steps * run.train_cfg.batch_size * run.comm.world_size,
+            "max_steps": run.total_steps, "input_scale": run.scale, "train_config": asdict(run.train_cfg)}
 
 
 def _threshold_sample(run: _Run) -> Tensor:
@@ -665,11 +669,9 @@ def _snapshot(run: _Run, step: int) -> None:
     import copy
 
     sample, meta = _threshold_sample(run), _metadata(run.cache)
-    tokens = step * run.train_cfg.batch_size * run.comm.world_size
     for st in run.states:
         sae = copy.deepcopy(st.sae)
-        summary = {"steps": step, "tokens": tokens, "max_steps": run.total_steps, "snapshot": True,
-                   "input_scale": run.scale, "train_config": asdict(run.train_cfg)}
+        summary = {**_saved_summary(run, step), "snapshot": True}
         if sae.architecture.calibrates_threshold:
             summary["threshold_scaled"] = _calibrate(sae, st.ema_threshold, sample, run.train_cfg)
         path = snapshot_path(run.out_dir, st.name, step)
