@@ -337,3 +337,45 @@ def test_the_report_opens_with_the_summary_ends_with_the_configuration_and_expor
     assert {"p", "p_adjusted", "low_adjusted", "high_adjusted", "null", "paper", "units", "row"} <= set(summary[2])
     again = study_report.write_report(study_report.load_results(paths.json), tmp_path / "again")
     assert again.json.read_text() == paths.json.read_text() and again.markdown.read_text() == md
+
+
+def breadth_study(deflation_gap: float) -> dict:
+    """A study that probed 40 sae_probes tasks only: the hybrid r=8 beats the plain SAE by 0.02-0.08 per task; the
+    PCA-deflation SAE (a control) trails the hybrid by `deflation_gap`, plus or minus 0.01 by task."""
+    tasks = [f"sae_probes:{i}_task" for i in range(40)]
+    gains = [0.02 + 0.06 * (i % 7) / 6 for i in range(40)]
+
+    def score(task, sae, rank, acc):
+        return SparseProbeScore(task, sae, rank, 5, Estimate(acc, acc - 0.05, acc + 0.05), 0.02, [acc])
+
+    def paired(task, sae, base, diff):
+        e = Estimate(diff, diff - 0.03, diff + 0.03)
+        return PairedDifference(task, sae, base, 8, 5, e, 0.01, [e], e.verdict(0.0))
+
+    sparse, pairs = [], []
+    for i, (task, gain) in enumerate(zip(tasks, gains)):
+        gap = deflation_gap + 0.01 * (-1) ** i
+        sparse += [score(task, "plain", 0, 0.7), score(task, "hybrid", 8, 0.7 + gain),
+                   score(task, "deflation", 8, 0.7 + gain - gap)]
+        pairs += [paired(task, "hybrid", "plain", gain), paired(task, "deflation", "plain", gain - gap),
+                  paired(task, "deflation", "hybrid", -gap)]
+    probing = ProbingResult({t: DatasetInfo(["0", "1"], 200, 30.0, 1, 60) for t in tasks}, {}, sparse, pairs, [],
+                            [], ProbeConfig(), controls={"deflation": "hybrid"})
+    return {"title": "breadth", "config": {}, "saes": {}, "plan": ClaimsPlan(seeds=1).to_json(),
+            "analyses": AnalysisResults(4096, {"probing": probing}).to_json()}
+
+
+def test_probing_over_a_source_s_tasks_is_decided_over_tasks_and_gated_by_pca_deflation():
+    """Probed only on sae_probes tasks, the probing claim reads the mean over tasks with its interval over tasks (40
+    units), not one pooled mean over documents; the PCA-deflation SAE gates it the same way."""
+    from scaffold_sae.probing_sources import mean_interval
+
+    gains = [0.02 + 0.06 * (i % 7) / 6 for i in range(40)]
+    probing = claims.claim_rows(json.loads(json.dumps(breadth_study(0.03))))[5]
+    mean, low, high = mean_interval(gains)
+    assert (probing.value, probing.low, probing.high) == pytest.approx((mean, low, high)) and probing.units == 40
+    assert probing.verdict == REPRODUCED and "beats the PCA-deflation SAE" in probing.note
+    assert "bootstrap over 40 sae_probes tasks" in probing.note and "(28 tasks better, 0 worse" in probing.ours
+    same = claims.claim_rows(json.loads(json.dumps(breadth_study(0.0))))[5]
+    assert same.verdict == UNDECIDED and "against the PCA-deflation SAE: " in same.note
+    assert "[-0.003, 0.003] mean over tasks; pca_deflation minus plain" in same.note

@@ -475,6 +475,7 @@ def probing_primary(typed: dict[str, Any], plan: ClaimsPlan, rank: int | None, s
     documents; no effect 0). Credit: against the PCA-deflation SAEs where they were probed, and the top raw residual
     dimensions."""
     from scaffold_sae.analyses.probing import MEAN
+    from scaffold_sae.probing_sources import is_source_name
     from scaffold_sae.roles import kind_of
 
     claim = "sparse probing improves with the scaffold at matched sparsity"
@@ -492,6 +493,8 @@ def probing_primary(typed: dict[str, Any], plan: ClaimsPlan, rank: int | None, s
     if not scores:
         ks = sorted({s.k for s in result.sparse})
         return Primary("probing", claim, "-", "-", fixed=UNDECIDED, why=f"the plan's k={k} was not probed (ks: {ks})")
+    if all(is_source_name(s.dataset) for s in scores):
+        return probing_breadth_primary(result, k, rank, kind, claim)
 
     def mean_accuracy(match: Callable[[Any], bool]) -> float | None:
         accs = [s.accuracy.value for s in scores if match(s)]
@@ -541,6 +544,61 @@ def probing_primary(typed: dict[str, Any], plan: ClaimsPlan, rank: int | None, s
                 "pca_deflation to sae.baselines), so the gain is not shown to be the scaffold's")
     return Primary("probing", claim, ours, against, [Part("accuracy difference", reading, Rule(0.0, None, False)),
                                                      gate], secondary=secondary, values_by_seed=[d.value])
+
+
+def probing_breadth_primary(result: Any, k: int, rank: int | None, kind: Callable[[str, int | None], str],
+                            claim: str) -> Primary:
+    """The probing claim of a study that probed only the tasks of a probing source (e.g. the 111 of
+    sae_probes:binary>=1000): the hybrid minus the plain SAE at k, mean over tasks with a bootstrap interval over
+    tasks (the tasks are the units: the interval covers the choice of tasks, not documents within one), gated by the
+    hybrid minus the PCA-deflation SAE of its rank read the same way."""
+    from scaffold_sae.probing_sources import breadth
+
+    summary = breadth(result)
+    ranks = {s.features: s.rank for s in result.sparse}
+    tasks = len(summary.tasks)
+
+    def role(name: str) -> str:
+        controls = getattr(result, "controls", None) or {}
+        return "pca_deflation" if name in controls else kind(name, ranks.get(name))
+
+    if rank is None:  # no plan rank and no SAE records (an analyse step's table): the largest hybrid rank probed
+        rank = max((r for name, r in ranks.items() if r and role(name) == "hybrid"), default=None)
+
+    def difference(a: str, b: str) -> tuple[Any, Estimate | None]:
+        """The mean over tasks of role a minus role b at k (whichever way round it was paired), or (None, None)."""
+        for d in summary.differences:
+            if d.k != k or rank not in (ranks.get(d.sae), ranks.get(d.baseline)):
+                continue
+            pair = (role(d.sae), role(d.baseline))
+            if pair == (a, b):
+                return d, Estimate(d.mean, d.low, d.high)
+            if pair == (b, a):
+                return d, Estimate(-d.mean, -d.high, -d.low)
+        return None, None
+
+    head, head_e = difference("hybrid", "baseline")
+    control, control_e = difference("hybrid", "pca_deflation")
+    deflation, deflation_e = difference("pca_deflation", "baseline")
+    method = f"bootstrap over {tasks} {summary.source} tasks"
+    against = "plain SAE; no effect 0; paper: improves (no size)"
+    secondary = "; ".join(
+        [f"{what}: {iv(e)} mean over tasks" for what, e in (("hybrid minus pca_deflation", control_e),
+                                                              ("pca_deflation minus plain", deflation_e)) if e]
+        or ["the PCA-deflation SAEs were not probed, so the gain is not credited to the scaffold over removing the "
+            "top-r PCs"])
+    if head is None:
+        return Primary("probing", claim, "-", against, fixed=NOT_RUN, secondary=secondary,
+                       why=f"probing on {tasks} {summary.source} tasks has no plain SAE and hybrid r={rank} pair")
+    ours = (f"hybrid r={rank} minus plain SAE: {iv(head_e)} accuracy at k={k}, mean over {tasks} {summary.source} "
+            f"tasks ({head.better} tasks better, {head.worse} worse on their own test documents)")
+    gate = Part("against the PCA-deflation SAE", _reading(control_e, tasks, "tasks", method), Rule(0.0, None, False),
+                "the PCA-deflation SAEs were not probed (add pca_deflation to sae.baselines), so the gain is not "
+                "shown to be the scaffold's")
+    return Primary("probing", claim, ours, against, [Part("accuracy difference", _reading(head_e, tasks, "tasks",
+                                                                                            method),
+                                                          Rule(0.0, None, False)), gate],
+                   secondary=secondary, values_by_seed=[head_e.value])
 
 
 # ---------------------------------------------------------------------------------------------- over seeds
