@@ -427,3 +427,35 @@ def test_analyses_on_saved_saes_take_the_pca_deflation_saes_as_controls(tmp_path
         analyses.unregister("seen")
     assert table["analyses"]["seen"]["saes"] == ["batchtopk_m64_k4_r0_resin", "batchtopk_m64_k4_r2_resin"]
     assert table["analyses"]["seen"]["controls"] == ["batchtopk_m64_k4_r2_tied_resin_slr0"]
+
+
+def test_the_analyse_command_puts_only_the_flags_given_on_the_run_s_stored_settings(tmp_path, tiny_model_dir,
+                                                                                    tiny_corpus, capsys):
+    """`scaffold-sae analyse RUN` is analyse_saved's command line: the study's flags given replace the run's stored
+    settings (the rest stay the run's, not the study's defaults); a folder that is no run fails with one line and
+    creates nothing."""
+    from scaffold_sae.cli import main
+    from scaffold_sae.saved_analyses import analyse_saved
+
+    cfg = build(StudyConfig, {"sae.ranks": [0, 2], "analyses.enabled": False, "browse.enabled": False,
+                              "analyses.tokens": 256}, base=tiny_study(tiny_model_dir, tiny_corpus))
+    run_study(cfg, tmp_path / "run", progress=False)
+    main(["analyse", str(tmp_path / "run"), "--out", str(tmp_path / "cli"), "--analyse", "structure",
+          "--analyses.structure.outlier_factor", "3", "--no-progress"])
+    assert capsys.readouterr().out.strip() == f"wrote {tmp_path / 'cli' / 'table.json'}"
+    got = json.loads((tmp_path / "cli" / "table.json").read_text())
+    want = analyse_saved(tmp_path / "run", tmp_path / "lib", ["structure"], {"analyses.structure.outlier_factor": 3},
+                         progress=False)
+    def timeless(table):
+        return {k: v for k, v in table["analyses"].items() if k != "timings"}
+
+    assert timeless(got) == timeless(want) and got["command"]["analyses.structure.outlier_factor"] == 3
+    (structure,) = got["analyses"]["structure"]["saes"]
+    assert structure["n_tokens"] == 256                                  # the run's analyses.tokens, not the default
+    capsys.readouterr()
+    with pytest.raises(SystemExit) as stop:
+        main(["analyse", str(tmp_path), "--out", str(tmp_path / "none"), "--no-progress"])
+    assert stop.value.code == 2 and not (tmp_path / "none").exists()
+    assert capsys.readouterr().err.strip() == (f"error: {tmp_path}: no study_config.json; name a study's output "
+                                               "folder (the --out of `scaffold-sae study`, or runs/<slug>/ of an "
+                                               "experiment)")

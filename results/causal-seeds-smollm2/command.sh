@@ -10,8 +10,11 @@ set -euo pipefail
 PY=${PY:-.venv/bin/python}
 R=runs/H14
 OUT=results/causal-seeds-smollm2
-T="$PY results/causal-removal-readings-gemma3/run_table.py --ce-contexts 200 --eval-tokens 40960 --fit-tokens 8192 --bootstrap 2000
-   --subjects scaffold,pca --operators zero --splices false"
+F="--no-progress --analyse structure ablation_table --eval-tokens 40960 --analyses.tokens 8192 \
+--analyses.ce_tokens 25600 --harvest.ce_tokens 25600 --harvest.batch_size 4 --analyses.bootstrap_samples 2000 \
+--analyses.redundancy.redundancy_points 6 --analyses.probing.probe_docs 0 \
+--analyses.ablation_table.ablation_subjects scaffold,pca --analyses.ablation_table.ablation_operators zero \
+--analyses.ablation_table.ablation_random_bases 5 --analyses.ablation_table.ablation_splices false"
 link() {  # link NAME SAE_DIR: a run folder with H4's plain SAE and one hybrid
     mkdir -p $R/$1/saes && cp runs/H4/study/study_config.json $R/$1/
     ln -sfn $PWD/runs/H4/study/saes/batchtopk_m2304_k32_r0_resin $R/$1/saes/
@@ -25,13 +28,12 @@ for s in 1 2; do
     link c24-seed$s runs/N/saes/batchtopk_m2304_k32_r24_resin_s$s
     link u8-seed$s $R/uncentred-s$s/batchtopk_m2304_k32_r8_resin_uncentred
     link u24-seed$s $R/uncentred-s$s/batchtopk_m2304_k32_r24_resin_uncentred
-    [ -f $OUT/u8-seed$s/table.json ] || $T --run $R/u8-seed$s --out $OUT/u8-seed$s --positions ordinary,all
+    [ -f $OUT/u8-seed$s/table.json ] || $PY -m scaffold_sae analyse $R/u8-seed$s $F \
+        --out $OUT/u8-seed$s --analyses.ablation_table.ablation_positions ordinary,all
     for name in c24 u24; do
-        [ -f $OUT/$name-seed$s/table.json ] || $T --run $R/$name-seed$s --out $OUT/$name-seed$s --positions all
+        [ -f $OUT/$name-seed$s/table.json ] || $PY -m scaffold_sae analyse $R/$name-seed$s $F \
+            --out $OUT/$name-seed$s --analyses.ablation_table.ablation_positions all
     done
 done
-for name in c24 u8 u24; do
-    echo "## $name"
-    $PY results/scripts/causal_seeds.py results/causal-200ctx-smollm2/$name/table.json $OUT/$name-seed1/table.json \
-        $OUT/$name-seed2/table.json
-done | tee $OUT/over-seeds.md
+# The reading over seeds (seed 0 = H4's tables): the series in experiments/causal-seeds-smollm2.yaml, drawn into
+# results/RESULTS.md by `scaffold-sae experiment report`.

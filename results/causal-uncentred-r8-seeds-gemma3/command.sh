@@ -16,7 +16,11 @@ for s in 1 2; do
     mkdir -p $R/saes && cp runs/K3/study_config.json $R/
     ln -sfn $PWD/runs/K3/saes/batchtopk_m2048_k32_r0_resin_s0 $R/saes/
     for d in $R/trained/*r8*; do ln -sfn $PWD/$d $R/saes/; done
-    [ -f $OUT/seed$s/table.json ] || $PY results/causal-removal-readings-gemma3/run_table.py --run $R --out $OUT/seed$s \
-        --analyses ablation_table --ce-contexts 200 --eval-tokens 40960 --fit-tokens 8192 --bootstrap 2000 \
-        --subjects scaffold,pca --operators zero --positions ordinary,all --splices false
+    [ -f $OUT/seed$s/table.json ] || $PY -m scaffold_sae analyse $R --out $OUT/seed$s --no-progress \
+        --analyse ablation_table --eval-tokens 40960 --analyses.tokens 8192 --analyses.ce_tokens 25600 \
+        --harvest.ce_tokens 25600 --harvest.batch_size 4 --analyses.bootstrap_samples 2000 \
+        --analyses.redundancy.redundancy_points 6 --analyses.probing.probe_docs 0 \
+        --analyses.ablation_table.ablation_subjects scaffold,pca --analyses.ablation_table.ablation_operators zero \
+        --analyses.ablation_table.ablation_random_bases 5 --analyses.ablation_table.ablation_splices false \
+        --analyses.ablation_table.ablation_positions ordinary,all
 done

@@ -32,6 +32,7 @@ from .experiments import ExperimentCommand, cli_run as experiment_cli
 from .faults import Interrupted, handle_signals
 from .study_report import ReportConfig, report_from_results
 from .sae import SAEConfig
+from .saved_analyses import AnalyseRun, analyse_command
 from .study import DEMO, StudyConfig, StudyRun, study_and_report, training_results, training_table
 from .trainer import TrainConfig, TrainRun, train_from_config
 
@@ -273,6 +274,10 @@ def _study(command: Command, values: dict, args: argparse.Namespace) -> None:
     print(f"total {time.perf_counter() - started:.0f} s")
 
 
+def _analyse(command: Command, values: dict, args: argparse.Namespace) -> None:
+    print(f"wrote {analyse_command(values)}")
+
+
 def _browse(command: Command, values: dict, args: argparse.Namespace) -> None:
     run = build(BrowseRun, _pick(values, BrowseRun))
     index = browse_from_config(run, build(BrowseConfig, _pick(values, BrowseConfig)))
@@ -318,6 +323,14 @@ COMMANDS = [
             (ConfigFile, StudyRun, StudyConfig), _study,
             switches={"progress": "--no-progress", "train.until_converged": "--until-converged"},
             aliases=legacy_aliases(), defaults={StudyConfig: DEMO}),
+    Command("analyse", "run analyses on SAEs a study already saved, at sample sizes of their own",
+            (AnalyseRun, StudyConfig), _analyse,
+            description="Run registered analyses (the causal ablation table by default) on every SAE in RUN/saes/ "
+                        "against the plain SAE among them, with the run's stored study settings; the study's flags "
+                        "given here (--analyses.ce_tokens 25600, --analyses.ablation_table.ablation_operators zero) "
+                        "replace those settings, and the defaults shown are the study's, not the run's. Writes "
+                        "OUT/table.json and OUT/report/.",
+            switches={"progress": "--no-progress"}, positional=("run",)),
     Command("compare", "side-by-side report of several studies (e.g. two models)", (CompareConfig,), _compare,
             description="One report comparing the scaffold across studies: dense latents, structure, causality and "
                         "redundancy, read from each study's results.json."),

@@ -2,7 +2,8 @@
 table of analyses on saved SAEs, or a run kept in an experiment's summary.json) per seed, seed 0 first; each seed's
 estimate with its interval (over contexts or documents), then mean ± sd and the 95% t-interval over seeds.
 
-The legacy scripts in results/scripts/ are thin command lines over these functions. A record is read with
+An experiment file's `series` decides such readings in RESULTS.md; these tables print them for a look, and
+results/scripts/design_seeds.py (legacy experiment P) is a command line over one of them. A record is read with
 `read_record`, which also finds a run that was folded into its experiment's summary.json
 (results/<slug>/<run>/table.json -> summary.json's runs["<run>/table.json"]).
 """

@@ -6,18 +6,66 @@ before the config tree is read through config.LEGACY), puts `settings` (keys of 
 analyses.ce_tokens or analyses.ablation_table.ablation_operators) on top, packs the study's held-out contexts and
 runs the named analyses on every SAE in run/saes/ against the plain SAE among them; PCA-deflation SAEs go along as
 controls, as in the study (probing pairs each with the hybrid of its rank). It writes out/table.json (the
-analyses as results.json stores them) and out/report/. results/causal-removal-readings-gemma3/run_table.py is its
-command line, which the legacy experiments' scripts call.
+analyses as results.json stores them) and out/report/.
+
+`scaffold-sae analyse RUN --out OUT --analyse ablation_table --analyses.ce_tokens 25600 ...` is its command line:
+the flags are the study's config tree, and only the flags given replace the run's stored settings. An experiment
+file's `analyse` steps call it too (scaffold_sae.experiments).
 """
 
 from __future__ import annotations
 
 import json
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any, Mapping
 
-from scaffold_sae.config import LEGACY, ConfigError, build, nest
+from scaffold_sae.config import LEGACY, ConfigError, build, lookup, nest
 from scaffold_sae.fetch import atomic_write_text
+
+
+@dataclass
+class AnalyseRun:
+    """`scaffold-sae analyse RUN`: which saved SAEs, which analyses, where to write."""
+
+    run: str
+    """A study's output folder (or an analyse step's): its study_config.json and saes/."""
+    out: str
+    """Folder for table.json and report/ (created)."""
+    analyse: list[str] = field(default_factory=lambda: ["ablation_table"])
+    """Registered analyses to run (structure, ablation_table, causality, redundancy, topic_ablation, probing, ...)."""
+    eval_tokens: int | None = None
+    """Held-out tokens to pack (more CE contexts than the study had); None: the run's harvest.eval_tokens."""
+    progress: bool = True
+    """Show progress bars."""
+
+
+def flat_keys(tree: Mapping[str, Any], prefix: str = "") -> dict[str, Any]:
+    """A nested mapping's leaves by dotted key (``{"analyses": {"tokens": 8}}`` -> ``{"analyses.tokens": 8}``)."""
+    out: dict[str, Any] = {}
+    for key, value in tree.items():
+        if isinstance(value, Mapping):
+            out.update(flat_keys(value, f"{prefix}{key}."))
+        else:
+            out[f"{prefix}{key}"] = value
+    return out
+
+
+def analyse_command(values: Mapping[str, Any]) -> Path:
+    """What `scaffold-sae analyse` does: the AnalyseRun fields from `values`, every other key (the study's config
+    tree, only the flags given) on top of the run's stored settings; returns out/table.json."""
+    run_keys = set(AnalyseRun.__dataclass_fields__)
+    command = build(AnalyseRun, {k: v for k, v in values.items() if k in run_keys})
+    if not (Path(command.run) / "study_config.json").is_file():
+        raise ConfigError(f"{command.run}: no study_config.json; name a study's output folder (the --out of "
+                          "`scaffold-sae study`, or runs/<slug>/ of an experiment)")
+    settings = flat_keys({k: v for k, v in values.items() if k not in run_keys})
+    stored = stored_study_config(json.loads((Path(command.run) / "study_config.json").read_text()))
+    typed = build(type(stored), nest(settings), base=stored)  # fails here, before any model loads, on a bad value
+    asked = {**asdict(command), **{key: lookup(typed, key) for key in settings}}
+    analyse_saved(command.run, command.out, command.analyse, settings, command.eval_tokens,
+                  progress=command.progress, command=asked, title="Analyses of saved SAEs")
+    return Path(command.out) / "table.json"
 
 
 def stored_study_config(stored: Mapping[str, Any]):
@@ -75,4 +123,4 @@ def analyse_saved(run: str | Path, out: str | Path, analyses: list[str], setting
     return table
 
 
-__all__ = ["analyse_saved", "stored_study_config"]
+__all__ = ["AnalyseRun", "analyse_command", "analyse_saved", "flat_keys", "stored_study_config"]

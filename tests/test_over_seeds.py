@@ -1,5 +1,6 @@
-"""The results/scripts that turn per-seed records into the over-seeds tables of RESULTS.md: their numbers against
-a direct computation (mean, sample sd, Student-t quantile from scipy)."""
+"""scaffold_sae.over_seeds, which turns per-seed records into over-seeds tables (and results/scripts/design_seeds.py,
+its command line for legacy experiment P): their numbers against a direct computation (mean, sample sd, Student-t
+quantile from scipy)."""
 
 import json
 import subprocess
@@ -9,6 +10,8 @@ from pathlib import Path
 import numpy as np
 import pytest
 from scipy import stats
+
+from scaffold_sae.over_seeds import causal_seeds_table, probing_seeds_table, read_record, redundancy_seeds_table
 
 SCRIPTS = Path(__file__).resolve().parents[1] / "results" / "scripts"
 
@@ -59,7 +62,7 @@ def test_causal_seeds_reads_the_scaffold_against_pca_ratio_under_the_same_operat
         path = tmp_path / f"seed{s}.json"
         path.write_text(json.dumps({"analyses": {"ablation_table": {"comparisons": comparisons}}}))
         paths.append(str(path))
-    lines = run_script("causal_seeds.py", *paths).splitlines()
+    lines = causal_seeds_table([read_record(p) for p in paths]).splitlines()
     assert len(lines) == 3
     mean, sd, low, high = reference(values)
     assert lines[2] == ("| zero, all | 1.420 [1.400, 1.440] | 1.490 [1.470, 1.510] | 2.060 [2.040, 2.080] | "
@@ -86,7 +89,7 @@ def test_redundancy_seeds_reads_the_paper_share_and_bounds_each_seeds_difference
         path = tmp_path / f"seed{s}.json"
         path.write_text(json.dumps(redundancy_record(aligned[s], random[s], scaffold[s])))
         paths.append(str(path))
-    out = run_script("redundancy_seeds.py", "--label", "gemma", *paths)
+    out = redundancy_seeds_table([read_record(p) for p in paths], "gemma") + "\n"
     assert out.startswith("## gemma\n")
     assert "- seed 1: N = 98 (the paper's share), 118 above the alignment threshold (31 of 53 dense), 200 contexts" in out
     rows = {line.split(" | ")[0].strip("| "): line.split(" | ")[1:] for line in out.splitlines() if " | " in line}
@@ -108,14 +111,14 @@ def test_probing_seeds_tpp_differences_are_paired_by_seed(tmp_path):
         path = tmp_path / f"seed{s}.json"
         path.write_text(json.dumps({"analyses": {"probing": {"paired": [], "sparse": [], "tpp": tpp}}}))
         paths.append(str(path))
-    rows = [line for line in run_script("probing_seeds.py", *paths).splitlines() if line.startswith("| bbc_topic")]
+    rows = [line for line in probing_seeds_table([read_record(p) for p in paths], paths).splitlines()
+            if line.startswith("| bbc_topic")]
     mean, sd, low, high = reference(np.subtract(hybrid, plain))
     assert rows == [f"| bbc_topic | 50 | 0.361, 0.285, 0.329 | 0.030, 0.034, 0.030 | "
                     f"{mean:+.3f} ± {sd:.3f} [{low:+.3f}, {high:+.3f}] |"]
 
 
 def test_a_run_folded_into_its_experiments_summary_is_read_by_its_old_path(tmp_path):
-    from scaffold_sae.over_seeds import causal_seeds_table, read_record
     from scaffold_sae.summary import dumps
 
     table = {"analyses": {"ablation_table": {"comparisons": [
