@@ -8,6 +8,7 @@ from dataclasses import asdict
 from pathlib import Path
 
 import pytest
+import torch
 import yaml
 
 from scaffold_sae.claims import claim_rows
@@ -257,3 +258,39 @@ def test_every_multi_seed_experiment_declares_its_claims_seeds():
     for slug, exp in all_experiments(ROOT / "experiments").items():
         if exp.runnable and exp.study is not None and study_config(exp).sae.seeds > 1:
             assert "seeds" in (exp.study.get("claims") or {}), f"{slug}: set study.claims.seeds"
+
+
+def test_a_train_step_trains_as_the_train_command_does_and_its_saes_are_analysed(tmp_path, monkeypatch,
+                                                                                 tiny_model_dir, tiny_corpus):
+    """A train step trains on a dependency's cache exactly as `scaffold-sae train` does (the same weights), an
+    analyse step names its SAEs as <slug>/<step>/<SAE>, and a rerun keeps them; a step on a cache the experiment does
+    not depend on fails with one line."""
+    from safetensors.torch import load_file
+
+    from scaffold_sae.trainer import train_from_config
+
+    monkeypatch.chdir(tmp_path)
+    write_experiment(Path("experiments"), "tiny-base", tiny_study(tiny_model_dir, tiny_corpus, [0, 2]))
+    settings = {"arch": "batchtopk", "width": 64, "k": 4, "ranks": [2], "scaffold_centred": False, "tokens": 20 * 256,
+                "batch_size": 256, "seed": 1}
+    path = write_experiment(Path("experiments"), "tiny-seed1", None, depends_on=["tiny-base"],
+                            train=[{"name": "seed1", "cache_of": "tiny-base", "settings": settings}],
+                            analyse=[{"name": "table", "of": "tiny-base", "analyses": ["ablation_table"],
+                                      "saes": ["batchtopk_m64_k4_r0_resin",
+                                               "tiny-seed1/seed1/batchtopk_m64_k4_r2_resin_uncentred"],
+                                      "settings": {"analyses.bootstrap_samples": 20}}])
+    runs = json.loads(run_experiment(path, progress=False).read_text())["runs"]
+    assert runs["table/table.json"]["analyses"]["ablation_table"]["sae"] == "batchtopk_m64_k4_r2_resin_uncentred"
+    trained = Path("runs/tiny-seed1/seed1/saes/batchtopk_m64_k4_r2_resin_uncentred")
+    (direct,) = train_from_config({**settings, "cache": "runs/tiny-base/cache", "out": "direct", "progress": False})
+    for weights in ("sae_weights.safetensors", "scaffold.safetensors"):
+        ours, theirs = load_file(trained / weights), load_file(direct / weights)
+        assert ours.keys() == theirs.keys() and all(torch.equal(ours[k], theirs[k]) for k in ours)
+    stamp = (trained / "sae_weights.safetensors").stat().st_mtime_ns
+    run_experiment(path, progress=False)
+    assert (trained / "sae_weights.safetensors").stat().st_mtime_ns == stamp
+    bad = write_experiment(Path("experiments"), "tiny-bad", None, train=[{"name": "s", "cache_of": "tiny-base"}],
+                           analyse=[{"of": "tiny-bad", "analyses": ["structure"]}])
+    with pytest.raises(ConfigError, match="train step 's' trains on the cache of 'tiny-base': name this experiment "
+                                          "or one in depends_on"):
+        load_experiment(bad)

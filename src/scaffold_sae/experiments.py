@@ -4,8 +4,9 @@ An experiment is one YAML file in experiments/: its slug (the folder name under 
 question, the code it had in the lab notebook (A, H17, ...), the readings it declares before it runs (`primary`:
 which claim, sample sizes, seeds), the experiments whose SAEs and activation cache it reuses (`depends_on`), and
 a study config (`study`: the StudyConfig tree) and/or analyses on saved SAEs at sample sizes of their own
-(`analyse`: scaffold_sae.saved_analyses), or, for an experiment not yet expressed that way, `legacy`: the shell
-script that produced its record.
+(`analyse`: scaffold_sae.saved_analyses), SAEs trained apart from a study as `scaffold-sae train` trains them
+(`train`: e.g. further seeds with their own data order), or, for an experiment not yet expressed that way,
+`legacy`: the shell script that produced its record.
 
 `run` runs the study into the ignored runs/<slug>/ (each stage reuses what an earlier run finished; a finished
 experiment whose study config is unchanged is not touched), after running its dependencies and linking the SAEs
@@ -34,6 +35,21 @@ ACTIONS = ("run", "list", "report")
 
 
 @dataclass
+class TrainStep:
+    """SAEs trained apart from a study, exactly as `scaffold-sae train` trains them (e.g. further seeds, each with its
+    own initialisation and data order), on the activation cache of an experiment."""
+
+    name: str
+    """Folder under runs/<slug>/; the SAEs land in runs/<slug>/<name>/saes/, and an analyse step names them
+    <slug>/<name>/<SAE>."""
+    cache_of: str
+    """The experiment whose activation cache (runs/<cache_of>/cache) they train on: this one or one it depends on."""
+    settings: dict[str, Any] = field(default_factory=dict)
+    """`scaffold-sae train` keys: arch, width, k, ranks, encoder_input, scaffold_centred, tokens, batch_size, seed,
+    ..."""
+
+
+@dataclass
 class AnalyseStep:
     """Analyses on SAEs an experiment saved (scaffold_sae.saved_analyses), at sample sizes of their own."""
 
@@ -44,8 +60,9 @@ class AnalyseStep:
     name: str = ""
     """The run's folder under runs/<slug>/ and its key in the summary (<name>/table.json); empty: table.json."""
     saes: list[str] = field(default_factory=list)
-    """The SAEs (directory names in runs/<of>/saes/, or <slug>/<name> for one another experiment it depends on
-    saved) to analyse, one of them the plain SAE; empty: all of `of`'s."""
+    """The SAEs (directory names in runs/<of>/saes/, <slug>/<name> for one that another experiment it depends on
+    saved, or <slug>/<train step>/<name> for one a train step saved) to analyse, one of them the plain SAE; empty:
+    all of `of`'s."""
     eval_tokens: int | None = None
     """Held-out tokens to pack (more CE contexts than the study had); None: the study's."""
     settings: dict[str, Any] = field(default_factory=dict)
@@ -92,6 +109,8 @@ class Experiment:
     train them identically; they run first."""
     primary: dict[str, Any] = field(default_factory=dict)
     """The readings declared before the run: claim, sample sizes, seeds (copied into the summary)."""
+    train: list[TrainStep] = field(default_factory=list)
+    """SAEs trained apart from the study (as `scaffold-sae train` trains them); after the study, before the analyses."""
     analyse: list[AnalyseStep] = field(default_factory=list)
     """Analyses on saved SAEs (this study's or a dependency's), each into its own run; after the study, if any."""
     series: list[Series] = field(default_factory=list)
@@ -147,9 +166,10 @@ def load_experiment(path: str | Path) -> Experiment:
         if not data.get(key):
             raise ConfigError(f"{path}: {key} is missing; every experiment file names its slug and its question")
     steps = _entries(AnalyseStep, data.get("analyse"), path, "analyse step", "of and analyses")
+    trains = _entries(TrainStep, data.get("train"), path, "train step", "name, cache_of and settings")
     series = _entries(Series, data.get("series"), path, "series", "name, runs and seeds")
     exp = Experiment(**{**data, "code": str(data.get("code", "-")), "depends_on": list(data.get("depends_on") or []),
-                        "primary": dict(data.get("primary") or {}), "analyse": steps, "series": series,
+                        "primary": dict(data.get("primary") or {}), "analyse": steps, "series": series, "train": trains,
                         "path": path})
     if not SLUG.match(exp.slug) or path.stem != exp.slug:
         raise ConfigError(f"{path}: slug {exp.slug!r} must be lower-case words joined by hyphens and equal the file "
@@ -160,6 +180,12 @@ def load_experiment(path: str | Path) -> Experiment:
     for step in exp.analyse:
         if step.of not in (exp.slug, *exp.depends_on):
             raise ConfigError(f"{path}: analyse step of {step.of!r}: name this experiment or one in depends_on")
+    for train in exp.train:
+        if train.cache_of not in (exp.slug, *exp.depends_on):
+            raise ConfigError(f"{path}: train step {train.name!r} trains on the cache of {train.cache_of!r}: name "
+                              "this experiment or one in depends_on")
+    if exp.train and not exp.analyse:
+        raise ConfigError(f"{path}: train steps without an analyse step record nothing: add the analyses they are for")
     return exp
 
 
@@ -267,7 +293,8 @@ def finished(exp: Experiment, runs: Path) -> bool:
     """Whether an experiment's run in runs/<slug>/ finished (its study's results and every analyse step's table)."""
     out = runs / exp.slug
     return ((exp.study is None or (out / "report" / "results.json").is_file())
-            and all((out / (step.name or ".") / "table.json").is_file() for step in exp.analyse))
+            and all((out / (step.name or ".") / "table.json").is_file() for step in exp.analyse)
+            and all((out / step.name / "step.json").is_file() for step in exp.train))
 
 
 def run_experiment(path: str | Path, experiments_dir: str | Path = "experiments", results: str | Path = "results",
@@ -293,6 +320,8 @@ def run_experiment(path: str | Path, experiments_dir: str | Path = "experiments"
     records = {}
     if exp.study is not None:
         records["results.json"] = run_study_of(exp, experiments, runs, progress)
+    for train in exp.train:
+        run_train_step(exp, train, runs, progress)
     for step in exp.analyse:
         key = f"{step.name}/table.json" if step.name else "table.json"
         records[key] = run_step(exp, step, runs, progress)
@@ -330,7 +359,7 @@ def run_step(exp: Experiment, step: AnalyseStep, runs: Path, progress: bool) -> 
     chosen = {}
     for entry in step.saes or saved:
         slug, _, name = entry.rpartition("/")
-        if slug and slug not in (exp.slug, *exp.depends_on):
+        if slug and slug.split("/")[0] not in (exp.slug, *exp.depends_on):
             raise ConfigError(f"{exp.path}: analyse step {step.name or '(table.json)'}: {entry} names {slug}, which "
                               "is not in depends_on")
         chosen[name] = runs / (slug or step.of) / "saes" / name
@@ -353,6 +382,30 @@ def run_step(exp: Experiment, step: AnalyseStep, runs: Path, progress: bool) -> 
                           title=exp.question)
     atomic_write_text(stamp, settings)
     return table
+
+
+def run_train_step(exp: Experiment, step: TrainStep, runs: Path, progress: bool) -> list[Path]:
+    """One train step: `scaffold-sae train` with the step's settings on runs/<cache_of>/cache into
+    runs/<slug>/<name>/saes/ (resuming from its checkpoints); a finished step whose settings are unchanged is kept."""
+    from scaffold_sae.trainer import train_from_config
+
+    out = runs / exp.slug / step.name
+    cache = runs / step.cache_of / "cache"
+    if not cache.is_dir():
+        raise ConfigError(f"{exp.path}: train step {step.name}: no activation cache {cache}: run {step.cache_of} "
+                          "first")
+    stamp = out / "step.json"
+    settings = json.dumps(asdict(step), sort_keys=True, default=str)
+    if stamp.is_file() and stamp.read_text() == settings:
+        return sorted(p for p in (out / "saes").iterdir() if (p / "scaffold_sae.json").is_file())
+    for key in ("cache", "out"):
+        if key in step.settings:
+            raise ConfigError(f"{exp.path}: train step {step.name}: {key} is the step's own (runs/<cache_of>/cache, "
+                              "runs/<slug>/<name>/saes): leave it out of settings")
+    paths = train_from_config({**step.settings, "cache": cache.as_posix(), "out": (out / "saes").as_posix(),
+                               "progress": progress})
+    atomic_write_text(stamp, settings)
+    return paths
 
 
 def summary_of(exp: Experiment, runs: dict[str, dict[str, Any]]) -> dict[str, Any]:
@@ -545,6 +598,9 @@ def experiments_markdown(experiments: dict[str, Experiment]) -> str:
               "this page. An `analyse` step holds these keys:", "", "| key | meaning |", "|---|---|"]
     steps = field_docs(AnalyseStep)
     lines += [f"| `{f.name}` | {_cell(steps.get(f.name, ''))} |" for f in fields(AnalyseStep)]
+    trains = field_docs(TrainStep)
+    lines += ["", "A `train` step holds these keys:", "", "| key | meaning |", "|---|---|"]
+    lines += [f"| `{f.name}` | {_cell(trains.get(f.name, ''))} |" for f in fields(TrainStep)]
     return "\n".join(lines) + "\n"
 
 
@@ -590,7 +646,7 @@ def cli_run(command, values: dict, args) -> None:
     experiment_command(build(ExperimentCommand, values))
 
 
-__all__ = ["ACTIONS", "CLAIMS", "AnalyseStep", "Series", "Experiment", "ExperimentCommand", "all_experiments",
+__all__ = ["ACTIONS", "CLAIMS", "AnalyseStep", "TrainStep", "Series", "Experiment", "ExperimentCommand", "all_experiments",
            "claim_table_rows", "experiment_command", "experiment_rows", "experiments_markdown", "finished",
            "link_dependencies", "load_experiment", "load_summary", "readings", "results_markdown", "run_experiment",
-           "run_step", "run_study_of", "study_config", "summary_of", "write_reports", "write_summary"]
+           "run_step", "run_train_step", "run_study_of", "study_config", "summary_of", "write_reports", "write_summary"]
