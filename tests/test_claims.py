@@ -379,3 +379,24 @@ def test_probing_over_a_source_s_tasks_is_decided_over_tasks_and_gated_by_pca_de
     same = claims.claim_rows(json.loads(json.dumps(breadth_study(0.0))))[5]
     assert same.verdict == UNDECIDED and "against the PCA-deflation SAE: " in same.note
     assert "[-0.003, 0.003] mean over tasks; pca_deflation minus plain" in same.note
+
+
+def test_a_summary_keeps_of_a_source_s_tasks_what_the_breadth_claim_reads():
+    """summary.slim_results cuts a probing source's tasks to the primary k (no raw-residual rows, no per-task L0),
+    keeps a built-in dataset whole, and the probing claim reads the same from the cut result."""
+    from scaffold_sae.summary import PRIMARY_K, dumps, slim_results
+
+    study = breadth_study(0.03)
+    probing = study["analyses"]["probing"]
+    extra = [{**s, "k": 1} for s in probing["sparse"]] + [{**probing["sparse"][0], "features": "residual"}]
+    builtin = {**probing["sparse"][0], "dataset": "bbc_topic", "k": 1}
+    probing["sparse"] += extra + [builtin]
+    probing["l0"] = {"sae_probes:0_task": {"plain": 5.0}, "bbc_topic": {"plain": 5.0}}
+    slimmed = json.loads(dumps(slim_results(study)))["analyses"]["probing"]
+    assert [(s["dataset"], s["k"]) for s in slimmed["sparse"] if s["dataset"] == "bbc_topic"] == [("bbc_topic", 1)]
+    assert list(slimmed["l0"]) == ["bbc_topic"]
+    tasks = [s for s in slimmed["sparse"] if s["dataset"].startswith("sae_probes:")]
+    assert len(tasks) == 120 and all(s["k"] == PRIMARY_K and s["features"] != "residual" for s in tasks)
+    before = claims.claim_rows(json.loads(json.dumps(study)))[5]
+    after = claims.claim_rows(json.loads(dumps(slim_results(study))))[5]
+    assert (after.ours, after.verdict, after.value) == (before.ours, before.verdict, before.value)

@@ -85,11 +85,14 @@ def slim_results(results: dict[str, Any]) -> dict[str, Any]:
     """A study's results.json (or a table.json of analyses) as a summary keeps it: `slim`, the JumpReLU evaluations
     cut to EVAL_KEPT, and the extra analysed seeds (seed_analyses) cut to the readings their claims use
     (CLAIM_ANALYSES): probing at PRIMARY_K without TPP and feature-set probes, the topic analysis read at the ablated
-    layer only."""
+    layer only; in every seed, a probing source's many tasks are cut the same way (slim_source_tasks)."""
     out = slim(results)
     if isinstance(out.get("threshold_evals"), dict):
         out["threshold_evals"] = {name: {k: e[k] for k in EVAL_KEPT if k in e}
                                   for name, e in out["threshold_evals"].items()}
+    for analyses in [out.get("analyses"), *(out.get("seed_analyses") or {}).values()]:
+        if isinstance(analyses, dict) and isinstance(analyses.get("probing"), dict):
+            slim_source_tasks(analyses["probing"])
     extra = out.get("seed_analyses") or {}
     for seed, analyses in list(extra.items()):
         extra[seed] = analyses = {k: v for k, v in analyses.items() if k in CLAIM_ANALYSES}
@@ -105,6 +108,23 @@ def slim_results(results: dict[str, Any]) -> dict[str, Any]:
     return out
 
 
+def slim_source_tasks(probing: dict[str, Any]) -> None:
+    """A probing result's entries for the tasks of a probing source (e.g. the 111 of sae_probes:binary>=1000), cut
+    to what the claims engine reads over tasks: PRIMARY_K only, no raw-residual-dimension rows and no per-task L0.
+    The built-in datasets keep every k."""
+    from scaffold_sae.probing_sources import is_source_name
+
+    def kept(entry: dict[str, Any]) -> bool:
+        return not is_source_name(str(entry.get("dataset", ""))) or (
+            entry.get("k") == PRIMARY_K and entry.get("features") != "residual")
+
+    for key in ("sparse", "paired"):
+        if isinstance(probing.get(key), list):
+            probing[key] = [s for s in probing[key] if kept(s)]
+    if isinstance(probing.get("l0"), dict):
+        probing["l0"] = {d: v for d, v in probing["l0"].items() if not is_source_name(str(d))}
+
+
 def dumps(summary: dict[str, Any]) -> str:
     """The summary as committed: sorted keys, compact, one trailing newline (the same bytes on every rerun)."""
     return json.dumps(summary, sort_keys=True, separators=(",", ":"), allow_nan=False) + "\n"
@@ -117,4 +137,4 @@ def check_size(text: str, where: str) -> None:
 
 
 __all__ = ["CLAIM_ANALYSES", "CURVE_POINTS", "DIGITS", "DROPPED", "EMPTIED", "EVAL_KEPT", "PRIMARY_K",
-           "SUMMARY_LIMIT", "TIMED", "check_size", "dumps", "round_float", "sample", "slim", "slim_results"]
+           "SUMMARY_LIMIT", "TIMED", "check_size", "slim_source_tasks", "dumps", "round_float", "sample", "slim", "slim_results"]
