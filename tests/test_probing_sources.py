@@ -230,3 +230,17 @@ def test_source_tasks_get_breadth_sections_not_a_column_each():
     breadth = next(s for s in out if s.title == "Probing breadth: sae_probes")
     diff = breadth.tables[1].rows[0]
     assert diff[:4] == ["hybrid", "plain", 5, 2] and diff[4].startswith("0.2 [")
+
+
+def test_breadth_markdown_reads_an_experiment_summary(tmp_path):
+    """`python -m scaffold_sae.probing_sources SUMMARY 5`: the breadth sections of every probing run in a summary."""
+    tasks = [f"sae_probes:{i}_t" for i in range(3)]
+    sparse = [_score(t, f, r, k, 0.6 + 0.1 * r / 8) for t in tasks for f, r in (("r0", 0), ("r8", 8)) for k in (1, 5)]
+    paired = [_diff(t, k, 0.1, 0.05, 0.15) for t in tasks for k in (1, 5)]
+    path = tmp_path / "summary.json"
+    path.write_text(json.dumps({"runs": {"seed0/table.json": {"analyses": {"probing": {"sparse": sparse,
+                                                                                      "paired": paired}}}}}))
+    text = probing_sources.breadth_markdown(str(path), [5])
+    assert "## Probing breadth: sae_probes\n" in text and "Plots are in" not in text
+    assert "| r8 | r0 | 5 | 3 | 0.1 [0.1, 0.1] | 3 | 0 | better |" in text
+    assert "| sae_probes:1_t | 0.6 | 0.7 |" in text and "@1" not in text

@@ -293,3 +293,27 @@ def breadth_sections(summary: Breadth, ks: list[int] | None = None):
             f"'tasks better / worse' count the tasks whose own paired interval over test documents excludes 0.")
     return [Section(f"Probing breadth: {summary.source}", text, [means, diffs]),
             Section(f"Probing breadth: {summary.source}, per task", "", [per_task])]
+
+
+def breadth_markdown(path: str, ks: list[int] | None = None) -> str:
+    """The breadth sections (at `ks`) of every probing result in a results.json, a table.json or an experiment's
+    summary.json, as Markdown: ``python -m scaffold_sae.probing_sources results/<slug>/summary.json 5``."""
+    from pathlib import Path
+
+    from scaffold_sae.report import render_markdown
+
+    data = json.loads(Path(path).read_text())
+    runs = data["runs"] if "runs" in data else {Path(path).name: data}
+    sections = []
+    for name, run in runs.items():
+        probing = ((run or {}).get("analyses") or {}).get("probing")
+        if probing:
+            sections += breadth_sections(breadth(probing), ks)
+    text = render_markdown(f"Probing breadth of {path}", sections)
+    return "\n".join(line for line in text.splitlines() if not line.startswith("Plots are in report.html")) + "\n"
+
+
+if __name__ == "__main__":
+    import sys
+
+    print(breadth_markdown(sys.argv[1], [int(k) for k in sys.argv[2:]] or None))
