@@ -1,5 +1,7 @@
-"""The experiment configs in results/configs: each loads as a valid StudyConfig (a renamed or removed field would
-break its reproduce command), and each trains at least 3 seeds or says which 3-seed experiment supersedes it."""
+"""The study configs left in results/configs (the ones legacy scripts still read: design-seeds-gemma3's command.sh and
+training-budget-gemma3's add_seed.py): each loads as a valid StudyConfig (a renamed or removed field would break
+those scripts), and each trains at least 3 seeds or says which 3-seed experiment supersedes it. Every other study is
+an experiment file (experiments/*.yaml)."""
 
 from pathlib import Path
 
@@ -12,7 +14,7 @@ CONFIGS = sorted((Path(__file__).parents[1] / "results" / "configs").glob("*.yam
 
 
 def test_there_are_experiment_configs():
-    assert len(CONFIGS) >= 10
+    assert len(CONFIGS) >= 3
 
 
 @pytest.mark.parametrize("path", CONFIGS, ids=lambda p: p.name)
