@@ -294,3 +294,15 @@ def test_a_train_step_trains_as_the_train_command_does_and_its_saes_are_analysed
     with pytest.raises(ConfigError, match="train step 's' trains on the cache of 'tiny-base': name this experiment "
                                           "or one in depends_on"):
         load_experiment(bad)
+
+
+def test_an_unnamed_analyse_step_of_the_experiment_s_own_study_writes_its_table_beside_it(tmp_path, monkeypatch,
+                                                                                         tiny_model_dir, tiny_corpus):
+    """An analyse step without a name, of the experiment's own study, runs in runs/<slug>/ itself (its study config
+    is already there) and is kept as the summary's table.json."""
+    monkeypatch.chdir(tmp_path)
+    path = write_experiment(Path("experiments"), "tiny-own", tiny_study(tiny_model_dir, tiny_corpus, [0, 2]),
+                            analyse=[{"of": "tiny-own", "analyses": ["structure"]}])
+    runs = json.loads(run_experiment(path, progress=False).read_text())["runs"]
+    assert sorted(runs) == ["results.json", "table.json"]
+    assert runs["table.json"]["analyses"]["structure"]["saes"][0]["sae"] == "batchtopk_m64_k4_r2_resin"

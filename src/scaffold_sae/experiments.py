@@ -376,7 +376,8 @@ def run_step(exp: Experiment, step: AnalyseStep, runs: Path, progress: bool) -> 
         link = out / "saes" / name
         if not link.exists():
             link.symlink_to(path.resolve(), target_is_directory=True)
-    shutil.copyfile(source / "study_config.json", out / "study_config.json")
+    if (source / "study_config.json").resolve() != (out / "study_config.json").resolve():  # an unnamed step of its own study
+        shutil.copyfile(source / "study_config.json", out / "study_config.json")
     table = analyse_saved(out, out, step.analyses, step.settings, step.eval_tokens, progress=progress,
                           command={k: v for k, v in asdict(step).items() if v not in (None, [], {}, "")},
                           title=exp.question)
